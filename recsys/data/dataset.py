@@ -1,0 +1,247 @@
+"""Versioned datasets: Parquet shards per task and split, online lookup tables, and a manifest.
+
+A dataset lives in ``<root>/<dataset_id>/``::
+
+    manifest.json                   schema hash, sources and their hashes, splits, row counts, profile
+    encoders.json                   vocabularies and bucket boundaries (shared by online encoding)
+    shards/<task>/<split>/part-00000-of-00002.parquet
+    online/users.parquet            latest user features and history, for serving
+    online/items.parquet            latest item features and availability
+    online/user_category.parquet    latest user x category features
+
+The id is a content hash of the validated inputs, the schema and the build config: the same inputs
+give the same id (and the build is skipped), any change gives a new one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from tqdm.auto import tqdm
+
+from recsys.config import BuildConfig
+from recsys.data.encoders import Encoders, fit_encoders
+from recsys.data.features import (
+    EVENT_ID,
+    META_TS,
+    TS,
+    FeatureBuilder,
+    build_examples,
+    online_tables,
+    task_features,
+)
+from recsys.data.profile import profile_features
+from recsys.errors import RecsysError
+from recsys.hashing import file_sha256, stable_hash
+from recsys.io import atomic_dir
+from recsys.schema import FeatureSchema, Kind
+
+PIPELINE_VERSION = 1  # bump when feature logic changes what a build writes
+TASKS = ("ranking", "retrieval")
+SPLITS = ("train", "val", "test")
+VALIDATED_TABLES = ("events", "users", "items")
+
+
+class DatasetError(RecsysError, ValueError):
+    """A dataset cannot be built or opened; the message says why."""
+
+
+@dataclass
+class DatasetManifest:
+    dataset_id: str
+    created_at: str
+    pipeline_version: int
+    schema_hash: str
+    schema: dict[str, Any]
+    config: dict[str, Any]
+    sources: dict[str, Any]
+    validation: dict[str, Any]
+    splits: dict[str, Any]
+    cardinalities: dict[str, int]
+    profile: dict[str, Any]
+    online: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetManifest:
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            raise DatasetError(f"manifest keys {sorted(set(data) ^ names)} differ from the expected ones")
+        return cls(**data)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
+
+    @classmethod
+    def read(cls, path: Path) -> DatasetManifest:
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+@dataclass
+class Dataset:
+    path: Path
+    manifest: DatasetManifest
+
+    @classmethod
+    def open(cls, path: str | Path, schema: FeatureSchema | None = None) -> Dataset:
+        """Open a built dataset; with ``schema``, refuse one built for another schema."""
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise DatasetError(f"{path} is not a dataset (no manifest.json); build one with `recsys data build`")
+        manifest = DatasetManifest.read(manifest_path)
+        if schema is not None and manifest.schema_hash != schema.hash:
+            raise DatasetError(f"dataset {manifest.dataset_id} was built for feature schema "
+                               f"{manifest.schema_hash}, but the schema is now {schema.hash}; rebuild it")
+        return cls(path, manifest)
+
+    @property
+    def id(self) -> str:
+        return self.manifest.dataset_id
+
+    def shards(self, task: str, split: str) -> list[Path]:
+        return [self.path / s["path"] for s in self.manifest.splits[task][split]["shards"]]
+
+    def read(self, task: str, split: str) -> pl.DataFrame:
+        return pl.read_parquet(self.shards(task, split))
+
+    def encoders(self, schema: FeatureSchema) -> Encoders:
+        return Encoders.load(self.path / "encoders.json", schema)
+
+    def online(self, name: str) -> pl.DataFrame:
+        return pl.read_parquet(self.path / self.manifest.online[name]["path"])
+
+
+def split_boundaries(start: datetime, end: datetime, cfg: BuildConfig) -> dict[str, datetime]:
+    """Time-based split: the last ``test_days`` whole days are test, the ``val_days`` before are val."""
+    stop = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
+    test_start = stop - timedelta(days=cfg.test_days)
+    val_start = test_start - timedelta(days=cfg.val_days)
+    if val_start <= start:
+        raise DatasetError(f"the events span {start:%Y-%m-%d} to {end:%Y-%m-%d}: val_days={cfg.val_days} and "
+                           f"test_days={cfg.test_days} leave no training period")
+    return {"train_start": start, "val_start": val_start, "test_start": test_start, "end": stop}
+
+
+def dataset_id(schema: FeatureSchema, cfg: BuildConfig, inputs: dict[str, str]) -> str:
+    return "ds-" + stable_hash({"pipeline": PIPELINE_VERSION, "schema": schema.hash, "config": asdict(cfg),
+                                "inputs": inputs})[:12]
+
+
+def _fit_values(schema: FeatureSchema, users: pl.DataFrame, items: pl.DataFrame) -> dict[str, pl.Series]:
+    """Raw values each vocabulary / bucketing is fitted on: the attribute tables and the catalogue."""
+    values = {}
+    for f in schema.features:
+        if f.encoding not in ("vocab", "buckets"):
+            continue
+        if f.op == "attribute":
+            table = users if f.params["table"] == "users" else items
+            values[f.name] = table[f.params["column"]]
+        elif f.kind == Kind.ITEM_ID:
+            values[f.name] = items[f.params["column"]]
+        elif f.kind == Kind.USER_ID:
+            values[f.name] = users[f.params["column"]]
+        else:
+            raise DatasetError(f"feature {f.name!r}: {f.encoding} encoding needs an attribute or id op")
+    return values
+
+
+def _write_split(df: pl.DataFrame, out: Path, rel: str, n_shards: int) -> dict[str, Any]:
+    (out / rel).mkdir(parents=True)
+    shards = []
+    shard_of = pl.int_range(pl.len()) % n_shards
+    for k in range(n_shards):
+        path = f"{rel}/part-{k:05d}-of-{n_shards:05d}.parquet"
+        part = df.filter(shard_of == k)
+        part.write_parquet(out / path)
+        shards.append({"path": path, "rows": part.height})
+    return {"rows": df.height, "shards": shards}
+
+
+def build_dataset(validated: str | Path, root: str | Path, schema: FeatureSchema, cfg: BuildConfig,
+                  force: bool = False, progress: bool = True) -> tuple[Dataset, bool]:
+    """Build (or reuse) the dataset version for ``validated`` (a `recsys data validate` output).
+
+    Returns the dataset and whether it was built now (False: the same id existed already).
+    """
+    validated, root = Path(validated), Path(root)
+    missing = [t for t in VALIDATED_TABLES if not (validated / f"{t}.parquet").is_file()]
+    if missing or not (validated / "report.json").is_file():
+        raise DatasetError(f"{validated} is not a validated export (missing {missing or ['report.json']}); "
+                           "run `recsys data validate` first")
+    if cfg.shards < 1:
+        raise DatasetError(f"build.shards must be >= 1, got {cfg.shards}")
+    inputs = {t: file_sha256(validated / f"{t}.parquet") for t in VALIDATED_TABLES}
+    ds_id = dataset_id(schema, cfg, inputs)
+    final = root / ds_id
+    if (final / "manifest.json").is_file() and not force:
+        return Dataset.open(final, schema), False
+
+    report = json.loads((validated / "report.json").read_text())
+    steps = tqdm(total=2 * len(TASKS) + 2, desc=f"build {ds_id}", unit="step", disable=not progress)
+    events = pl.read_parquet(validated / "events.parquet").sort(TS, EVENT_ID)
+    users = pl.read_parquet(validated / "users.parquet")
+    items = pl.read_parquet(validated / "items.parquet")
+    if events.is_empty():
+        raise DatasetError(f"{validated}: no valid events to build from")
+    bounds = split_boundaries(events[TS].min(), events[TS].max(), cfg)  # type: ignore[arg-type]
+    encoders = fit_encoders(schema, _fit_values(schema, users, items))
+    builder = FeatureBuilder(schema, events.lazy(), users, items)
+    steps.update(1)
+
+    splits: dict[str, Any] = {"boundaries": {k: v.isoformat() for k, v in bounds.items()}}
+    profile: dict[str, Any] = {}
+    with atomic_dir(final) as tmp:
+        for task in TASKS:
+            steps.set_postfix_str(f"{task} features")
+            df = build_examples(builder, encoders, task).collect(engine="streaming")
+            steps.update(1)
+            steps.set_postfix_str(f"{task} shards")
+            ts = pl.col(META_TS)
+            parts = {"train": df.filter(ts < bounds["val_start"]),
+                     "val": df.filter((ts >= bounds["val_start"]) & (ts < bounds["test_start"])),
+                     "test": df.filter(ts >= bounds["test_start"])}
+            splits[task] = {name: _write_split(part, tmp, f"shards/{task}/{name}", cfg.shards)
+                            for name, part in parts.items()}
+            profile[task] = profile_features(parts["train"], task_features(schema, task))
+            del df, parts
+            steps.update(1)
+        steps.set_postfix_str("online tables")
+        (tmp / "online").mkdir()
+        online = {}
+        as_of = events[TS].max() + timedelta(microseconds=1)  # type: ignore[operator]
+        for name, lf in online_tables(builder, encoders, as_of).items():
+            table = lf.collect(engine="streaming")
+            table.write_parquet(tmp / "online" / f"{name}.parquet")
+            online[name] = {"path": f"online/{name}.parquet", "rows": table.height}
+        online["as_of"] = as_of.isoformat()
+        encoders.save(tmp / "encoders.json")
+        manifest = DatasetManifest(
+            dataset_id=ds_id,
+            created_at=datetime.now(UTC).isoformat(),
+            pipeline_version=PIPELINE_VERSION,
+            schema_hash=schema.hash,
+            schema=schema.to_dict(),
+            config=asdict(cfg),
+            sources={"validated": {t: {"path": str(validated / f"{t}.parquet"), "sha256": h}
+                                   for t, h in inputs.items()},
+                     "raw": {t: r["files"] for t, r in report["tables"].items()}},
+            validation={"source": report["source"], "profile": report["profile"],
+                        "tables": {t: {k: r[k] for k in ("rows", "good", "bad", "reasons")}
+                                   for t, r in report["tables"].items()}},
+            splits=splits,
+            cardinalities={table: encoders.fitted[table].cardinality for table in schema.embedding_tables()},
+            profile=profile,
+            online=online,
+        )
+        manifest.write(tmp / "manifest.json")
+        steps.update(1)
+    steps.close()
+    return Dataset(final, manifest), True

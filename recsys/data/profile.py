@@ -1,0 +1,67 @@
+"""Statistics profile of encoded features: the reference for drift detection and data checks.
+
+Dense features get moments, quantiles and a 10-bin histogram over their training quantiles (the bins
+PSI is computed on later); categorical features get their most frequent indices and the missing
+share; histories their fill.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys.schema import Feature, Kind
+
+QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
+TOP_VALUES = 50
+BINS = 10
+
+
+def _dense(s: pl.Series) -> dict[str, Any]:
+    values = s.drop_nulls().cast(pl.Float64).to_numpy()
+    out: dict[str, Any] = {"count": int(s.len()), "null_share": float(s.null_count() / max(1, s.len()))}
+    if not len(values):
+        return out
+    qs = np.quantile(values, QUANTILES)
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, BINS + 1)))
+    inner = edges[1:-1]
+    counts = np.bincount(np.searchsorted(inner, values, side="right"), minlength=len(inner) + 1)
+    out.update(mean=float(values.mean()), std=float(values.std()), min=float(qs[0]), max=float(qs[-1]),
+               quantiles={f"p{int(q * 100)}": float(v) for q, v in zip(QUANTILES, qs, strict=True)},
+               histogram={"inner_edges": inner.tolist(), "counts": counts.tolist()})
+    return out
+
+
+def _categorical(s: pl.Series) -> dict[str, Any]:
+    n = max(1, s.len())
+    counts = s.value_counts(name="n").sort(["n", s.name], descending=[True, False])
+    top = counts.head(TOP_VALUES)
+    return {
+        "count": int(s.len()),
+        "distinct": int(counts.height),
+        "missing_share": float((s == 0).sum() / n),
+        "top": {str(v): c / n for v, c in top.iter_rows()},
+        "top_share": float(top["n"].sum() / n),
+    }
+
+
+def _history(s: pl.Series) -> dict[str, Any]:
+    filled = s.list.eval((pl.element() != 0).sum()).list.first()
+    return {"count": int(s.len()), "mean_length": float(filled.mean() or 0.0),
+            "empty_share": float((filled == 0).sum() / max(1, s.len()))}
+
+
+def profile_features(df: pl.DataFrame, features: list[Feature]) -> dict[str, dict[str, Any]]:
+    """Profile each feature column of ``df`` (encoded model inputs)."""
+    out = {}
+    for f in features:
+        s = df[f.name]
+        if f.kind == Kind.HISTORY:
+            out[f.name] = {"kind": "history", **_history(s)}
+        elif f.is_sparse:
+            out[f.name] = {"kind": "categorical", **_categorical(s)}
+        else:
+            out[f.name] = {"kind": "label" if f.kind == Kind.LABEL else "dense", **_dense(s)}
+    return out
