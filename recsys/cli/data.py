@@ -11,9 +11,9 @@ from recsys.config import DataConfig, load_config
 from recsys.data.dataset import Dataset, DatasetError, build_dataset
 from recsys.data.generate import generate
 from recsys.data.validate import validate
-from recsys.schema import DEFAULT_SCHEMA_PATH, load_schema
+from recsys.schema import DEFAULT_SCHEMA_PATH, PROJECT_ROOT, load_schema
 
-DEFAULT_CONFIG = "configs/data/default.yaml"
+DEFAULT_CONFIG = str(PROJECT_ROOT / "configs" / "data" / "default.yaml")
 DEFAULT_RAW = "runs/data/raw/xyzshop"
 DEFAULT_VALIDATED = "runs/data/validated/xyzshop"
 DEFAULT_DATASETS = "runs/datasets"

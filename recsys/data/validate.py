@@ -125,8 +125,8 @@ def _event_checks(cfg: ValidationConfig, now: datetime, users: pl.Series,
         (pl.col("event_id").is_not_null() & ~pl.col("event_id").is_first_distinct(), "duplicate event_id"),
         (pl.col("timestamp") > latest, "timestamp in the future"),
         (pl.col("timestamp") < opened, "timestamp before the shop opened"),
-        (pl.col("user_id").is_not_null() & ~pl.col("user_id").is_in(users), "unknown user_id"),
-        (pl.col("item_id").is_not_null() & ~pl.col("item_id").is_in(items), "unknown item_id"),
+        (pl.col("user_id").is_not_null() & ~pl.col("user_id").is_in(users.implode()), "unknown user_id"),
+        (pl.col("item_id").is_not_null() & ~pl.col("item_id").is_in(items.implode()), "unknown item_id"),
         (pl.col("position") < 0, "negative position"),
     ]
 
@@ -225,8 +225,12 @@ def validate(source: str | Path, out: str | Path, cfg: ValidationConfig, ingest:
     users, bad_users = _split(users_lf, USERS, _parse_checks(USERS) + _user_checks(cfg, now))
     items, bad_items = _split(items_lf.with_columns(pl.col("available").fill_null(True)), ITEMS,
                               _parse_checks(ITEMS) + _item_checks())
+    # an event is kept when its user / item is in the tables at all, even if that row itself was
+    # quarantined: a bad attribute row must not cost the good events that mention it
+    known_users = pl.concat([users["user_id"], bad_users["user_id"].cast(pl.Int64, strict=False)]).drop_nulls()
+    known_items = pl.concat([items["item_id"], bad_items["item_id"].cast(pl.Int64, strict=False)]).drop_nulls()
     events, bad_events = _split(events_lf, EVENTS, _parse_checks(EVENTS) + _event_checks(
-        cfg, now, users["user_id"], items["item_id"]))
+        cfg, now, known_users, known_items))
     events = events.sort("timestamp", "event_id")
 
     tables = {}

@@ -1,0 +1,181 @@
+"""Point-in-time features: exact values on a hand-made log, and no leakage from the future."""
+
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys.data.dataset import _fit_values
+from recsys.data.encoders import fit_encoders
+from recsys.data.features import FeatureBuilder, build_examples, online_tables, raw, task_features
+from recsys.events import EVENTS, ITEMS, USERS
+
+T0 = datetime(2026, 9, 1, tzinfo=UTC)
+
+
+def _at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def _events(rows):
+    cols = ["timestamp", "user_id", "item_id", "event_type", "request_id", "position"]
+    df = pl.DataFrame([dict(zip(cols, r, strict=True)) for r in rows], schema_overrides={
+        "timestamp": pl.Datetime("us", "UTC"), "request_id": pl.Int64, "position": pl.Int32})
+    return (df.with_row_index("event_id", offset=1).with_columns(pl.col("event_id").cast(pl.Int64),
+                                                                  pl.lit(1, pl.Int64).alias("session_id"))
+            .select(EVENTS.names).cast(EVENTS.schema).sort("timestamp", "event_id"))
+
+
+HAND_EVENTS = _events([
+    (_at(0), 1, 1, "impression", 1, 0),
+    (_at(0), 1, 2, "impression", 1, 1),
+    (_at(1), 1, 1, "click", 1, 0),
+    (_at(2), 1, 1, "view", None, None),
+    (_at(5), 1, 3, "view", None, None),
+    (_at(5), 1, 3, "purchase", None, None),
+    (_at(10), 1, 2, "impression", 2, 0),  # example A: user 1 has a past
+    (_at(10), 2, 1, "impression", 3, 0),  # example B: user 2 has none
+    (_at(12), 2, 1, "view", None, None),
+    (_at(8 * 24 * 60 + 3), 1, 1, "impression", 4, 2),  # example C: 8 days later, the views left the window
+])
+HAND_USERS = pl.DataFrame({"user_id": [1, 2], "signup_date": [date(2026, 8, 1), date(2026, 8, 31)],
+                           "country": ["DE", None], "device": ["mobile", "desktop"]}, schema=USERS.schema)
+HAND_ITEMS = pl.DataFrame({"item_id": [1, 2, 3], "category": ["A", "B", "A"], "brand": ["x", "y", "x"],
+                           "price": [10.0, 100.0, 20.0], "available": [True, True, False]}, schema=ITEMS.schema)
+
+
+@pytest.fixture()
+def hand(schema):
+    builder = FeatureBuilder(schema, HAND_EVENTS.lazy(), HAND_USERS, HAND_ITEMS)
+    encoders = fit_encoders(schema, _fit_values(schema, HAND_USERS, HAND_ITEMS))
+    return builder, encoders
+
+
+def _raw_ranking(builder, schema):
+    from recsys.data.features import ranking_examples
+
+    examples = ranking_examples(builder.events, schema)
+    return builder.add_raw(examples, task_features(schema, "ranking")).collect()
+
+
+def test_exact_point_in_time_values(hand, schema):
+    builder, _ = hand
+    df = _raw_ranking(builder, schema)
+    a = df.filter((pl.col("timestamp") == _at(10)) & (pl.col("user_id") == 1)).row(0, named=True)
+    b = df.filter((pl.col("timestamp") == _at(10)) & (pl.col("user_id") == 2)).row(0, named=True)
+    c = df.filter(pl.col("request_id") == 4).row(0, named=True)
+    first = df.filter((pl.col("request_id") == 1) & (pl.col("item_id") == 1)).row(0, named=True)
+    v = lambda row, name: row[raw(schema[name])]  # noqa: E731
+
+    # user 1 at minute 10: two views (minutes 2 and 5), one purchase, last interaction 5 minutes ago
+    assert v(a, "user_views") == 2 and v(a, "user_purchases") == 1
+    assert v(a, "user_recency_hours") == pytest.approx(5 / 60)
+    assert v(a, "user_history")[:2] == [3, 1]  # newest first
+    assert v(a, "user_tenure_days") == pytest.approx(31 + 10 / 1440)
+    assert v(a, "user_country") == "DE" and v(a, "item_category") == "B"
+    # item 2: one impression before, no click -> smoothed CTR; no views in the last 7 days
+    assert v(a, "item_ctr") == pytest.approx((0 + 0.05 * 50) / (1 + 50))
+    assert v(a, "item_views_7d") == 0
+    assert v(a, "user_category_share") == 0.0  # none of user 1's views were in category B
+    assert v(a, "click") == 0.0 and v(a, "position") == 0
+    # user 2 has no past: defaults apply later; item 1 had 1 impression, 1 click, 1 view before minute 10
+    assert v(b, "user_views") == 0 and v(b, "user_recency_hours") is None and v(b, "user_history") is None
+    assert v(b, "item_ctr") == pytest.approx((1 + 2.5) / (1 + 50)) and v(b, "item_views_7d") == 1
+    assert v(b, "user_country") is None
+    # the first impression's own click is its label, not a feature: item 1 had no impression before it
+    assert v(first, "click") == 1.0
+    assert v(first, "item_ctr") == pytest.approx(0.05) and v(first, "user_views") == 0
+    # 8 days later both views of item 1 are older than 7 days; both of user 1's views were in category A
+    assert v(c, "item_views_7d") == 0
+    assert v(c, "user_category_share") == 1.0
+    assert v(c, "item_ctr") == pytest.approx((1 + 2.5) / (2 + 50))
+
+
+def test_ties_at_the_example_instant_are_not_visible(hand, schema):
+    """The view and the purchase at minute 5 are invisible to anything at minute 5 itself."""
+    builder, _ = hand
+    probe = pl.DataFrame({"event_id": [99], "timestamp": [_at(5)], "user_id": [1], "item_id": [3]},
+                         schema_overrides={"timestamp": pl.Datetime("us", "UTC")}).lazy()
+    feats = [schema["user_views"], schema["user_purchases"], schema["user_history"]]
+    row = builder.add_raw(probe, feats).collect().row(0, named=True)
+    assert row[raw(schema["user_views"])] == 1  # only the view at minute 2
+    assert row[raw(schema["user_purchases"])] == 0
+    assert row[raw(schema["user_history"])][:2] == [1, None]
+
+
+def test_encoding_defaults_and_padding(hand, schema):
+    builder, encoders = hand
+    df = build_examples(builder, encoders, "ranking").collect()
+    b = df.filter((pl.col("_timestamp") == _at(10)) & (pl.col("_user") == 2)).row(0, named=True)
+    assert b["user_history"] == [0] * schema["user_history"].length
+    assert b["user_recency_hours"] == pytest.approx(np.log1p(720.0))
+    assert b["user_country"] == 0  # missing -> index 0
+    assert b["item_id"] == 1 and b["position"] == 1  # item id 1 is the first catalogue entry; slot 0 -> index 1
+    for f in task_features(schema, "ranking"):
+        assert df[f.name].dtype in (pl.Int64, pl.Float32, pl.List(pl.Int64)), f.name
+
+
+def _brute_force(events: pl.DataFrame, row: dict, schema, encoders) -> dict:
+    """Recompute a ranking example's features in plain Python from events strictly before it."""
+    t, user, item = row["_timestamp"], row["_user"], row["_item"]
+    past = events.filter(pl.col("timestamp") < t)
+    mine = past.filter(pl.col("user_id") == user)
+    views = mine.filter(pl.col("event_type") == "view").sort("timestamp", "event_id", descending=True)
+    vocab = {v: i + 1 for i, v in enumerate(encoders.fitted["item_id"].vocab)}
+    hist = [vocab[i] for i in views["item_id"].to_list()[: schema["user_history"].length]]
+    it = past.filter(pl.col("item_id") == item)
+    window = it.filter((pl.col("event_type") == "view") & (pl.col("timestamp") >= t - timedelta(days=7)))
+    return {
+        "user_views": float(np.log1p(views.height)),
+        "user_purchases": float(np.log1p(mine.filter(pl.col("event_type") == "purchase").height)),
+        "user_history": hist + [0] * (schema["user_history"].length - len(hist)),
+        "item_views_7d": float(np.log1p(window.height)),
+        "item_ctr": (it.filter(pl.col("event_type") == "click").height + 2.5)
+        / (it.filter(pl.col("event_type") == "impression").height + 50),
+    }
+
+
+def test_pipeline_matches_a_brute_force_recomputation(tiny_dataset, tiny_validated, schema):
+    events = pl.read_parquet(tiny_validated / "events.parquet")
+    encoders = tiny_dataset.encoders(schema)
+    shards = pl.concat([tiny_dataset.read("ranking", s) for s in ("train", "val", "test")])
+    for row in shards.sample(60, seed=1).iter_rows(named=True):
+        expected = _brute_force(events, row, schema, encoders)
+        for name, value in expected.items():
+            assert row[name] == pytest.approx(value, rel=1e-5), (name, row["_event_id"])
+
+
+def test_no_feature_sees_the_future(tiny_validated, schema):
+    """Delete everything from day 10 on: the examples before day 10 must not change at all."""
+    events = pl.read_parquet(tiny_validated / "events.parquet")
+    users = pl.read_parquet(tiny_validated / "users.parquet")
+    items = pl.read_parquet(tiny_validated / "items.parquet")
+    cut = events["timestamp"].min() + timedelta(days=10)
+    encoders = fit_encoders(schema, _fit_values(schema, users, items))
+    for task in ("ranking", "retrieval"):
+        full = build_examples(FeatureBuilder(schema, events.lazy(), users, items), encoders, task).collect()
+        past_only = FeatureBuilder(schema, events.filter(pl.col("timestamp") < cut).lazy(), users, items)
+        truncated = build_examples(past_only, encoders, task).collect()
+        before = full.filter(pl.col("_timestamp") < cut)
+        if task == "ranking":  # a label may come from a click after the cut; the features may not
+            before, truncated = before.drop("click"), truncated.drop("click")
+        assert truncated.height == before.height > 1000
+        assert truncated.equals(before), task
+
+
+def test_online_tables_are_the_state_after_the_last_event(tiny_dataset, tiny_validated, schema):
+    events = pl.read_parquet(tiny_validated / "events.parquet")
+    users = tiny_dataset.online("users")
+    items = tiny_dataset.online("items")
+    assert users.height == pl.read_parquet(tiny_validated / "users.parquet").height
+    assert items["_available"].dtype == pl.Boolean and not items["_available"].all()
+    views = events.filter(pl.col("event_type") == "view").group_by("user_id").len()
+    merged = users.join(views, left_on="_user", right_on="user_id", how="left").with_columns(pl.col("len").fill_null(0))
+    assert np.allclose(merged["user_views"].to_numpy(), np.log1p(merged["len"].to_numpy()), rtol=1e-6)
+    # and it is the same code path: the online row equals a feature lookup at the as-of instant
+    builder = FeatureBuilder(schema, events.lazy(), pl.read_parquet(tiny_validated / "users.parquet"),
+                             pl.read_parquet(tiny_validated / "items.parquet"))
+    as_of = datetime.fromisoformat(tiny_dataset.manifest.online["as_of"])
+    again = online_tables(builder, tiny_dataset.encoders(schema), as_of)["users"].collect()
+    assert again.equals(users)
