@@ -7,7 +7,6 @@ Nothing else spells a feature name.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -315,6 +314,3 @@ def load_schema(path: str | Path | None = None) -> FeatureSchema:
         raw = yaml.safe_load(fh)
     return parse_schema(raw, source=str(path))
 
-
-def schema_json(schema: FeatureSchema) -> str:
-    return json.dumps(schema.to_dict(), indent=2, sort_keys=True)

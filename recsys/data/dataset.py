@@ -16,22 +16,24 @@ give the same id (and the build is skipped), any change gives a new one.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from recsys.config import BuildConfig
+from recsys.config import EXECUTION_ONLY, BuildConfig
 from recsys.data.encoders import Encoders, fit_encoders
 from recsys.data.features import (
     EVENT_ID,
-    META_TS,
     TS,
     FeatureBuilder,
-    build_examples,
+    encode_examples,
+    example_rows,
     online_tables,
     task_features,
 )
@@ -41,7 +43,7 @@ from recsys.hashing import file_sha256, stable_hash
 from recsys.io import atomic_dir
 from recsys.schema import FeatureSchema, Kind
 
-PIPELINE_VERSION = 1  # bump when feature logic changes what a build writes
+PIPELINE_VERSION = 2  # bump when feature logic changes what a build writes
 TASKS = ("ranking", "retrieval")
 SPLITS = ("train", "val", "test")
 VALIDATED_TABLES = ("events", "users", "items")
@@ -119,6 +121,15 @@ class Dataset:
         return pl.read_parquet(self.path / self.manifest.online[name]["path"])
 
 
+def sorted_events(events: pl.DataFrame) -> pl.DataFrame:
+    """Events in (timestamp, event_id) order; validated files already are, and are not sorted again."""
+    ts, ids = pl.col(TS), pl.col(EVENT_ID)
+    in_order = ((ts.diff() > 0) | (ts.diff() == 0) & (ids.diff() > 0)).all()
+    if events.height < 2 or events.select(in_order).item():
+        return events
+    return events.sort(TS, EVENT_ID)
+
+
 def split_boundaries(start: datetime, end: datetime, cfg: BuildConfig) -> dict[str, datetime]:
     """Time-based split: the last ``test_days`` whole days are test, the ``val_days`` before are val."""
     stop = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
@@ -131,7 +142,8 @@ def split_boundaries(start: datetime, end: datetime, cfg: BuildConfig) -> dict[s
 
 
 def dataset_id(schema: FeatureSchema, cfg: BuildConfig, inputs: dict[str, str]) -> str:
-    return "ds-" + stable_hash({"pipeline": PIPELINE_VERSION, "schema": schema.hash, "config": asdict(cfg),
+    content = {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_ONLY}
+    return "ds-" + stable_hash({"pipeline": PIPELINE_VERSION, "schema": schema.hash, "config": content,
                                 "inputs": inputs})[:12]
 
 
@@ -153,16 +165,70 @@ def _fit_values(schema: FeatureSchema, users: pl.DataFrame, items: pl.DataFrame)
     return values
 
 
-def _write_split(df: pl.DataFrame, out: Path, rel: str, n_shards: int) -> dict[str, Any]:
-    (out / rel).mkdir(parents=True)
-    shards = []
-    shard_of = pl.int_range(pl.len()) % n_shards
-    for k in range(n_shards):
-        path = f"{rel}/part-{k:05d}-of-{n_shards:05d}.parquet"
-        part = df.filter(shard_of == k)
-        part.write_parquet(out / path)
-        shards.append({"path": path, "rows": part.height})
-    return {"rows": df.height, "shards": shards}
+class ShardWriter:
+    """Appends row chunks to ``n`` Parquet shards: row i of the split goes to shard i % n."""
+
+    def __init__(self, out: Path, rel: str, n: int, schema: pl.Schema):
+        (out / rel).mkdir(parents=True)
+        self.paths = [f"{rel}/part-{k:05d}-of-{n:05d}.parquet" for k in range(n)]
+        arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
+        self.writers = [pq.ParquetWriter(out / p, arrow_schema, compression="zstd") for p in self.paths]
+        self.rows = [0] * n
+
+    def write(self, chunk: pl.DataFrame) -> None:
+        n, start = len(self.writers), sum(self.rows)
+        shard_of = (pl.int_range(pl.len()) + start) % n
+        for k, writer in enumerate(self.writers):
+            part = chunk.filter(shard_of == k)
+            writer.write_table(part.to_arrow())
+            self.rows[k] += part.height
+
+    def close(self) -> dict[str, Any]:
+        for writer in self.writers:
+            writer.close()
+        return {"rows": sum(self.rows), "shards": [{"path": p, "rows": r} for p, r in zip(self.paths, self.rows,
+                                                                                         strict=True)]}
+
+
+def load_builder(validated: Path, schema: FeatureSchema) -> FeatureBuilder:
+    """A feature builder over a validated export, with encoders fitted on its tables."""
+    events = sorted_events(pl.read_parquet(validated / "events.parquet"))
+    if events.is_empty():
+        raise DatasetError(f"{validated}: no valid events to build from")
+    users = pl.read_parquet(validated / "users.parquet")
+    items = pl.read_parquet(validated / "items.parquet")
+    encoders = fit_encoders(schema, _fit_values(schema, users, items))
+    return FeatureBuilder(schema, events, users, items, encoders)
+
+
+def write_examples(builder: FeatureBuilder, task: str, bounds: dict[str, datetime], out: Path,
+                   cfg: BuildConfig) -> dict[str, Any]:
+    """Build ``task``'s examples and write ``out/shards/<task>/<split>/``, ``cfg.chunk_rows`` at a time.
+
+    Memory holds one chunk, not the dataset; the next chunk is computed while the last is written.
+    Returns the splits' layout (rows, shard paths).
+    """
+    rows = example_rows(builder, task).collect()
+    ts = pl.col(TS)
+    splits = {"train": rows.filter(ts < bounds["val_start"]),
+              "val": rows.filter((ts >= bounds["val_start"]) & (ts < bounds["test_start"])),
+              "test": rows.filter(ts >= bounds["test_start"])}
+    del rows
+    schema = encode_examples(builder, splits["train"].head(0).lazy(), task).collect_schema()
+    layout = {}
+    with ThreadPoolExecutor(max_workers=1) as background:
+        for split, part in splits.items():
+            writer = ShardWriter(out, f"shards/{task}/{split}", cfg.shards, schema)
+            pending = None
+            for chunk in part.iter_slices(cfg.chunk_rows):
+                encoded = encode_examples(builder, chunk.lazy(), task).collect()
+                if pending is not None:
+                    pending.result()
+                pending = background.submit(writer.write, encoded)
+            if pending is not None:
+                pending.result()
+            layout[split] = writer.close()
+    return layout
 
 
 def build_dataset(validated: str | Path, root: str | Path, schema: FeatureSchema, cfg: BuildConfig,
@@ -185,39 +251,26 @@ def build_dataset(validated: str | Path, root: str | Path, schema: FeatureSchema
         return Dataset.open(final, schema), False
 
     report = json.loads((validated / "report.json").read_text())
-    steps = tqdm(total=2 * len(TASKS) + 2, desc=f"build {ds_id}", unit="step", disable=not progress)
-    events = pl.read_parquet(validated / "events.parquet").sort(TS, EVENT_ID)
-    users = pl.read_parquet(validated / "users.parquet")
-    items = pl.read_parquet(validated / "items.parquet")
-    if events.is_empty():
-        raise DatasetError(f"{validated}: no valid events to build from")
+    steps = tqdm(total=len(TASKS) + 2, desc=f"build {ds_id}", unit="step", disable=not progress)
+    builder = load_builder(validated, schema)
+    events, encoders = builder.events, builder.encoders
     bounds = split_boundaries(events[TS].min(), events[TS].max(), cfg)  # type: ignore[arg-type]
-    encoders = fit_encoders(schema, _fit_values(schema, users, items))
-    builder = FeatureBuilder(schema, events.lazy(), users, items)
     steps.update(1)
 
     splits: dict[str, Any] = {"boundaries": {k: v.isoformat() for k, v in bounds.items()}}
     profile: dict[str, Any] = {}
     with atomic_dir(final) as tmp:
         for task in TASKS:
-            steps.set_postfix_str(f"{task} features")
-            df = build_examples(builder, encoders, task).collect(engine="streaming")
-            steps.update(1)
-            steps.set_postfix_str(f"{task} shards")
-            ts = pl.col(META_TS)
-            parts = {"train": df.filter(ts < bounds["val_start"]),
-                     "val": df.filter((ts >= bounds["val_start"]) & (ts < bounds["test_start"])),
-                     "test": df.filter(ts >= bounds["test_start"])}
-            splits[task] = {name: _write_split(part, tmp, f"shards/{task}/{name}", cfg.shards)
-                            for name, part in parts.items()}
-            profile[task] = profile_features(parts["train"], task_features(schema, task))
-            del df, parts
+            steps.set_postfix_str(f"{task} examples")
+            splits[task] = write_examples(builder, task, bounds, tmp, cfg)
+            train = pl.scan_parquet([tmp / s["path"] for s in splits[task]["train"]["shards"]])
+            profile[task] = profile_features(train, task_features(schema, task))
             steps.update(1)
         steps.set_postfix_str("online tables")
         (tmp / "online").mkdir()
         online = {}
         as_of = events[TS].max() + timedelta(microseconds=1)  # type: ignore[operator]
-        for name, lf in online_tables(builder, encoders, as_of).items():
+        for name, lf in online_tables(builder, as_of).items():
             table = lf.collect(engine="streaming")
             table.write_parquet(tmp / "online" / f"{name}.parquet")
             online[name] = {"path": f"online/{name}.parquet", "rows": table.height}

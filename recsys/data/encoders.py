@@ -57,11 +57,15 @@ class Encoders:
             return value.cast(pl.Float32)
         if feature.default is not None:
             raw = raw.fill_null(feature.default)
-        enc = self.fitted[feature.embedding_table]
         if feature.kind == Kind.HISTORY:
-            padding = pl.lit([0] * feature.length, dtype=pl.List(pl.Int64))  # no history yet
-            return pl.when(raw.is_null()).then(padding).otherwise(raw.list.eval(self._index(enc, pl.element())))
-        return self._index(enc, raw)
+            # histories are encoded item by item where they are built (`index`); only the padding is left
+            length = feature.length
+            return raw.fill_null(pl.lit([0] * length, dtype=pl.Array(pl.Int64, length)))
+        return self.index(feature.embedding_table, raw)
+
+    def index(self, table: str, raw: pl.Expr) -> pl.Expr:
+        """Raw values -> int64 rows of embedding table ``table`` (0 for missing or unknown)."""
+        return self._index(self.fitted[table], raw)
 
     @staticmethod
     def _index(enc: FittedEncoding, raw: pl.Expr) -> pl.Expr:

@@ -1,18 +1,23 @@
 """Point-in-time features with Polars: every value an example sees is computed from events strictly
 before the example's timestamp.
 
-The recipe is the same for every stateful op: aggregate the relevant events into a *state table*
-keyed by (entity, timestamp) holding running totals, then attach to each example the last state
-row strictly before its timestamp (``join_asof(..., allow_exact_matches=False)``). A trailing window
-is the difference of two such lookups (at t and at t - window). Attributes come from the users and
-items tables. The same functions build the training examples and the online lookup tables (the
-state at the end of the data), so offline and online features cannot diverge.
+The recipe is the same for every stateful op: turn the relevant events into a *state table* keyed by
+(entity, timestamp) holding running totals (one stable sort by entity, then linear scans), and attach
+to each example the last state row strictly before its timestamp (``join_asof(...,
+allow_exact_matches=False)``). A trailing window is the difference of two such lookups (at t and at
+t - window). Attributes come from the users and items tables, encoded once per table row rather than
+once per example; histories are encoded in their state table for the same reason.
+
+The same `FeatureBuilder` builds the training examples and the online lookup tables (the state after
+the last event), so offline and online features cannot diverge. State tables are built once per
+builder and shared by both tasks and the online tables.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
@@ -23,179 +28,249 @@ TS, USER, ITEM, TYPE = "timestamp", "user_id", "item_id", "event_type"
 CATEGORY, SIGNUP, POSITION, REQUEST, EVENT_ID = "category", "signup_date", "position", "request_id", "event_id"
 AVAILABLE = "available"
 LABEL = "__label"
-CAT = "__category"
+CAT = "__category"  # an integer code per category name
 
 # metadata columns every example table carries beside the encoded features
 META_EVENT_ID, META_TS, META_USER, META_ITEM = "_event_id", "_timestamp", "_user", "_item"
 META_COLUMNS = (META_EVENT_ID, META_TS, META_USER, META_ITEM)
 META_AVAILABLE, META_CATEGORY = "_available", "_category"  # online item / user x category tables
 
+F = "f:"  # prefix of computed features inside a frame (feature and event column names may coincide)
 
-def raw(feature: Feature) -> str:
-    return f"__raw__{feature.name}"
+USER_COUNT_OPS = ("user_event_count", "user_recency_hours", "user_category_share")
+ITEM_COUNT_OPS = ("item_event_count", "item_rate")
 
 
 def _strictly_before(examples: pl.LazyFrame, state: pl.LazyFrame, by: str | list[str],
                      on: str = TS) -> pl.LazyFrame:
-    """Attach the last state row with ``state.on < examples.on`` (same ``by`` keys)."""
+    """Attach the last state row with ``state.on < examples.on`` (same ``by`` keys).
+
+    Both sides are sorted by ``on`` within each ``by`` group (examples by time, states by key then time).
+    Of several state rows at one instant the last is taken: it holds them all.
+    """
     return examples.join_asof(state, on=on, by=by, strategy="backward", allow_exact_matches=False,
                               check_sortedness=False)
 
 
+def _count(types: list[str] | tuple[str, ...]) -> str:
+    return "n:" + "+".join(sorted(types))
+
+
+def _last(types: list[str] | tuple[str, ...]) -> str:
+    return "last:" + "+".join(sorted(types))
+
+
+def _runs(keys: list[str]) -> tuple[pl.Expr, pl.Expr]:
+    """On rows sorted by ``keys`` then time: (first row of a key, last row of a (key, time) run)."""
+    first = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys])
+    last = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(-1)) for k in [*keys, TS]])
+    return first, last
+
+
 @dataclass
 class FeatureBuilder:
-    """Computes raw feature values for example frames (user_id, item_id, timestamp[, position]).
+    """Computes encoded features for example frames (user_id, item_id, timestamp[, position][, label]).
 
-    ``events`` must be validated and sorted by timestamp; ``users`` and ``items`` are the validated
-    attribute tables.
+    Args:
+        events: validated events sorted by (timestamp, event_id).
+        users, items: the validated attribute tables.
+        encoders: fitted for this schema (`recsys.data.encoders.fit_encoders`).
     """
 
     schema: FeatureSchema
-    events: pl.LazyFrame
+    events: pl.DataFrame
     users: pl.DataFrame
     items: pl.DataFrame
+    encoders: Encoders
+    _states: dict[str, pl.DataFrame] = field(default_factory=dict, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self._item_category = (self.items[ITEM], self.items[CATEGORY])
+    # ---- state tables (built once, shared) ------------------------------------------------------
+    def _state(self, name: str, make: Callable[[], pl.LazyFrame]) -> pl.LazyFrame:
+        if name not in self._states:
+            self._states[name] = make().collect()
+        return self._states[name].lazy()
 
-    # ---- state tables --------------------------------------------------------------------------
-    def _types(self, ops: tuple[str, ...], keys: tuple[str, ...] = ("event_types", "numerator", "denominator")
-               ) -> list[str]:
-        types: set[str] = set()
-        for f in self.schema.features:
-            if f.op in ops:
-                for k in keys:
-                    types.update(f.params.get(k, []))
-        return sorted(types)
+    def _counts(self, keys: list[str], counters: set[tuple[str, ...]], prefix: str,
+                last_seen: set[tuple[str, ...]] = frozenset(), events: pl.LazyFrame | None = None) -> pl.LazyFrame:
+        """Per ``keys`` after each instant: how many events of each type set so far (``counters``), and
+        when one of each type set in ``last_seen`` last happened. One column per type set, nothing more."""
+        events = self.events.lazy() if events is None else events
+        first, last = _runs(keys)
+        cols = []
+        for types in sorted(counters):
+            flag = pl.col(TYPE).is_in(types).cast(pl.Int64)
+            # a segmented running sum: the global running sum minus its value where the key started
+            cols.append((flag.cum_sum() - pl.when(first).then(flag.cum_sum() - flag).forward_fill())
+                        .alias(prefix + _count(types)))
+        never = pl.lit(datetime(1970, 1, 1, tzinfo=UTC), dtype=pl.Datetime("us", "UTC"))
+        for types in sorted(last_seen):
+            seen = pl.when(pl.col(TYPE).is_in(types)).then(pl.col(TS)).when(first).then(never).forward_fill()
+            cols.append(pl.when(seen == never).then(None).otherwise(seen).alias(prefix + _last(types)))
+        all_types = sorted({t for types in counters | last_seen for t in types})
+        return (events.filter(pl.col(TYPE).is_in(all_types)).select(*keys, TS, TYPE)
+                .sort(keys, maintain_order=True)  # stable: time order within each key
+                .with_columns(cols).filter(last).drop(TYPE))
 
-    def _counts(self, keys: list[str], types: list[str], prefix: str, last_seen: bool = False,
-                events: pl.LazyFrame | None = None) -> pl.LazyFrame:
-        """State table: running count of each event type per ``keys`` (and when each was last seen)."""
-        events = self.events if events is None else events
-        per_ts = (events.filter(pl.col(TYPE).is_in(types))
-                  .group_by([*keys, TS])
-                  .agg([(pl.col(TYPE) == t).sum().cast(pl.Int64).alias(f"__n_{t}") for t in types])
-                  .sort([TS, *keys]))
-        running = [pl.col(f"__n_{t}").cum_sum().over(keys).alias(f"{prefix}cum_{t}") for t in types]
-        if last_seen:
-            running += [pl.when(pl.col(f"__n_{t}") > 0).then(pl.col(TS)).forward_fill().over(keys)
-                        .alias(f"{prefix}last_{t}") for t in types]
-        return per_ts.with_columns(running).drop([f"__n_{t}" for t in types])
+    def _type_sets(self, op: str, *params: str) -> set[tuple[str, ...]]:
+        return {tuple(sorted(f.params[p])) for f in self.schema.features if f.op == op for p in params}
 
-    def _history_state(self, f: Feature) -> pl.LazyFrame:
-        length = f.length
-        hist = (self.events.filter(pl.col(TYPE).is_in(f.params["event_types"]))
-                .select(USER, TS, ITEM)
-                .with_columns(pl.concat_list([pl.col(ITEM).shift(k).over(USER) for k in range(length)])
-                              .alias(raw(f)))  # newest first
-                .drop(ITEM))
-        # several events at one instant: the last row holds them all
-        return hist.unique(subset=[USER, TS], keep="last", maintain_order=True)
+    def _user_counts(self) -> pl.LazyFrame:
+        counters = self._type_sets("user_event_count", "event_types") | self._type_sets(
+            "user_category_share", "event_types")
+        return self._state("user_counts", lambda: self._counts(
+            [USER], counters, "__u_", last_seen=self._type_sets("user_recency_hours", "event_types")))
+
+    def _item_counts(self) -> pl.LazyFrame | None:
+        counters = {tuple(sorted(f.params["event_types"])) for f in self.schema.features
+                    if f.op == "item_event_count" and not f.params.get("window_days")}
+        counters |= self._type_sets("item_rate", "numerator", "denominator")
+        if not counters:
+            return None
+        return self._state("item_counts", lambda: self._counts([ITEM], counters, "__i_"))
+
+    def _item_window_counts(self, days: int) -> pl.LazyFrame:
+        """Counters of the ``days``-window features only: built from just their event types (small)."""
+        counters = {tuple(sorted(f.params["event_types"])) for f in self.schema.features
+                    if f.op == "item_event_count" and f.params.get("window_days") == days}
+        return self._state(f"item_window:{days}", lambda: self._counts([ITEM], counters, f"__w{days}_"))
+
+    def _history(self, f: Feature) -> pl.LazyFrame:
+        """The user's last ``length`` items after each instant, newest first, as embedding indices."""
+        def make() -> pl.LazyFrame:
+            _, last = _runs([USER])
+            index = self.encoders.index(f.embedding_table, pl.col(ITEM))
+            same_user = [pl.col(USER).shift(k) == pl.col(USER) for k in range(f.length)]
+            items = [pl.when(same_user[k]).then(pl.col("__index").shift(k)).otherwise(0) for k in range(f.length)]
+            return (self.events.lazy().filter(pl.col(TYPE).is_in(f.params["event_types"]))
+                    .select(USER, TS, index.alias("__index"))
+                    .sort(USER, maintain_order=True)
+                    .with_columns(pl.concat_arr(items).alias(F + f.name))
+                    .filter(last).select(USER, TS, F + f.name))
+        return self._state(f"history:{f.name}", make)
+
+    def _category_counts(self, f: Feature) -> pl.LazyFrame:
+        with_cat = self.events.lazy().with_columns(self._category_of(pl.col(ITEM)).alias(CAT))
+        return self._state(f"category:{f.name}", lambda: self._counts(
+            [USER, CAT], {tuple(sorted(f.params["event_types"]))}, f"__c{f.name}_", events=with_cat))
+
+    def _categories(self) -> pl.DataFrame:
+        """Item -> an integer code of its category (joins on ints are cheaper than on names)."""
+        self._state("categories", lambda: self.items.lazy().select(
+            ITEM, CATEGORY, pl.col(CATEGORY).rank("dense").cast(pl.Int64).alias(CAT)))
+        return self._states["categories"]
 
     def _category_of(self, item: pl.Expr) -> pl.Expr:
-        ids, cats = self._item_category
-        return item.replace_strict(ids, cats, default=None, return_dtype=pl.String)
+        rows = self._categories()
+        return item.replace_strict(rows[ITEM], rows[CAT], default=None, return_dtype=pl.Int64)
 
-    # ---- raw values ----------------------------------------------------------------------------
-    def add_raw(self, examples: pl.LazyFrame, features: list[Feature]) -> pl.LazyFrame:
-        """Add ``__raw__<name>`` for each feature; ``examples`` must be sorted by timestamp."""
+    def _category_name(self, code: pl.Expr) -> pl.Expr:
+        rows = self._categories().unique(CAT)
+        return code.replace_strict(rows[CAT], rows[CATEGORY], default=None, return_dtype=pl.String)
+
+    def _table(self, table: str) -> pl.DataFrame:
+        """Every attribute and vocabulary-id feature of a users / items row, encoded once per row."""
+        def make() -> pl.LazyFrame:
+            key, scope = (USER, Scope.USER) if table == "users" else (ITEM, Scope.ITEM)
+            cols = [self.encoders.expr(f, pl.col(f.params["column"])).alias(F + f.name) for f in self.schema.features
+                    if (f.op == "attribute" and f.params["table"] == table)
+                    or (f.op == "id" and f.scope == scope and f.encoding == "vocab")]
+            if table == "users":
+                cols.append(pl.col(SIGNUP).cast(pl.Datetime("us", "UTC")).alias("__signup"))
+            return (self.users if table == "users" else self.items).lazy().select(key, *cols)
+        self._state(f"table:{table}", make)
+        return self._states[f"table:{table}"]
+
+    def _lookup(self, table: str, column: str) -> pl.Expr:
+        """``column`` of the table row of each example's user / item (null if it is not in the table)."""
+        rows, key = self._table(table), USER if table == "users" else ITEM
+        return pl.col(key).replace_strict(rows[key], rows[column], default=None, return_dtype=rows.schema[column])
+
+    # ---- features for examples --------------------------------------------------------------------
+    def add(self, examples: pl.LazyFrame, features: list[Feature]) -> pl.LazyFrame:
+        """Add each feature's model input as column ``f:<name>`` to ``examples`` (sorted by time)."""
         ex = examples
-        wanted = {f.op for f in features}
-        user_ops = ("user_event_count", "user_recency_hours", "user_category_share")
-        if wanted & set(user_ops):
-            user_types = self._types(user_ops)
-            ex = _strictly_before(ex, self._counts([USER], user_types, "__u_", last_seen=True), USER)
-        item_ops = ("item_event_count", "item_rate")
-        if wanted & set(item_ops):
-            item_types = self._types(item_ops)
-            state = self._counts([ITEM], item_types, "__i_")
-            ex = _strictly_before(ex, state, ITEM)
-            for days in sorted({f.params["window_days"] for f in features
-                                if f.op == "item_event_count" and f.params.get("window_days")}):
-                shifted = f"__t_minus_{days}d"
-                window_state = state.rename({TS: shifted, **{f"__i_cum_{t}": f"__i{days}_cum_{t}"
-                                                             for t in item_types}})
-                ex = _strictly_before(ex.with_columns((pl.col(TS) - timedelta(days=days)).alias(shifted)),
-                                      window_state, ITEM, on=shifted).drop(shifted)
-        for f in features:
-            if f.op == "user_history":
-                ex = _strictly_before(ex, self._history_state(f), USER)
-        if "user_category_share" in wanted:
+        ops = {f.op for f in features}
+        if ops & set(USER_COUNT_OPS):
+            ex = _strictly_before(ex, self._user_counts(), USER)
+        if ops & set(ITEM_COUNT_OPS) and (item_state := self._item_counts()) is not None:
+            ex = _strictly_before(ex, item_state, ITEM)
+        for days in sorted({f.params["window_days"] for f in features
+                            if f.op == "item_event_count" and f.params.get("window_days")}):
+            # events in [t - days, t) = count before t - count before t - days
+            window, shifted = self._item_window_counts(days), f"__t_minus_{days}d"
+            ex = _strictly_before(ex, window, ITEM)
+            before = window.select(ITEM, pl.col(TS).alias(shifted), pl.exclude(ITEM, TS).name.prefix("__then"))
+            ex = _strictly_before(ex.with_columns((pl.col(TS) - timedelta(days=days)).alias(shifted)),
+                                  before, ITEM, on=shifted).drop(shifted)
+        if "user_category_share" in ops:
             if CAT not in ex.collect_schema():
                 ex = ex.with_columns(self._category_of(pl.col(ITEM)).alias(CAT))
             for f in features:
                 if f.op == "user_category_share":
-                    ex = self._category_share(ex, f)
-        return ex.with_columns([self._value(f, ex.collect_schema()).alias(raw(f))
-                                for f in features if f.op not in ("user_history", "user_category_share")])
+                    ex = _strictly_before(ex, self._category_counts(f), [USER, CAT])
+        for f in features:  # last: the widest state, copied by no later join
+            if f.op == "user_history":
+                ex = _strictly_before(ex, self._history(f), USER)
+        given = set(examples.collect_schema())
+        helpers = [c for c in ex.collect_schema() if c.startswith("__") and c not in given]
+        return ex.with_columns([self._encoded(f).alias(F + f.name) for f in features]).drop(helpers)
 
-    def _category_share(self, ex: pl.LazyFrame, f: Feature) -> pl.LazyFrame:
-        types = f.params["event_types"]
-        with_cat = self.events.with_columns(self._category_of(pl.col(ITEM)).alias(CAT))
-        state = self._counts([USER, CAT], types, f"__c{f.name}_", events=with_cat)
-        ex = _strictly_before(ex, state, [USER, CAT])
-        in_cat = pl.sum_horizontal([pl.col(f"__c{f.name}_cum_{t}") for t in types])
-        total = pl.sum_horizontal([pl.col(f"__u_cum_{t}") for t in types])
-        return ex.with_columns(pl.when(total > 0).then(in_cat.fill_null(0) / total).alias(raw(f)))
+    def _encoded(self, f: Feature) -> pl.Expr:
+        if f.op == "attribute":
+            return self._lookup(f.params["table"], F + f.name).fill_null(0)  # not in the table: unknown
+        if f.op == "id" and f.encoding == "vocab":
+            return self._lookup("users" if f.scope == Scope.USER else "items", F + f.name).fill_null(0)
+        if f.op == "user_history":
+            return self.encoders.expr(f, pl.col(F + f.name))  # indices already; pads a user with no history
+        return self.encoders.expr(f, self._raw(f))
 
-    def _value(self, f: Feature, columns: pl.Schema) -> pl.Expr:
+    def _raw(self, f: Feature) -> pl.Expr:
+        """The value before encoding, for ops computed per example."""
         p = f.params
+
+        def total(prefix: str, types: list[str]) -> pl.Expr:
+            return pl.col(prefix + _count(types)).fill_null(0)  # no state row yet: nothing happened
+
         if f.op == "id":
             return pl.col(p["column"])
-        if f.op == "attribute":
-            table = self.users if p["table"] == "users" else self.items
-            key = USER if p["table"] == "users" else ITEM
-            return pl.col(key).replace_strict(table[key], table[p["column"]], default=None,
-                                              return_dtype=table.schema[p["column"]])
         if f.op == "user_tenure_days":
-            signup = pl.col(USER).replace_strict(self.users[USER], self.users[SIGNUP], default=None,
-                                                 return_dtype=pl.Date)
-            return (pl.col(TS) - signup.cast(pl.Datetime("us", "UTC"))).dt.total_seconds() / 86400.0
+            return (pl.col(TS) - self._lookup("users", "__signup")).dt.total_seconds() / 86400.0
         if f.op == "user_event_count":
-            return pl.sum_horizontal([pl.col(f"__u_cum_{t}") for t in p["event_types"]]).fill_null(0)
+            return total("__u_", p["event_types"])
         if f.op == "user_recency_hours":
-            last = pl.max_horizontal([pl.col(f"__u_last_{t}") for t in p["event_types"]])
-            return (pl.col(TS) - last).dt.total_seconds() / 3600.0
+            return (pl.col(TS) - pl.col("__u_" + _last(p["event_types"]))).dt.total_seconds() / 3600.0
+        if f.op == "user_category_share":
+            in_category, everywhere = total(f"__c{f.name}_", p["event_types"]), total("__u_", p["event_types"])
+            return pl.when(everywhere > 0).then(in_category / everywhere)
         if f.op == "item_event_count":
-            now = pl.sum_horizontal([pl.col(f"__i_cum_{t}") for t in p["event_types"]]).fill_null(0)
             days = p.get("window_days")
             if not days:
-                return now
-            return now - pl.sum_horizontal([pl.col(f"__i{days}_cum_{t}") for t in p["event_types"]]).fill_null(0)
+                return total("__i_", p["event_types"])
+            return total(f"__w{days}_", p["event_types"]) - total(f"__then__w{days}_", p["event_types"])
         if f.op == "item_rate":
-            num = pl.sum_horizontal([pl.col(f"__i_cum_{t}") for t in p["numerator"]]).fill_null(0)
-            den = pl.sum_horizontal([pl.col(f"__i_cum_{t}") for t in p["denominator"]]).fill_null(0)
+            num, den = total("__i_", p["numerator"]), total("__i_", p["denominator"])
             return (num + p["prior"] * p["prior_strength"]) / (den + p["prior_strength"])
         if f.op == "position":
-            return pl.col(POSITION) if POSITION in columns else pl.lit(None, dtype=pl.Int32)
+            return pl.col(POSITION)
         if f.op == "clicked":
             return pl.col(LABEL)
         raise ValueError(f"feature {f.name!r}: no implementation for op {f.op!r}")
 
 
-def encode(encoders: Encoders, features: list[Feature], meta: dict[str, pl.Expr]) -> list[pl.Expr]:
-    """Select expressions: metadata columns, then each feature's model input under its own name."""
-    return [*(e.alias(name) for name, e in meta.items()),
-            *(encoders.expr(f, pl.col(raw(f))).alias(f.name) for f in features)]
-
-
 def ranking_examples(events: pl.LazyFrame, schema: FeatureSchema) -> pl.LazyFrame:
     """One row per impression with its click label (a click with the same request_id and item)."""
     shown = schema.examples["ranking"]["event_type"]
-    clicks = (events.filter((pl.col(TYPE) == "click") & pl.col(REQUEST).is_not_null())
-              .select(REQUEST, ITEM).unique().with_columns(pl.lit(1.0).alias(LABEL)))
+    clicked = (events.filter((pl.col(TYPE) == "click") & pl.col(REQUEST).is_not_null())
+               .select(pl.struct(REQUEST, ITEM)).collect().to_series())
     return (events.filter(pl.col(TYPE) == shown)
             .select(EVENT_ID, TS, USER, ITEM, REQUEST, POSITION)
-            .join(clicks, on=[REQUEST, ITEM], how="left")
-            .with_columns(pl.col(LABEL).fill_null(0.0))
-            .sort(TS, EVENT_ID))
+            .with_columns(pl.struct(REQUEST, ITEM).is_in(clicked.implode()).cast(pl.Float64).alias(LABEL)))
 
 
 def retrieval_examples(events: pl.LazyFrame, schema: FeatureSchema) -> pl.LazyFrame:
     """One positive (user, item) row per interaction of the configured types."""
     return (events.filter(pl.col(TYPE).is_in(schema.examples["retrieval"]["event_types"]))
-            .select(EVENT_ID, TS, USER, ITEM)
-            .sort(TS, EVENT_ID))
+            .select(EVENT_ID, TS, USER, ITEM))
 
 
 def task_features(schema: FeatureSchema, task: str) -> list[Feature]:
@@ -207,19 +282,30 @@ def task_features(schema: FeatureSchema, task: str) -> list[Feature]:
     return [f for f in schema.features if f.name in names]
 
 
-def build_examples(builder: FeatureBuilder, encoders: Encoders, task: str) -> pl.LazyFrame:
-    """Encoded examples of ``task`` (ranking | retrieval), sorted by time."""
-    schema = builder.schema
-    examples = ranking_examples(builder.events, schema) if task == "ranking" else \
-        retrieval_examples(builder.events, schema)
-    features = task_features(schema, task)
-    with_raw = builder.add_raw(examples, features)
-    meta = {META_EVENT_ID: pl.col(EVENT_ID), META_TS: pl.col(TS), META_USER: pl.col(USER),
-            META_ITEM: pl.col(ITEM)}
-    return with_raw.select(encode(encoders, features, meta)).sort(META_TS, META_EVENT_ID)
+def _named(features: list[Feature]) -> list[pl.Expr]:
+    return [pl.col(F + f.name).alias(f.name) for f in features]
 
 
-def online_tables(builder: FeatureBuilder, encoders: Encoders, as_of) -> dict[str, pl.LazyFrame]:
+def example_rows(builder: FeatureBuilder, task: str) -> pl.LazyFrame:
+    """The events that become ``task``'s examples (ranking | retrieval), in (timestamp, event_id) order."""
+    make = ranking_examples if task == "ranking" else retrieval_examples
+    return make(builder.events.lazy(), builder.schema)  # in event order, which every later join keeps
+
+
+def encode_examples(builder: FeatureBuilder, rows: pl.LazyFrame, task: str) -> pl.LazyFrame:
+    """Metadata and encoded features of example ``rows`` (a time-ordered slice of `example_rows`)."""
+    features = task_features(builder.schema, task)
+    meta = [pl.col(EVENT_ID).alias(META_EVENT_ID), pl.col(TS).alias(META_TS), pl.col(USER).alias(META_USER),
+            pl.col(ITEM).alias(META_ITEM)]
+    return builder.add(rows, features).select(*meta, *_named(features))
+
+
+def build_examples(builder: FeatureBuilder, task: str) -> pl.LazyFrame:
+    """All encoded examples of ``task`` at once (`recsys.data.dataset` writes them chunk by chunk)."""
+    return encode_examples(builder, example_rows(builder, task), task)
+
+
+def online_tables(builder: FeatureBuilder, as_of: datetime) -> dict[str, pl.LazyFrame]:
     """The state at ``as_of`` for serving: user features, item features, user x category features.
 
     Built by the same `FeatureBuilder` as the training examples, at one timestamp for everyone.
@@ -230,20 +316,19 @@ def online_tables(builder: FeatureBuilder, encoders: Encoders, as_of) -> dict[st
     item_f = [f for f in schema.by_scope(Scope.ITEM) if f.name in used]
     cross_f = [f for f in schema.by_scope(Scope.CROSS) if f.name in used]
     at = pl.lit(as_of, dtype=pl.Datetime("us", "UTC")).alias(TS)
-    users = builder.users.lazy().select(USER, at)
-    items = builder.items.lazy().select(ITEM, at)
     tables = {
-        "users": builder.add_raw(users, user_f).select(encode(encoders, user_f, {META_USER: pl.col(USER)})),
-        "items": builder.add_raw(items, item_f).select(encode(
-            encoders, item_f, {META_ITEM: pl.col(ITEM), META_AVAILABLE: pl.col(ITEM).replace_strict(
-                builder.items[ITEM], builder.items[AVAILABLE], default=True)})),
+        "users": builder.add(builder.users.lazy().select(USER, at), user_f)
+        .select(pl.col(USER).alias(META_USER), *_named(user_f)),
+        "items": builder.add(builder.items.lazy().select(ITEM, AVAILABLE, at), item_f)
+        .select(pl.col(ITEM).alias(META_ITEM), pl.col(AVAILABLE).alias(META_AVAILABLE), *_named(item_f)),
     }
     if cross_f:
         types = sorted({t for f in cross_f for t in f.params["event_types"]})
-        pairs = (builder.events.filter(pl.col(TYPE).is_in(types))
+        pairs = (builder.events.lazy().filter(pl.col(TYPE).is_in(types))
                  .select(USER, builder._category_of(pl.col(ITEM)).alias(CAT))
-                 .unique().drop_nulls().with_columns(at).sort(USER, CAT))
-        tables["user_category"] = builder.add_raw(pairs, cross_f).select(
-            encode(encoders, cross_f, {META_USER: pl.col(USER), META_CATEGORY: pl.col(CAT)}))
+                 .unique().drop_nulls().sort(USER, CAT).with_columns(at))
+        tables["user_category"] = builder.add(pairs, cross_f).select(
+            pl.col(USER).alias(META_USER), builder._category_name(pl.col(CAT)).alias(META_CATEGORY),
+            *_named(cross_f))
     return tables
 

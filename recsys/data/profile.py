@@ -48,16 +48,16 @@ def _categorical(s: pl.Series) -> dict[str, Any]:
 
 
 def _history(s: pl.Series) -> dict[str, Any]:
-    filled = s.list.eval((pl.element() != 0).sum()).list.first()
-    return {"count": int(s.len()), "mean_length": float(filled.mean() or 0.0),
-            "empty_share": float((filled == 0).sum() / max(1, s.len()))}
+    filled = (s.to_numpy() != 0).sum(axis=1)  # (N, length) -> items per history
+    return {"count": int(s.len()), "mean_length": float(filled.mean()) if len(filled) else 0.0,
+            "empty_share": float((filled == 0).mean()) if len(filled) else 0.0}
 
 
-def profile_features(df: pl.DataFrame, features: list[Feature]) -> dict[str, dict[str, Any]]:
-    """Profile each feature column of ``df`` (encoded model inputs)."""
+def profile_features(frame: pl.LazyFrame, features: list[Feature]) -> dict[str, dict[str, Any]]:
+    """Profile each feature column of ``frame`` (encoded model inputs), reading one column at a time."""
     out = {}
     for f in features:
-        s = df[f.name]
+        s = frame.select(f.name).collect().to_series()
         if f.kind == Kind.HISTORY:
             out[f.name] = {"kind": "history", **_history(s)}
         elif f.is_sparse:

@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from recsys.data.dataset import Dataset, DatasetError, DatasetManifest, build_dataset
@@ -34,6 +35,18 @@ def test_same_seed_same_id_other_seed_or_config_new_id(tmp_path, tiny_cfg, schem
     other_schema, _ = build_dataset(tmp_path / "a" / "validated", tmp_path / "a" / "datasets",
                                     parse_schema(raw), tiny_cfg.build, progress=False)
     assert other_schema.id != again.id
+
+
+def test_chunked_writing_changes_nothing(tmp_path, tiny_dataset, tiny_validated, tiny_cfg, schema):
+    """Examples are computed and written chunk by chunk; the chunk size is not part of the content."""
+    chunked, _ = build_dataset(tiny_validated, tmp_path, schema, replace(tiny_cfg.build, chunk_rows=1000),
+                               progress=False)
+    assert chunked.id == tiny_dataset.id
+    assert pq.ParquetFile(chunked.shards("ranking", "train")[0]).num_row_groups > 5  # written in pieces
+    for task in ("ranking", "retrieval"):
+        for split in ("train", "val", "test"):
+            assert chunked.read(task, split).equals(tiny_dataset.read(task, split)), (task, split)
+    assert chunked.manifest.profile == tiny_dataset.manifest.profile
 
 
 def test_rebuilding_the_same_inputs_is_skipped(tiny_dataset, tiny_validated, tiny_cfg, schema):

@@ -8,7 +8,7 @@ import pytest
 
 from recsys.data.dataset import _fit_values
 from recsys.data.encoders import fit_encoders
-from recsys.data.features import FeatureBuilder, build_examples, online_tables, raw, task_features
+from recsys.data.features import F, FeatureBuilder, build_examples, online_tables, ranking_examples, task_features
 from recsys.events import EVENTS, ITEMS, USERS
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
@@ -47,73 +47,71 @@ HAND_ITEMS = pl.DataFrame({"item_id": [1, 2, 3], "category": ["A", "B", "A"], "b
 
 @pytest.fixture()
 def hand(schema):
-    builder = FeatureBuilder(schema, HAND_EVENTS.lazy(), HAND_USERS, HAND_ITEMS)
     encoders = fit_encoders(schema, _fit_values(schema, HAND_USERS, HAND_ITEMS))
-    return builder, encoders
+    return FeatureBuilder(schema, HAND_EVENTS, HAND_USERS, HAND_ITEMS, encoders)
 
 
-def _raw_ranking(builder, schema):
-    from recsys.data.features import ranking_examples
-
-    examples = ranking_examples(builder.events, schema)
-    return builder.add_raw(examples, task_features(schema, "ranking")).collect()
+def _values(df: pl.DataFrame, where: pl.Expr) -> dict:
+    row = df.filter(where)
+    assert row.height == 1
+    return {k.removeprefix(F): v for k, v in row.row(0, named=True).items()}
 
 
 def test_exact_point_in_time_values(hand, schema):
-    builder, _ = hand
-    df = _raw_ranking(builder, schema)
-    a = df.filter((pl.col("timestamp") == _at(10)) & (pl.col("user_id") == 1)).row(0, named=True)
-    b = df.filter((pl.col("timestamp") == _at(10)) & (pl.col("user_id") == 2)).row(0, named=True)
-    c = df.filter(pl.col("request_id") == 4).row(0, named=True)
-    first = df.filter((pl.col("request_id") == 1) & (pl.col("item_id") == 1)).row(0, named=True)
-    v = lambda row, name: row[raw(schema[name])]  # noqa: E731
+    df = hand.add(ranking_examples(HAND_EVENTS.lazy(), schema), task_features(schema, "ranking")).collect()
+    a = _values(df, (pl.col("timestamp") == _at(10)) & (pl.col("user_id") == 1))
+    b = _values(df, (pl.col("timestamp") == _at(10)) & (pl.col("user_id") == 2))
+    c = _values(df, pl.col("request_id") == 4)
+    first = _values(df, (pl.col("request_id") == 1) & (pl.col("item_id") == 1))
+    item = {v: i + 1 for i, v in enumerate(hand.encoders.fitted["item_id"].vocab)}  # item id -> embedding row
+    pad = [0] * (schema["user_history"].length - 2)
 
     # user 1 at minute 10: two views (minutes 2 and 5), one purchase, last interaction 5 minutes ago
-    assert v(a, "user_views") == 2 and v(a, "user_purchases") == 1
-    assert v(a, "user_recency_hours") == pytest.approx(5 / 60)
-    assert v(a, "user_history")[:2] == [3, 1]  # newest first
-    assert v(a, "user_tenure_days") == pytest.approx(31 + 10 / 1440)
-    assert v(a, "user_country") == "DE" and v(a, "item_category") == "B"
+    assert a["user_views"] == pytest.approx(np.log1p(2)) and a["user_purchases"] == pytest.approx(np.log1p(1))
+    assert a["user_recency_hours"] == pytest.approx(np.log1p(5 / 60))
+    assert a["user_history"] == [item[3], item[1], *pad]  # newest first
+    assert a["user_tenure_days"] == pytest.approx(np.log1p(31 + 10 / 1440))
+    assert a["item_id"] == item[2] and a["item_category"] != 0 and a["user_country"] != 0
     # item 2: one impression before, no click -> smoothed CTR; no views in the last 7 days
-    assert v(a, "item_ctr") == pytest.approx((0 + 0.05 * 50) / (1 + 50))
-    assert v(a, "item_views_7d") == 0
-    assert v(a, "user_category_share") == 0.0  # none of user 1's views were in category B
-    assert v(a, "click") == 0.0 and v(a, "position") == 0
-    # user 2 has no past: defaults apply later; item 1 had 1 impression, 1 click, 1 view before minute 10
-    assert v(b, "user_views") == 0 and v(b, "user_recency_hours") is None and v(b, "user_history") is None
-    assert v(b, "item_ctr") == pytest.approx((1 + 2.5) / (1 + 50)) and v(b, "item_views_7d") == 1
-    assert v(b, "user_country") is None
+    assert a["item_ctr"] == pytest.approx((0 + 0.05 * 50) / (1 + 50))
+    assert a["item_views_7d"] == 0
+    assert a["user_category_share"] == 0.0  # none of user 1's views were in category B
+    assert a["click"] == 0.0 and a["position"] == 1  # slot 0 -> index 1 (0 is "missing")
+    # user 2 has no past: the schema's defaults; item 1 had 1 impression, 1 click and 1 view before minute 10
+    assert b["user_views"] == 0 and b["user_recency_hours"] == pytest.approx(np.log1p(720.0))
+    assert b["user_history"] == [0] * schema["user_history"].length
+    assert b["item_ctr"] == pytest.approx((1 + 2.5) / (1 + 50)) and b["item_views_7d"] == pytest.approx(np.log1p(1))
+    assert b["user_country"] == 0  # missing -> index 0
     # the first impression's own click is its label, not a feature: item 1 had no impression before it
-    assert v(first, "click") == 1.0
-    assert v(first, "item_ctr") == pytest.approx(0.05) and v(first, "user_views") == 0
+    assert first["click"] == 1.0
+    assert first["item_ctr"] == pytest.approx(0.05) and first["user_views"] == 0
     # 8 days later both views of item 1 are older than 7 days; both of user 1's views were in category A
-    assert v(c, "item_views_7d") == 0
-    assert v(c, "user_category_share") == 1.0
-    assert v(c, "item_ctr") == pytest.approx((1 + 2.5) / (2 + 50))
+    assert c["item_views_7d"] == 0
+    assert c["user_category_share"] == 1.0
+    assert c["item_ctr"] == pytest.approx((1 + 2.5) / (2 + 50))
+    assert c["item_category"] != a["item_category"]  # A vs B
 
 
 def test_ties_at_the_example_instant_are_not_visible(hand, schema):
     """The view and the purchase at minute 5 are invisible to anything at minute 5 itself."""
-    builder, _ = hand
     probe = pl.DataFrame({"event_id": [99], "timestamp": [_at(5)], "user_id": [1], "item_id": [3]},
                          schema_overrides={"timestamp": pl.Datetime("us", "UTC")}).lazy()
     feats = [schema["user_views"], schema["user_purchases"], schema["user_history"]]
-    row = builder.add_raw(probe, feats).collect().row(0, named=True)
-    assert row[raw(schema["user_views"])] == 1  # only the view at minute 2
-    assert row[raw(schema["user_purchases"])] == 0
-    assert row[raw(schema["user_history"])][:2] == [1, None]
+    row = _values(hand.add(probe, feats).collect(), pl.lit(True))
+    assert row["user_views"] == pytest.approx(np.log1p(1))  # only the view at minute 2
+    assert row["user_purchases"] == 0
+    assert row["user_history"][:2] == [hand.encoders.fitted["item_id"].vocab.index(1) + 1, 0]
 
 
-def test_encoding_defaults_and_padding(hand, schema):
-    builder, encoders = hand
-    df = build_examples(builder, encoders, "ranking").collect()
-    b = df.filter((pl.col("_timestamp") == _at(10)) & (pl.col("_user") == 2)).row(0, named=True)
-    assert b["user_history"] == [0] * schema["user_history"].length
-    assert b["user_recency_hours"] == pytest.approx(np.log1p(720.0))
-    assert b["user_country"] == 0  # missing -> index 0
-    assert b["item_id"] == 1 and b["position"] == 1  # item id 1 is the first catalogue entry; slot 0 -> index 1
+def test_example_tables_have_model_dtypes(hand, schema):
+    df = build_examples(hand, "ranking").collect()
+    assert df.height == HAND_EVENTS.filter(pl.col("event_type") == "impression").height
+    assert df["_timestamp"].is_sorted()
     for f in task_features(schema, "ranking"):
-        assert df[f.name].dtype in (pl.Int64, pl.Float32, pl.List(pl.Int64)), f.name
+        expected = {"int64": pl.Int64, "float32": pl.Float32}[f.model_dtype]
+        if f.length > 1:
+            expected = pl.Array(pl.Int64, f.length)
+        assert df[f.name].dtype == expected, f.name
 
 
 def _brute_force(events: pl.DataFrame, row: dict, schema, encoders) -> dict:
@@ -154,9 +152,9 @@ def test_no_feature_sees_the_future(tiny_validated, schema):
     cut = events["timestamp"].min() + timedelta(days=10)
     encoders = fit_encoders(schema, _fit_values(schema, users, items))
     for task in ("ranking", "retrieval"):
-        full = build_examples(FeatureBuilder(schema, events.lazy(), users, items), encoders, task).collect()
-        past_only = FeatureBuilder(schema, events.filter(pl.col("timestamp") < cut).lazy(), users, items)
-        truncated = build_examples(past_only, encoders, task).collect()
+        full = build_examples(FeatureBuilder(schema, events, users, items, encoders), task).collect()
+        past_only = FeatureBuilder(schema, events.filter(pl.col("timestamp") < cut), users, items, encoders)
+        truncated = build_examples(past_only, task).collect()
         before = full.filter(pl.col("_timestamp") < cut)
         if task == "ranking":  # a label may come from a click after the cut; the features may not
             before, truncated = before.drop("click"), truncated.drop("click")
@@ -174,8 +172,8 @@ def test_online_tables_are_the_state_after_the_last_event(tiny_dataset, tiny_val
     merged = users.join(views, left_on="_user", right_on="user_id", how="left").with_columns(pl.col("len").fill_null(0))
     assert np.allclose(merged["user_views"].to_numpy(), np.log1p(merged["len"].to_numpy()), rtol=1e-6)
     # and it is the same code path: the online row equals a feature lookup at the as-of instant
-    builder = FeatureBuilder(schema, events.lazy(), pl.read_parquet(tiny_validated / "users.parquet"),
-                             pl.read_parquet(tiny_validated / "items.parquet"))
+    builder = FeatureBuilder(schema, events, pl.read_parquet(tiny_validated / "users.parquet"),
+                             pl.read_parquet(tiny_validated / "items.parquet"), tiny_dataset.encoders(schema))
     as_of = datetime.fromisoformat(tiny_dataset.manifest.online["as_of"])
-    again = online_tables(builder, tiny_dataset.encoders(schema), as_of)["users"].collect()
+    again = online_tables(builder, as_of)["users"].collect()
     assert again.equals(users)
