@@ -16,14 +16,13 @@ give the same id (and the build is skipped), any change gives a new one.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.parquet as pq
+from polars.io.plugins import register_io_source
 from tqdm.auto import tqdm
 
 from recsys.config import EXECUTION_ONLY, BuildConfig
@@ -165,31 +164,6 @@ def _fit_values(schema: FeatureSchema, users: pl.DataFrame, items: pl.DataFrame)
     return values
 
 
-class ShardWriter:
-    """Appends row chunks to ``n`` Parquet shards: row i of the split goes to shard i % n."""
-
-    def __init__(self, out: Path, rel: str, n: int, schema: pl.Schema):
-        (out / rel).mkdir(parents=True)
-        self.paths = [f"{rel}/part-{k:05d}-of-{n:05d}.parquet" for k in range(n)]
-        arrow_schema = pl.DataFrame(schema=schema).to_arrow().schema
-        self.writers = [pq.ParquetWriter(out / p, arrow_schema, compression="zstd") for p in self.paths]
-        self.rows = [0] * n
-
-    def write(self, chunk: pl.DataFrame) -> None:
-        n, start = len(self.writers), sum(self.rows)
-        shard_of = (pl.int_range(pl.len()) + start) % n
-        for k, writer in enumerate(self.writers):
-            part = chunk.filter(shard_of == k)
-            writer.write_table(part.to_arrow())
-            self.rows[k] += part.height
-
-    def close(self) -> dict[str, Any]:
-        for writer in self.writers:
-            writer.close()
-        return {"rows": sum(self.rows), "shards": [{"path": p, "rows": r} for p, r in zip(self.paths, self.rows,
-                                                                                         strict=True)]}
-
-
 def load_builder(validated: Path, schema: FeatureSchema) -> FeatureBuilder:
     """A feature builder over a validated export, with encoders fitted on its tables."""
     events = sorted_events(pl.read_parquet(validated / "events.parquet"))
@@ -203,10 +177,11 @@ def load_builder(validated: Path, schema: FeatureSchema) -> FeatureBuilder:
 
 def write_examples(builder: FeatureBuilder, task: str, bounds: dict[str, datetime], out: Path,
                    cfg: BuildConfig) -> dict[str, Any]:
-    """Build ``task``'s examples and write ``out/shards/<task>/<split>/``, ``cfg.chunk_rows`` at a time.
+    """Build ``task``'s examples and write ``out/shards/<task>/<split>/``; returns the splits' layout.
 
-    Memory holds one chunk, not the dataset; the next chunk is computed while the last is written.
-    Returns the splits' layout (rows, shard paths).
+    Row i of a split goes to shard i % n. An example's features depend on the events only, so each
+    shard is computed on its own, ``cfg.chunk_rows`` examples at a time, and streamed into its file by
+    Polars' Parquet sink: memory holds one chunk, not the dataset.
     """
     rows = example_rows(builder, task).collect()
     ts = pl.col(TS)
@@ -216,18 +191,22 @@ def write_examples(builder: FeatureBuilder, task: str, bounds: dict[str, datetim
     del rows
     schema = encode_examples(builder, splits["train"].head(0).lazy(), task).collect_schema()
     layout = {}
-    with ThreadPoolExecutor(max_workers=1) as background:
-        for split, part in splits.items():
-            writer = ShardWriter(out, f"shards/{task}/{split}", cfg.shards, schema)
-            pending = None
-            for chunk in part.iter_slices(cfg.chunk_rows):
-                encoded = encode_examples(builder, chunk.lazy(), task).collect()
-                if pending is not None:
-                    pending.result()
-                pending = background.submit(writer.write, encoded)
-            if pending is not None:
-                pending.result()
-            layout[split] = writer.close()
+    for split, part in splits.items():
+        rel = f"shards/{task}/{split}"
+        (out / rel).mkdir(parents=True)
+        shards = []
+        for k in range(cfg.shards):
+            mine = part.gather_every(cfg.shards, offset=k)
+
+            def encoded_chunks(with_columns, predicate, n_rows, batch_size, mine=mine):
+                for chunk in mine.head(n_rows if n_rows is not None else mine.height).iter_slices(cfg.chunk_rows):
+                    df = encode_examples(builder, chunk.lazy(), task).collect()
+                    yield df.select(with_columns) if with_columns is not None else df
+
+            path = f"{rel}/part-{k:05d}-of-{cfg.shards:05d}.parquet"
+            register_io_source(encoded_chunks, schema=schema).sink_parquet(out / path)
+            shards.append({"path": path, "rows": mine.height})
+        layout[split] = {"rows": part.height, "shards": shards}
     return layout
 
 

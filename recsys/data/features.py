@@ -85,10 +85,10 @@ class FeatureBuilder:
     _states: dict[str, pl.DataFrame] = field(default_factory=dict, init=False, repr=False)
 
     # ---- state tables (built once, shared) ------------------------------------------------------
-    def _state(self, name: str, make: Callable[[], pl.LazyFrame]) -> pl.LazyFrame:
+    def _state(self, name: str, make: Callable[[], pl.LazyFrame]) -> pl.DataFrame:
         if name not in self._states:
             self._states[name] = make().collect()
-        return self._states[name].lazy()
+        return self._states[name]
 
     def _counts(self, keys: list[str], counters: set[tuple[str, ...]], prefix: str,
                 last_seen: set[tuple[str, ...]] = frozenset(), events: pl.LazyFrame | None = None) -> pl.LazyFrame:
@@ -118,7 +118,7 @@ class FeatureBuilder:
         counters = self._type_sets("user_event_count", "event_types") | self._type_sets(
             "user_category_share", "event_types")
         return self._state("user_counts", lambda: self._counts(
-            [USER], counters, "__u_", last_seen=self._type_sets("user_recency_hours", "event_types")))
+            [USER], counters, "__u_", last_seen=self._type_sets("user_recency_hours", "event_types"))).lazy()
 
     def _item_counts(self) -> pl.LazyFrame | None:
         counters = {tuple(sorted(f.params["event_types"])) for f in self.schema.features
@@ -126,13 +126,13 @@ class FeatureBuilder:
         counters |= self._type_sets("item_rate", "numerator", "denominator")
         if not counters:
             return None
-        return self._state("item_counts", lambda: self._counts([ITEM], counters, "__i_"))
+        return self._state("item_counts", lambda: self._counts([ITEM], counters, "__i_")).lazy()
 
     def _item_window_counts(self, days: int) -> pl.LazyFrame:
         """Counters of the ``days``-window features only: built from just their event types (small)."""
         counters = {tuple(sorted(f.params["event_types"])) for f in self.schema.features
                     if f.op == "item_event_count" and f.params.get("window_days") == days}
-        return self._state(f"item_window:{days}", lambda: self._counts([ITEM], counters, f"__w{days}_"))
+        return self._state(f"item_window:{days}", lambda: self._counts([ITEM], counters, f"__w{days}_")).lazy()
 
     def _history(self, f: Feature) -> pl.LazyFrame:
         """The user's last ``length`` items after each instant, newest first, as embedding indices."""
@@ -146,18 +146,17 @@ class FeatureBuilder:
                     .sort(USER, maintain_order=True)
                     .with_columns(pl.concat_arr(items).alias(F + f.name))
                     .filter(last).select(USER, TS, F + f.name))
-        return self._state(f"history:{f.name}", make)
+        return self._state(f"history:{f.name}", make).lazy()
 
     def _category_counts(self, f: Feature) -> pl.LazyFrame:
         with_cat = self.events.lazy().with_columns(self._category_of(pl.col(ITEM)).alias(CAT))
         return self._state(f"category:{f.name}", lambda: self._counts(
-            [USER, CAT], {tuple(sorted(f.params["event_types"]))}, f"__c{f.name}_", events=with_cat))
+            [USER, CAT], {tuple(sorted(f.params["event_types"]))}, f"__c{f.name}_", events=with_cat)).lazy()
 
     def _categories(self) -> pl.DataFrame:
         """Item -> an integer code of its category (joins on ints are cheaper than on names)."""
-        self._state("categories", lambda: self.items.lazy().select(
+        return self._state("categories", lambda: self.items.lazy().select(
             ITEM, CATEGORY, pl.col(CATEGORY).rank("dense").cast(pl.Int64).alias(CAT)))
-        return self._states["categories"]
 
     def _category_of(self, item: pl.Expr) -> pl.Expr:
         rows = self._categories()
@@ -167,18 +166,25 @@ class FeatureBuilder:
         rows = self._categories().unique(CAT)
         return code.replace_strict(rows[CAT], rows[CATEGORY], default=None, return_dtype=pl.String)
 
+    @staticmethod
+    def _per_row_table(f: Feature) -> str | None:
+        """The table whose rows ``f`` is encoded on once (attributes, and ids with a vocabulary), if any."""
+        if f.op == "attribute":
+            return f.params["table"]
+        if f.op == "id" and f.encoding == "vocab":
+            return "users" if f.scope == Scope.USER else "items"
+        return None
+
     def _table(self, table: str) -> pl.DataFrame:
-        """Every attribute and vocabulary-id feature of a users / items row, encoded once per row."""
+        """Every per-row feature of the users / items table, encoded once per row."""
         def make() -> pl.LazyFrame:
-            key, scope = (USER, Scope.USER) if table == "users" else (ITEM, Scope.ITEM)
             cols = [self.encoders.expr(f, pl.col(f.params["column"])).alias(F + f.name) for f in self.schema.features
-                    if (f.op == "attribute" and f.params["table"] == table)
-                    or (f.op == "id" and f.scope == scope and f.encoding == "vocab")]
+                    if self._per_row_table(f) == table]
             if table == "users":
                 cols.append(pl.col(SIGNUP).cast(pl.Datetime("us", "UTC")).alias("__signup"))
-            return (self.users if table == "users" else self.items).lazy().select(key, *cols)
-        self._state(f"table:{table}", make)
-        return self._states[f"table:{table}"]
+            frame = self.users if table == "users" else self.items
+            return frame.lazy().select(USER if table == "users" else ITEM, *cols)
+        return self._state(f"table:{table}", make)
 
     def _lookup(self, table: str, column: str) -> pl.Expr:
         """``column`` of the table row of each example's user / item (null if it is not in the table)."""
@@ -216,10 +222,8 @@ class FeatureBuilder:
         return ex.with_columns([self._encoded(f).alias(F + f.name) for f in features]).drop(helpers)
 
     def _encoded(self, f: Feature) -> pl.Expr:
-        if f.op == "attribute":
-            return self._lookup(f.params["table"], F + f.name).fill_null(0)  # not in the table: unknown
-        if f.op == "id" and f.encoding == "vocab":
-            return self._lookup("users" if f.scope == Scope.USER else "items", F + f.name).fill_null(0)
+        if (table := self._per_row_table(f)) is not None:
+            return self._lookup(table, F + f.name).fill_null(0)  # not in the table: unknown
         if f.op == "user_history":
             return self.encoders.expr(f, pl.col(F + f.name))  # indices already; pads a user with no history
         return self.encoders.expr(f, self._raw(f))
