@@ -175,13 +175,17 @@ def load_builder(validated: Path, schema: FeatureSchema) -> FeatureBuilder:
     return FeatureBuilder(schema, events, users, items, encoders)
 
 
+SHARD = "__shard"
+
+
 def write_examples(builder: FeatureBuilder, task: str, bounds: dict[str, datetime], out: Path,
                    cfg: BuildConfig) -> dict[str, Any]:
     """Build ``task``'s examples and write ``out/shards/<task>/<split>/``; returns the splits' layout.
 
-    Row i of a split goes to shard i % n. An example's features depend on the events only, so each
-    shard is computed on its own, ``cfg.chunk_rows`` examples at a time, and streamed into its file by
-    Polars' Parquet sink: memory holds one chunk, not the dataset.
+    Row i of a split goes to shard i % n. Examples are computed ``cfg.chunk_rows`` at a time and
+    streamed into the shard files by Polars' partitioned Parquet sink: memory holds one chunk, not the
+    dataset. (`pl.PartitionBy` is marked unstable; polars is pinned, and the tests compare a chunked
+    build with an unchunked one row for row.)
     """
     rows = example_rows(builder, task).collect()
     ts = pl.col(TS)
@@ -190,22 +194,34 @@ def write_examples(builder: FeatureBuilder, task: str, bounds: dict[str, datetim
               "test": rows.filter(ts >= bounds["test_start"])}
     del rows
     schema = encode_examples(builder, splits["train"].head(0).lazy(), task).collect_schema()
+    n = cfg.shards
     layout = {}
     for split, part in splits.items():
         rel = f"shards/{task}/{split}"
+
+        def encoded_chunks(with_columns, predicate, n_rows, batch_size, part=part):
+            start = 0
+            for chunk in part.iter_slices(cfg.chunk_rows):
+                df = encode_examples(builder, chunk.lazy(), task).collect()
+                yield df.with_columns(((pl.int_range(pl.len()) + start) % n).alias(SHARD))
+                start += chunk.height
+
+        def shard_file(args, rel=rel) -> str:
+            if args.index_in_partition != 0:
+                raise DatasetError(f"{rel}: the Parquet sink split a shard into several files")
+            return f"part-{args.partition_keys[SHARD][0]:05d}-of-{n:05d}.parquet"
+
         (out / rel).mkdir(parents=True)
+        if part.height:
+            register_io_source(encoded_chunks, schema={**schema, SHARD: pl.Int64}).sink_parquet(pl.PartitionBy(
+                out / rel, key=SHARD, include_key=False, file_path_provider=shard_file,
+                approximate_bytes_per_file=None, max_rows_per_file=None))
         shards = []
-        for k in range(cfg.shards):
-            mine = part.gather_every(cfg.shards, offset=k)
-
-            def encoded_chunks(with_columns, predicate, n_rows, batch_size, mine=mine):
-                for chunk in mine.head(n_rows if n_rows is not None else mine.height).iter_slices(cfg.chunk_rows):
-                    df = encode_examples(builder, chunk.lazy(), task).collect()
-                    yield df.select(with_columns) if with_columns is not None else df
-
-            path = f"{rel}/part-{k:05d}-of-{cfg.shards:05d}.parquet"
-            register_io_source(encoded_chunks, schema=schema).sink_parquet(out / path)
-            shards.append({"path": path, "rows": mine.height})
+        for k in range(n):
+            path, size = f"{rel}/part-{k:05d}-of-{n:05d}.parquet", len(range(k, part.height, n))
+            if size == 0:  # the sink writes no file for an empty shard
+                pl.DataFrame(schema=schema).write_parquet(out / path)
+            shards.append({"path": path, "rows": size})
         layout[split] = {"rows": part.height, "shards": shards}
     return layout
 
