@@ -77,7 +77,7 @@ class BuildConfig:
     val_days: int = 7  # the last days before the test period
     test_days: int = 7  # the last days of the data
     shards: int = 2  # Parquet shards per split (one per training worker)
-    chunk_rows: int = 2_500_000  # examples computed and written at a time: bounds memory, not the output
+    chunk_rows: int = 1_000_000  # examples computed and written at a time: bounds memory, not the output
 
 
 # build settings that change how a dataset is computed but never what it contains (not in its id)
