@@ -200,11 +200,14 @@ def write_examples(builder: FeatureBuilder, task: str, bounds: dict[str, datetim
         rel = f"shards/{task}/{split}"
 
         def encoded_chunks(with_columns, predicate, n_rows, batch_size, part=part):
-            start = 0
-            for chunk in part.iter_slices(cfg.chunk_rows):
-                df = encode_examples(builder, chunk.lazy(), task).collect()
-                yield df.with_columns(((pl.int_range(pl.len()) + start) % n).alias(SHARD))
-                start += chunk.height
+            """A Polars IO source: the split's encoded examples, chunk by chunk, with their shard."""
+            rows = part if n_rows is None else part.head(n_rows)
+            for start in range(0, rows.height, cfg.chunk_rows):
+                chunk = rows.slice(start, cfg.chunk_rows)
+                df = encode_examples(builder, chunk.lazy(), task).collect().with_columns(
+                    ((pl.int_range(pl.len()) + start) % n).alias(SHARD))
+                df = df if predicate is None else df.filter(predicate)
+                yield df if with_columns is None else df.select(with_columns)
 
         def shard_file(args, rel=rel) -> str:
             if args.index_in_partition != 0:
