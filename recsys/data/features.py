@@ -299,8 +299,7 @@ def example_rows(builder: FeatureBuilder, task: str) -> pl.LazyFrame:
 def encode_examples(builder: FeatureBuilder, rows: pl.LazyFrame, task: str) -> pl.LazyFrame:
     """Metadata and encoded features of example ``rows`` (a time-ordered slice of `example_rows`)."""
     features = task_features(builder.schema, task)
-    meta = [pl.col(EVENT_ID).alias(META_EVENT_ID), pl.col(TS).alias(META_TS), pl.col(USER).alias(META_USER),
-            pl.col(ITEM).alias(META_ITEM)]
+    meta = [pl.col(c).alias(m) for c, m in zip((EVENT_ID, TS, USER, ITEM), META_COLUMNS, strict=True)]
     return builder.add(rows, features).select(*meta, *_named(features))
 
 
