@@ -1,0 +1,1 @@
+"""Offline evaluation: ranking and retrieval metrics, baselines and the oracle."""
