@@ -1,0 +1,75 @@
+"""Batches for training and evaluation, read from one worker's shards of a dataset version.
+
+Each worker reads only its own shard files (``shard_index`` of ``n`` per split), reshuffled every
+epoch with a seed, so N workers see disjoint data and a rerun sees the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from recsys.data.dataset import Dataset
+from recsys.models.inputs import Batch, InputSpec, make_batch
+from recsys.schema import FeatureSchema
+
+
+@dataclass
+class RetrievalBatch:
+    """Positive (user, item) pairs: the user side, the item side, item indices and their log sampling
+    probabilities (for the log-Q correction)."""
+
+    users: Batch
+    items: Batch
+    item_ids: torch.Tensor  # (B,) int64 embedding rows of the items
+    log_q: torch.Tensor  # (B,) float32
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+def item_log_q(dataset: Dataset, schema: FeatureSchema) -> np.ndarray:
+    """log P(item is a training positive), per item embedding row (unseen items get half a count)."""
+    item = schema.item_id.name
+    rows = dataset.manifest.cardinalities[schema.item_id.embedding_table]
+    counts = np.zeros(rows, dtype=np.float64)
+    for path in dataset.shards("retrieval", "train"):
+        ids = pl.read_parquet(path, columns=[item])[item].to_numpy()
+        counts += np.bincount(ids, minlength=rows)
+    counts[counts == 0] = 0.5
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+def read_shard(dataset: Dataset, task: str, split: str, shard_index: int, columns: list[str]) -> pl.DataFrame:
+    shards = dataset.shards(task, split)
+    if not 0 <= shard_index < len(shards):
+        raise ValueError(f"shard {shard_index} does not exist: {task}/{split} has {len(shards)} shards")
+    return pl.read_parquet(shards[shard_index], columns=columns)
+
+
+def batches(frame: pl.DataFrame, batch_size: int, shuffle_seed: int | None = None,
+            drop_last: bool = False) -> Iterator[pl.DataFrame]:
+    """Row slices of ``frame``, in a seeded random order when ``shuffle_seed`` is given."""
+    if shuffle_seed is not None:
+        frame = frame.sample(fraction=1.0, shuffle=True, seed=shuffle_seed)
+    stop = frame.height - (frame.height % batch_size if drop_last else 0)
+    for start in range(0, stop, batch_size):
+        yield frame.slice(start, batch_size)
+
+
+def ranking_batches(frame: pl.DataFrame, spec: InputSpec, batch_size: int,
+                    shuffle_seed: int | None = None) -> Iterator[Batch]:
+    for rows in batches(frame, batch_size, shuffle_seed):
+        yield make_batch(rows, spec)
+
+
+def retrieval_batches(frame: pl.DataFrame, user_spec: InputSpec, item_spec: InputSpec, item_column: str,
+                      log_q: np.ndarray, batch_size: int, shuffle_seed: int | None = None) -> Iterator[RetrievalBatch]:
+    for rows in batches(frame, batch_size, shuffle_seed, drop_last=shuffle_seed is not None):
+        ids = rows[item_column].to_numpy()
+        yield RetrievalBatch(make_batch(rows, user_spec), make_batch(rows, item_spec),
+                             torch.tensor(ids, dtype=torch.int64), torch.from_numpy(log_q[ids]))

@@ -1,0 +1,42 @@
+import numpy as np
+import polars as pl
+import pytest
+
+from recsys.models.inputs import InputSpec
+from recsys.training.data import batches, item_log_q, ranking_batches, read_shard, retrieval_batches
+
+
+def test_workers_read_disjoint_shards_covering_the_split(tiny_dataset):
+    cols = ["_event_id"]
+    parts = [read_shard(tiny_dataset, "ranking", "train", k, cols) for k in range(2)]
+    ids = pl.concat(parts)["_event_id"]
+    assert ids.is_unique().all() and ids.len() == tiny_dataset.manifest.splits["ranking"]["train"]["rows"]
+    with pytest.raises(ValueError, match="shard 2 does not exist: ranking/train has 2 shards"):
+        read_shard(tiny_dataset, "ranking", "train", 2, cols)
+
+
+def test_seeded_shuffle_is_reproducible_and_complete(tiny_dataset):
+    frame = read_shard(tiny_dataset, "ranking", "train", 0, ["_event_id"])
+    first = pl.concat(batches(frame, 100, shuffle_seed=1))["_event_id"]
+    again = pl.concat(batches(frame, 100, shuffle_seed=1))["_event_id"]
+    other = pl.concat(batches(frame, 100, shuffle_seed=2))["_event_id"]
+    assert first.equals(again) and not first.equals(other)
+    assert first.sort().equals(frame["_event_id"].sort())
+
+
+def test_batches_carry_labels_and_log_q(tiny_dataset, schema):
+    spec = InputSpec.for_part(schema, "dlrm")
+    frame = read_shard(tiny_dataset, "ranking", "train", 0, spec.columns)
+    sizes = [len(b) for b in ranking_batches(frame, spec, 256)]
+    assert sum(sizes) == frame.height and max(sizes) == 256
+    log_q = item_log_q(tiny_dataset, schema)
+    assert log_q.shape == (tiny_dataset.manifest.cardinalities["item_id"],)
+    assert np.exp(log_q).sum() == pytest.approx(1.0, rel=1e-5)
+    user, item = InputSpec.for_part(schema, "two_tower.user"), InputSpec.for_part(schema, "two_tower.item")
+    retrieval = read_shard(tiny_dataset, "retrieval", "train", 0, list({*user.columns, *item.columns}))
+    batch = next(retrieval_batches(retrieval, user, item, "item_id", log_q, 64, shuffle_seed=0))
+    assert len(batch) == 64 and batch.log_q.shape == (64,)
+    assert np.allclose(batch.log_q.numpy(), log_q[batch.item_ids.numpy()])
+    # most popular training item has the highest sampling probability
+    counts = tiny_dataset.read("retrieval", "train")["item_id"].value_counts().sort("count")
+    assert log_q[counts["item_id"][-1]] == log_q.max()
