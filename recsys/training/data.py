@@ -6,7 +6,7 @@ epoch with a seed, so N workers see disjoint data and a rerun sees the same orde
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,3 +73,21 @@ def retrieval_batches(frame: pl.DataFrame, user_spec: InputSpec, item_spec: Inpu
         ids = rows[item_column].to_numpy()
         yield RetrievalBatch(make_batch(rows, user_spec), make_batch(rows, item_spec),
                              torch.tensor(ids, dtype=torch.int64), torch.from_numpy(log_q[ids]))
+
+
+class EpochBatches(torch.utils.data.IterableDataset):
+    """Batches for a DataLoader (``batch_size=None``): ``make(seed)`` yields one epoch's batches.
+
+    With ``shuffle``, epoch e uses seed ``seed + e``; the training module sets the epoch, so a resumed
+    run sees the same order as an uninterrupted one.
+    """
+
+    def __init__(self, make: Callable[[int | None], Iterator], shuffle: bool, seed: int = 0):
+        super().__init__()
+        self.make, self.shuffle, self.seed, self.epoch = make, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator:
+        return self.make(self.seed + self.epoch if self.shuffle else None)

@@ -1,0 +1,102 @@
+"""The one training loop: a LightningModule for both models.
+
+The task (``ranking`` or ``retrieval``) decides the model, its loss wrapper and the validation metrics;
+the loop itself (steps, optimisers, logging, checkpoints) is shared. Embedding tables are trained by
+TorchRec's optimiser applied in the backward pass (fused into the kernels once the model is sharded
+with DistributedModelParallel); dense parameters by their own optimiser.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytorch_lightning as L
+import torch
+from torchrec import EmbeddingBagCollection
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from recsys.evaluation.metrics import auc, log_loss
+from recsys.models.dlrm import DLRMTrain, Ranker
+from recsys.models.inputs import Batch
+from recsys.models.two_tower import TwoTower, TwoTowerTrain
+from recsys.training.data import RetrievalBatch
+
+TASKS = ("ranking", "retrieval")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    dense_lr: float = 1e-3  # Adam, for MLPs and interaction layers
+    embedding_lr: float = 0.05  # row-wise Adagrad for embedding tables (TorchRec fused optimiser)
+    weight_decay: float = 0.0  # dense parameters only
+
+
+class RecsysModule(L.LightningModule):
+    """Trains a `Ranker` on ranking batches or a `TwoTower` on retrieval batches."""
+
+    def __init__(self, train_wrapper: DLRMTrain | TwoTowerTrain, optim: OptimConfig):
+        super().__init__()
+        self.train_wrapper, self.optim = train_wrapper, optim  # the wrapper holds the model: one copy of it
+        self.task = "ranking" if isinstance(train_wrapper, DLRMTrain) else "retrieval"
+        embeddings = [p for m in self.model.modules() if isinstance(m, EmbeddingBagCollection)
+                      for p in m.parameters()]
+        apply_optimizer_in_backward(torch.optim.Adagrad, embeddings, {"lr": optim.embedding_lr})
+        self._outputs: list[tuple[np.ndarray, np.ndarray]] = []
+        self._step_started: float | None = None
+
+    @property
+    def model(self) -> Ranker | TwoTower:
+        return self.train_wrapper.model
+
+    def on_train_epoch_start(self) -> None:
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):  # a new, reproducible shuffle every epoch, also after a resume
+            dataset.set_epoch(self.current_epoch)
+
+    def _loss(self, batch: Batch | RetrievalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(batch, RetrievalBatch):
+            return self.train_wrapper(batch.users, batch.items, batch.item_ids, batch.log_q)
+        return self.train_wrapper(batch)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch: Batch | RetrievalBatch, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch)
+        self.log("train/loss", loss, batch_size=len(batch), prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self._step_started is not None:
+            seconds = time.perf_counter() - self._step_started
+            self.log("train/examples_per_s", len(batch) / max(seconds, 1e-9), batch_size=len(batch))
+        for i, group in enumerate(self.trainer.optimizers[0].param_groups):
+            self.log(f"train/lr_dense_{i}", group["lr"], batch_size=len(batch))
+
+    def validation_step(self, batch: Batch | RetrievalBatch, batch_idx: int) -> None:
+        loss, logits = self._loss(batch)
+        self.log("val/loss", loss, batch_size=len(batch), prog_bar=True, sync_dist=True)
+        if isinstance(batch, Batch) and batch.labels is not None:
+            self._outputs.append((torch.sigmoid(logits).detach().cpu().numpy(), batch.labels.cpu().numpy()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._outputs:
+            return
+        outputs = self._outputs
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every worker's rows
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, outputs)
+            outputs = [o for rank in gathered for o in rank]
+        probs = np.concatenate([p for p, _ in outputs])
+        labels = np.concatenate([y for _, y in outputs])
+        self._outputs = []
+        if 0 < labels.sum() < len(labels):
+            self.log("val/auc", auc(labels, probs))
+        self.log("val/logloss", log_loss(labels, probs))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        dense = [p for _, p in in_backward_optimizer_filter(self.named_parameters())]
+        return torch.optim.Adam(dense, lr=self.optim.dense_lr, weight_decay=self.optim.weight_decay)
