@@ -1,1 +1,1 @@
-"""Ray Train job entry points (two-tower, DLRM, HPO sweep) — not written yet: issue #3 adds them."""
+"""Ray Train job entry points: thin ``main(argv)`` functions over `recsys.training` (HPO sweep: to come)."""

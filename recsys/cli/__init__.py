@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from recsys import __version__
-from recsys.cli import data
+from recsys.cli import data, train
 from recsys.errors import RecsysError
 
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"recsys {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     data.add_parser(commands)
+    train.add_parser(commands)
     return parser
 
 

@@ -3,40 +3,15 @@ schema's dlrm inputs; the click label trains it with binary cross-entropy in `DL
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingBagCollection
 from torchrec.models.dlrm import DLRM, DLRM_DCN
 
-from recsys.config import ConfigError
+from recsys.models.config import DLRMConfig
 from recsys.models.inputs import Batch, InputSpec
 from recsys.schema import FeatureSchema
-
-INTERACTIONS = ("dot", "dcn")
-
-
-@dataclass(frozen=True)
-class DLRMConfig:
-    """Hyperparameters of the ranker (the feature inputs come from the schema)."""
-
-    embedding_dim: int = 16  # width of every embedding table (DLRM needs one width)
-    dense_layers: tuple[int, ...] = (64, 16)  # bottom MLP; its last width must equal embedding_dim
-    over_layers: tuple[int, ...] = (64, 32, 1)  # top MLP; ends in one logit
-    interaction: str = "dot"  # dot (pairwise dot products) | dcn (DCN-v2 low-rank cross layers)
-    dcn_layers: int = 3
-    dcn_rank: int = 16
-
-    def __post_init__(self) -> None:
-        if self.interaction not in INTERACTIONS:
-            raise ConfigError(f"interaction must be one of {INTERACTIONS}, got {self.interaction!r}")
-        if self.dense_layers[-1] != self.embedding_dim:
-            raise ConfigError(f"dense_layers must end with embedding_dim={self.embedding_dim}, "
-                             f"got {self.dense_layers}")
-        if self.over_layers[-1] != 1:
-            raise ConfigError(f"over_layers must end with 1 (the logit), got {self.over_layers}")
 
 
 class Ranker(nn.Module):

@@ -9,26 +9,14 @@ logits are divided by a temperature, and the log of each item's sampling probabi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingBagCollection
 
+from recsys.models.config import TwoTowerConfig
 from recsys.models.inputs import Batch, InputSpec
 from recsys.schema import FeatureSchema
-
-
-@dataclass(frozen=True)
-class TwoTowerConfig:
-    """Hyperparameters of the two-tower model (the feature inputs come from the schema)."""
-
-    embedding_dim: int = 32  # width of every embedding table
-    tower_layers: tuple[int, ...] = (128,)  # hidden layers of each tower's MLP
-    output_dim: int = 64  # size of the L2-normalised user / item embeddings
-    temperature: float = 0.05  # softmax temperature of the in-batch loss
-    logq_correction: bool = True  # subtract log(sampling probability) of each in-batch negative
 
 
 def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:

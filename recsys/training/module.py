@@ -9,7 +9,6 @@ with DistributedModelParallel); dense parameters by their own optimiser.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pytorch_lightning as L
@@ -22,16 +21,10 @@ from recsys.evaluation.metrics import auc, log_loss
 from recsys.models.dlrm import DLRMTrain, Ranker
 from recsys.models.inputs import Batch
 from recsys.models.two_tower import TwoTower, TwoTowerTrain
+from recsys.training.config import OptimConfig
 from recsys.training.data import RetrievalBatch
 
 TASKS = ("ranking", "retrieval")
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    dense_lr: float = 1e-3  # Adam, for MLPs and interaction layers
-    embedding_lr: float = 0.05  # row-wise Adagrad for embedding tables (TorchRec fused optimiser)
-    weight_decay: float = 0.0  # dense parameters only
 
 
 class RecsysModule(L.LightningModule):
@@ -46,6 +39,7 @@ class RecsysModule(L.LightningModule):
         apply_optimizer_in_backward(torch.optim.Adagrad, embeddings, {"lr": optim.embedding_lr})
         self._outputs: list[tuple[np.ndarray, np.ndarray]] = []
         self._step_started: float | None = None
+        self.epoch_losses: list[float] = []  # mean training loss of each epoch, all workers
 
     @property
     def model(self) -> Ranker | TwoTower:
@@ -66,8 +60,11 @@ class RecsysModule(L.LightningModule):
 
     def training_step(self, batch: Batch | RetrievalBatch, batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
-        self.log("train/loss", loss, batch_size=len(batch), prog_bar=True)
+        self.log("train/loss", loss, batch_size=len(batch), prog_bar=True, on_epoch=True, sync_dist=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.epoch_losses.append(float(self.trainer.callback_metrics["train/loss_epoch"]))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self._step_started is not None:

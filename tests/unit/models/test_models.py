@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from recsys.config import ConfigError
-from recsys.models.dlrm import DLRMConfig, DLRMTrain, Ranker
+from recsys.models.config import DLRMConfig, TwoTowerConfig
+from recsys.models.dlrm import DLRMTrain, Ranker
 from recsys.models.inputs import InputSpec, make_batch
-from recsys.models.two_tower import TwoTower, TwoTowerConfig, TwoTowerTrain
+from recsys.models.two_tower import TwoTower, TwoTowerTrain
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,10 @@ import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from recsys.models.dlrm import DLRMConfig, DLRMTrain, Ranker
-from recsys.models.two_tower import TwoTower, TwoTowerConfig, TwoTowerTrain
+from recsys.models.config import DLRMConfig, TwoTowerConfig
+from recsys.models.dlrm import DLRMTrain, Ranker
+from recsys.models.two_tower import TwoTower, TwoTowerTrain
+from recsys.training.config import OptimConfig
 from recsys.training.data import (
     EpochBatches,
     item_log_q,
@@ -16,7 +18,7 @@ from recsys.training.data import (
     read_shard,
     retrieval_batches,
 )
-from recsys.training.module import OptimConfig, RecsysModule
+from recsys.training.module import RecsysModule
 
 
 class LossHistory(L.Callback):

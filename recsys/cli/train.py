@@ -1,0 +1,71 @@
+"""``recsys train dlrm|two-tower``: a distributed training run on Ray Train."""
+
+from __future__ import annotations
+
+import argparse
+
+from recsys.config import load_config
+from recsys.schema import PROJECT_ROOT
+from recsys.training.config import TrainConfig
+
+MODELS = ("dlrm", "two-tower")
+
+DEFAULT_CONFIG = str(PROJECT_ROOT / "configs" / "train" / "default.yaml")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"training config YAML (default: {DEFAULT_CONFIG})")
+    p.add_argument("--dataset", help="dataset folder (default: the config's, else the newest under runs/datasets)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (default: the config's)")
+    p.add_argument("--gpus-per-worker", type=int, help="GPUs per worker; 0 trains on CPU with gloo")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set dlrm.interaction=dcn (repeatable)")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train", help="train the two-tower retriever or the DLRM ranker on Ray Train",
+        description="Train a model on N Ray Train workers: each reads its own shards of the dataset, TorchRec "
+                    "shards the embedding tables across the workers, PyTorch Lightning runs the loop.")
+    sub = train.add_subparsers(dest="model", metavar="<model>", required=True)
+    for model, help_text in (("dlrm", "the DLRM click ranker (ranking examples)"),
+                             ("two-tower", "the two-tower retriever (retrieval examples)")):
+        add_arguments(sub.add_parser(model, help=help_text, description=f"Train {help_text}."))
+    train.set_defaults(func=cmd_train)
+
+
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    overrides = list(args.overrides)
+    for key, value in (("dataset", args.dataset), ("workers", args.workers),
+                       ("gpus_per_worker", args.gpus_per_worker)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(TrainConfig, args.config, overrides)
+
+
+def summary(result) -> str:
+    lines = [f"{result.task} trained on dataset {result.dataset_id}",
+             "  loss per epoch: " + " -> ".join(f"{x:.4f}" for x in result.epoch_losses)]
+    lines += [f"  {k:<24} {v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith("val/")]
+    lines.append("  embedding tables sharded by TorchRec's planner:")
+    lines += [f"    {table:<56} {kind}" for table, kind in sorted(result.sharding.items())]
+    lines.append(f"  run folder: {result.path}")
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from recsys.training.job import run  # torch, TorchRec and Ray load only when training
+
+    print(summary(run(args.model, config_from(args))))
+    return 0
+
+
+def main_for(model: str, argv: list[str] | None = None) -> int:
+    """What the thin ``training/<model>.py`` entry points call."""
+    assert model in MODELS
+    parser = argparse.ArgumentParser(prog=f"training/{model.replace('-', '_')}.py",
+                                     description=f"Train {model} on Ray Train (same as `recsys train {model}`).")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.model = model
+    return cmd_train(args)

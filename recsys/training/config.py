@@ -1,0 +1,32 @@
+"""Training configs (no torch here: they load fast, e.g. in the CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from recsys.models.config import DLRMConfig, TwoTowerConfig
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    dense_lr: float = 1e-3  # Adam, for MLPs and interaction layers
+    embedding_lr: float = 0.05  # row-wise Adagrad for embedding tables (TorchRec fused optimiser)
+    weight_decay: float = 0.0  # dense parameters only
+
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run; every field can be overridden with ``--set key=value``."""
+
+    dataset: str = ""  # dataset folder (`recsys data build` output); empty = the newest under runs/datasets
+    workers: int = 2  # Ray Train workers (processes); each reads its share of the shards
+    gpus_per_worker: int = 0  # 0 = CPU with gloo; >= 1 uses CUDA and NCCL
+    batch_size: int = 1024  # examples per worker per step
+    eval_batch_size: int = 4096
+    epochs: int = 3
+    seed: int = 0
+    output: str = "runs/train"  # Ray Train storage: checkpoints and results
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    dlrm: DLRMConfig = field(default_factory=DLRMConfig)
+    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
