@@ -68,12 +68,15 @@ def _worker_loop(config: dict[str, Any]) -> None:
         columns = list(dict.fromkeys([*model.user_spec.columns, *model.item_spec.columns]))
         log_q = item_log_q(dataset, schema)
 
+    def rows_of(split: str, worker: int) -> int:
+        shards = splits[split]["shards"]
+        return sum(shards[k]["rows"] for k in worker_shards(len(shards), world, worker))
+
     def loader(split: str, batch_size: int, shuffle: bool) -> DataLoader:
         mine = worker_shards(len(splits[split]["shards"]), world, rank)
         frame = pl.concat([read_shard(dataset, TASK_OF[task], split, k, columns) for k in mine])
         # every worker takes the same number of steps: the sharded tables exchange data at each one
-        fewest = min(sum(splits[split]["shards"][k]["rows"] for k in worker_shards(len(splits[split]["shards"]),
-                                                                                   world, r)) for r in range(world))
+        fewest = min(rows_of(split, worker) for worker in range(world))
         frame = frame.head(fewest // batch_size * batch_size)
         if task == "dlrm":
             make = lambda seed: ranking_batches(frame, model.spec, batch_size, seed)  # noqa: E731
