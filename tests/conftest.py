@@ -18,6 +18,7 @@ TINY = ROOT / "configs" / "data" / "tiny.yaml"
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("WANDB_MODE", "offline")  # tests never talk to a W&B server
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from recsys.config import from_dict
 from recsys.data.dataset import Dataset
 from recsys.errors import RecsysError
 from recsys.schema import load_schema
+from recsys.tracking import PROJECT, code_version, prepare_wandb_dirs, wandb_mode
 from recsys.training.config import TrainConfig
 
 TASK_OF = {"dlrm": "ranking", "two-tower": "retrieval"}
@@ -42,6 +43,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import pytorch_lightning as L
     import ray.train
     import torch
+    import wandb
+    from pytorch_lightning.loggers import WandbLogger
     from ray.train.lightning import RayLightningEnvironment, prepare_trainer
     from torch.utils.data import DataLoader
 
@@ -85,9 +88,16 @@ def _worker_loop(config: dict[str, Any]) -> None:
                                                   schema.item_id.name, log_q, batch_size, seed)
         return DataLoader(EpochBatches(make, shuffle, seed=cfg.seed + 1000 * rank), batch_size=None)
 
+    run_dir = Path(config["run_dir"])
+    prepare_wandb_dirs(run_dir)
+    logger = WandbLogger(project=PROJECT, name=run_dir.name, save_dir=str(run_dir), offline=wandb_mode() == "offline",
+                         job_type=f"train-{task}", group=config.get("group"), config={
+                             "task": task, "config": asdict(cfg), "schema_hash": schema.hash, "dataset_id": dataset.id,
+                             "dataset_path": str(dataset.path), "code_version": config["code_version"],
+                             "workers": world})
     strategy = TorchRecStrategy()
     trainer = L.Trainer(accelerator="gpu" if cfg.gpus_per_worker else "cpu", devices="auto", strategy=strategy,
-                        plugins=[RayLightningEnvironment()], max_epochs=cfg.epochs, logger=False,
+                        plugins=[RayLightningEnvironment()], max_epochs=cfg.epochs, logger=logger,
                         enable_checkpointing=False, enable_progress_bar=rank == 0, enable_model_summary=False)
     trainer = prepare_trainer(trainer)
     trainer.fit(module, loader("train", cfg.batch_size, True), loader("val", cfg.eval_batch_size, False))
@@ -95,8 +105,16 @@ def _worker_loop(config: dict[str, Any]) -> None:
     summary = {"metrics": metrics, "epoch_losses": module.epoch_losses, "sharding": strategy.sharding,
                "epochs": trainer.current_epoch,
                "workers": world, "dataset_id": dataset.id}
-    if rank == 0:  # beside the run's checkpoints, so tools and tests need no W&B reader
-        Path(config["run_dir"], "metrics.json").write_text(json.dumps(summary, indent=2))
+    if rank == 0:
+        if wandb_mode() == "online":  # the dataset as an input artifact (W&B allows it online only)
+            artifact = wandb.Artifact(f"dataset-{dataset.id}", type="dataset", metadata={"schema_hash": schema.hash})
+            artifact.add_reference(f"file://{dataset.path.resolve() / 'manifest.json'}")
+            logger.experiment.use_artifact(artifact)
+        logger.experiment.summary.update({"sharding": strategy.sharding, "epoch_losses": module.epoch_losses})
+        summary["wandb_run"] = logger.experiment.dir
+        logger.experiment.finish()
+        # beside the run's checkpoints, so tools and tests need no W&B reader
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     ray.train.report(metrics)
 
 
@@ -130,7 +148,7 @@ def run(task: str, cfg: TrainConfig) -> TrainResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"task": task, "cfg": asdict(cfg), "run_dir": str(run_dir)},
+        train_loop_config={"task": task, "cfg": asdict(cfg), "run_dir": str(run_dir), "code_version": code_version()},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                      resources_per_worker={"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker
                                      else None),

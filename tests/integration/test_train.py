@@ -13,6 +13,7 @@ from recsys.models.inputs import InputSpec
 from recsys.training.config import TrainConfig
 from recsys.training.job import run
 from tests.conftest import ROOT
+from tests.wandb_records import logged_keys
 
 pytestmark = pytest.mark.integration
 TINY = ROOT / "configs" / "train" / "tiny.yaml"
@@ -42,6 +43,12 @@ def test_dlrm_trains_on_two_workers_with_sharded_tables(local_ray, tiny_dataset,
                                              "table_column_wise", "table_row_wise"}
     summary = json.loads((Path(result.path) / "metrics.json").read_text())
     assert summary["workers"] == 2 and summary["dataset_id"] == tiny_dataset.id
+    # the W&B run (offline, inside the run folder) holds the lineage, the curves and the plan
+    keys = logged_keys(next(Path(result.path).glob("wandb/offline-run-*/run-*.wandb")))
+    assert {"task", "config", "schema_hash", "dataset_id", "dataset_path", "code_version"} <= keys["config"]
+    assert {"train/loss_step", "train/loss_epoch", "train/examples_per_s", "train/lr_dense_0", "val/auc",
+            "val/logloss"} <= keys["history"]
+    assert {"sharding", "epoch_losses"} <= keys["summary"]
 
 
 def test_two_tower_trains_on_two_workers(local_ray, tiny_dataset, tmp_path):
