@@ -46,7 +46,14 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
 def summary(result) -> str:
     lines = [f"{result.task} trained on dataset {result.dataset_id}",
              "  loss per epoch: " + " -> ".join(f"{x:.4f}" for x in result.epoch_losses)]
-    lines += [f"  {k:<24} {v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith("val/")]
+    lines += [f"  {k:<24} {v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith(("val/", "test/"))]
+    if "test/auc" in result.metrics and result.baselines:
+        lines.append("  test AUC: model {:.4f} | popularity {:.4f}".format(result.metrics["test/auc"],
+                                                                         result.baselines["popularity_auc"])
+                     + (" | oracle {:.4f} (model reaches {:.1%} of the oracle's lift over chance)".format(
+                         result.baselines["oracle_auc"],
+                         (result.metrics["test/auc"] - 0.5) / (result.baselines["oracle_auc"] - 0.5))
+                        if "oracle_auc" in result.baselines else ""))
     lines.append("  embedding tables sharded by TorchRec's planner:")
     lines += [f"    {table:<56} {kind}" for table, kind in sorted(result.sharding.items())]
     lines.append(f"  run folder: {result.path}")

@@ -15,6 +15,7 @@ from typing import Any
 from recsys.config import from_dict
 from recsys.data.dataset import Dataset
 from recsys.errors import RecsysError
+from recsys.evaluation.baselines import ranking_baselines
 from recsys.schema import load_schema
 from recsys.tracking import PROJECT, code_version, prepare_wandb_dirs, wandb_mode
 from recsys.training.config import TrainConfig
@@ -100,7 +101,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
                         plugins=[RayLightningEnvironment()], max_epochs=cfg.epochs, logger=logger,
                         enable_checkpointing=False, enable_progress_bar=rank == 0, enable_model_summary=False)
     trainer = prepare_trainer(trainer)
-    trainer.fit(module, loader("train", cfg.batch_size, True), loader("val", cfg.eval_batch_size, False))
+    evaluation = [loader(split, cfg.eval_batch_size, False) for split in ("val", "test")]  # every epoch
+    trainer.fit(module, loader("train", cfg.batch_size, True), evaluation)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     summary = {"metrics": metrics, "epoch_losses": module.epoch_losses, "sharding": strategy.sharding,
                "epochs": trainer.current_epoch,
@@ -123,6 +125,7 @@ class TrainResult:
     task: str
     dataset_id: str
     metrics: dict[str, float]
+    baselines: dict[str, float]  # popularity and (on generated data) the oracle, on the test split
     epoch_losses: list[float]  # mean training loss per epoch
     sharding: dict[str, str]  # embedding table -> how TorchRec's planner sharded it
     path: str
@@ -158,5 +161,9 @@ def run(task: str, cfg: TrainConfig) -> TrainResult:
     if result.error:
         raise RecsysError(f"training failed: {result.error}")
     summary = json.loads((run_dir / "metrics.json").read_text())
-    return TrainResult(task=task, dataset_id=dataset.id, metrics=summary["metrics"],
+    baselines = ranking_baselines(dataset, load_schema()) if task == "dlrm" else {}
+    if baselines:
+        summary["baselines"] = baselines
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return TrainResult(task=task, dataset_id=dataset.id, metrics=summary["metrics"], baselines=baselines,
                        epoch_losses=summary["epoch_losses"], sharding=summary["sharding"], path=str(run_dir))

@@ -24,7 +24,7 @@ from recsys.models.two_tower import TwoTower, TwoTowerTrain
 from recsys.training.config import OptimConfig
 from recsys.training.data import RetrievalBatch
 
-TASKS = ("ranking", "retrieval")
+EVAL_SPLITS = ("val", "test")  # the evaluation dataloaders, in order
 
 
 class RecsysModule(L.LightningModule):
@@ -37,7 +37,7 @@ class RecsysModule(L.LightningModule):
         embeddings = [p for m in self.model.modules() if isinstance(m, EmbeddingBagCollection)
                       for p in m.parameters()]
         apply_optimizer_in_backward(torch.optim.Adagrad, embeddings, {"lr": optim.embedding_lr})
-        self._outputs: list[tuple[np.ndarray, np.ndarray]] = []
+        self._outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._step_started: float | None = None
         self.epoch_losses: list[float] = []  # mean training loss of each epoch, all workers
 
@@ -73,26 +73,36 @@ class RecsysModule(L.LightningModule):
         for i, group in enumerate(self.trainer.optimizers[0].param_groups):
             self.log(f"train/lr_dense_{i}", group["lr"], batch_size=len(batch))
 
-    def validation_step(self, batch: Batch | RetrievalBatch, batch_idx: int) -> None:
+    def _evaluate_step(self, batch: Batch | RetrievalBatch, prefix: str) -> None:
         loss, logits = self._loss(batch)
-        self.log("val/loss", loss, batch_size=len(batch), prog_bar=True, sync_dist=True)
+        self.log(f"{prefix}/loss", loss, batch_size=len(batch), prog_bar=prefix == "val", sync_dist=True,
+                 add_dataloader_idx=False)
         if isinstance(batch, Batch) and batch.labels is not None:
-            self._outputs.append((torch.sigmoid(logits).detach().cpu().numpy(), batch.labels.cpu().numpy()))
+            probs = torch.sigmoid(logits).detach().cpu().numpy()
+            self._outputs.setdefault(prefix, []).append((probs, batch.labels.cpu().numpy()))
 
-    def on_validation_epoch_end(self) -> None:
-        if not self._outputs:
-            return
-        outputs = self._outputs
-        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every worker's rows
+    def _evaluate_end(self, prefix: str) -> None:
+        """AUC and log-loss over every worker's rows (ranking)."""
+        outputs = self._outputs.pop(prefix, [])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, outputs)
             outputs = [o for rank in gathered for o in rank]
+        if not outputs:
+            return
         probs = np.concatenate([p for p, _ in outputs])
         labels = np.concatenate([y for _, y in outputs])
-        self._outputs = []
         if 0 < labels.sum() < len(labels):
-            self.log("val/auc", auc(labels, probs))
-        self.log("val/logloss", log_loss(labels, probs))
+            self.log(f"{prefix}/auc", auc(labels, probs), add_dataloader_idx=False)
+        self.log(f"{prefix}/logloss", log_loss(labels, probs), add_dataloader_idx=False)
+
+    def validation_step(self, batch: Batch | RetrievalBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Dataloader 0 is the validation split; a second one, if given, is the test split."""
+        self._evaluate_step(batch, EVAL_SPLITS[dataloader_idx])
+
+    def on_validation_epoch_end(self) -> None:
+        for prefix in EVAL_SPLITS:
+            self._evaluate_end(prefix)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         dense = [p for _, p in in_backward_optimizer_filter(self.named_parameters())]

@@ -35,7 +35,8 @@ def test_dlrm_trains_on_two_workers_with_sharded_tables(local_ray, tiny_dataset,
     result = run("dlrm", _cfg(tiny_dataset, tmp_path))
     assert len(result.epoch_losses) == 3 and all(math.isfinite(x) for x in result.epoch_losses)
     assert result.epoch_losses[-1] < result.epoch_losses[0]
-    assert 0.55 < result.metrics["val/auc"] < 1
+    assert 0.55 < result.metrics["val/auc"] < 1 and 0.5 < result.metrics["test/auc"] < 1
+    assert {"popularity_auc", "oracle_auc"} <= set(result.baselines)  # compared on the same test split
     tables = {t.name for t in InputSpec.for_part(schema, "dlrm").embedding_tables(
         tiny_dataset.manifest.cardinalities, 8)}
     assert {name.rsplit(".", 1)[-1] for name in result.sharding} == tables

@@ -1,0 +1,43 @@
+"""What a trained model is compared with: a popularity baseline and the oracle.
+
+The oracle scores every example with the generator's true click probability (``ground_truth/`` of a
+generated export): no model can rank the data better. It exists only for generated data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from recsys.data.dataset import Dataset
+from recsys.data.features import META_EVENT_ID
+from recsys.evaluation.metrics import auc, log_loss
+from recsys.schema import FeatureSchema
+
+
+def ground_truth_dir(dataset: Dataset) -> Path | None:
+    """The generator's ground truth beside the raw export the dataset was built from, if there is one."""
+    files = dataset.manifest.sources["raw"].get("events") or []
+    if not files:
+        return None
+    folder = Path(files[0]["path"]).parent.parent / "ground_truth"
+    return folder if (folder / "impressions").is_dir() else None
+
+
+def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "test") -> dict[str, float]:
+    """AUC (and log-loss where there are probabilities) of the baselines on a ranking split."""
+    label = schema.label("dlrm")
+    popularity = next(f for f in schema.features if f.op == "item_event_count")  # item views in a window
+    df = dataset.read("ranking", split).select(META_EVENT_ID, label.name, popularity.name)
+    y = df[label.name].to_numpy()
+    out = {"popularity_auc": auc(y, df[popularity.name].to_numpy())}
+    truth = ground_truth_dir(dataset)
+    if truth is not None:
+        p = pl.read_parquet(truth / "impressions" / "*.parquet", columns=["event_id", "p_click"])
+        joined = df.join(p, left_on=META_EVENT_ID, right_on="event_id", how="inner")
+        if joined.height == df.height:
+            truth_y = joined[label.name].to_numpy()  # the join's row order, not df's
+            out["oracle_auc"] = auc(truth_y, joined["p_click"].to_numpy())
+            out["oracle_logloss"] = log_loss(truth_y, joined["p_click"].to_numpy())
+    return out

@@ -1,0 +1,18 @@
+import numpy as np
+import polars as pl
+
+from recsys.evaluation.baselines import ground_truth_dir, ranking_baselines
+from recsys.evaluation.metrics import auc
+
+
+def test_oracle_and_popularity_on_generated_data(tiny_dataset, tiny_raw, schema):
+    assert ground_truth_dir(tiny_dataset) == tiny_raw / "ground_truth"
+    b = ranking_baselines(tiny_dataset, schema)
+    assert set(b) == {"popularity_auc", "oracle_auc", "oracle_logloss"}
+    # the oracle is the generator's own probability: it ranks far better than chance and than popularity
+    assert b["oracle_auc"] > 0.65 and b["oracle_auc"] > b["popularity_auc"]
+    test = tiny_dataset.read("ranking", "test")
+    truth = pl.read_parquet(tiny_raw / "ground_truth" / "impressions" / "*.parquet")
+    joined = test.join(truth, left_on="_event_id", right_on="event_id")
+    assert b["oracle_auc"] == auc(joined["click"].to_numpy(), joined["p_click"].to_numpy())
+    assert np.isfinite(b["oracle_logloss"])
