@@ -39,6 +39,7 @@ class RecsysModule(L.LightningModule):
         apply_optimizer_in_backward(torch.optim.Adagrad, embeddings, {"lr": optim.embedding_lr})
         self._outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._step_started: float | None = None
+        self._epoch_started, self._epoch_examples = 0.0, 0
         self.epoch_losses: list[float] = []  # mean training loss of each epoch, all workers
 
     @property
@@ -46,6 +47,7 @@ class RecsysModule(L.LightningModule):
         return self.train_wrapper.model
 
     def on_train_epoch_start(self) -> None:
+        self._epoch_started, self._epoch_examples = time.perf_counter(), 0
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
         if hasattr(dataset, "set_epoch"):  # a new, reproducible shuffle every epoch, also after a resume
             dataset.set_epoch(self.current_epoch)
@@ -64,9 +66,13 @@ class RecsysModule(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        seconds = max(time.perf_counter() - self._epoch_started, 1e-9)
+        # summed over workers: the job's training throughput this epoch
+        self.log("train/epoch_examples_per_s", self._epoch_examples / seconds, sync_dist=True, reduce_fx="sum")
         self.epoch_losses.append(float(self.trainer.callback_metrics["train/loss_epoch"]))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._epoch_examples += len(batch)
         if self._step_started is not None:
             seconds = time.perf_counter() - self._step_started
             self.log("train/examples_per_s", len(batch) / max(seconds, 1e-9), batch_size=len(batch))
