@@ -41,11 +41,6 @@ class Encoders:
     schema_hash: str
     fitted: dict[str, FittedEncoding]  # by embedding table (sparse) or feature name (dense)
 
-    def cardinality(self, feature: Feature) -> int:
-        card = self.fitted[feature.embedding_table].cardinality
-        assert card is not None, f"{feature.name} is not sparse"
-        return card
-
     def expr(self, feature: Feature, raw: pl.Expr) -> pl.Expr:
         """Expression encoding ``raw`` (the feature's raw value) into the model input."""
         if feature.kind == Kind.LABEL:

@@ -60,6 +60,11 @@ def _last(types: list[str] | tuple[str, ...]) -> str:
     return "last:" + "+".join(sorted(types))
 
 
+def _window_days(f: Feature) -> int | None:
+    """The trailing window of an item count feature, if it has one."""
+    return f.params.get("window_days") if f.op == "item_event_count" else None
+
+
 def _runs(keys: list[str]) -> tuple[pl.Expr, pl.Expr]:
     """On rows sorted by ``keys`` then time: (first row of a key, last row of a (key, time) run)."""
     first = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys])
@@ -122,7 +127,7 @@ class FeatureBuilder:
 
     def _item_counts(self) -> pl.LazyFrame | None:
         counters = {tuple(sorted(f.params["event_types"])) for f in self.schema.features
-                    if f.op == "item_event_count" and not f.params.get("window_days")}
+                    if f.op == "item_event_count" and not _window_days(f)}
         counters |= self._type_sets("item_rate", "numerator", "denominator")
         if not counters:
             return None
@@ -130,8 +135,7 @@ class FeatureBuilder:
 
     def _item_window_counts(self, days: int) -> pl.LazyFrame:
         """Counters of the ``days``-window features only: built from just their event types (small)."""
-        counters = {tuple(sorted(f.params["event_types"])) for f in self.schema.features
-                    if f.op == "item_event_count" and f.params.get("window_days") == days}
+        counters = {tuple(sorted(f.params["event_types"])) for f in self.schema.features if _window_days(f) == days}
         return self._state(f"item_window:{days}", lambda: self._counts([ITEM], counters, f"__w{days}_")).lazy()
 
     def _history(self, f: Feature) -> pl.LazyFrame:
@@ -200,8 +204,7 @@ class FeatureBuilder:
             ex = _strictly_before(ex, self._user_counts(), USER)
         if ops & set(ITEM_COUNT_OPS) and (item_state := self._item_counts()) is not None:
             ex = _strictly_before(ex, item_state, ITEM)
-        for days in sorted({f.params["window_days"] for f in features
-                            if f.op == "item_event_count" and f.params.get("window_days")}):
+        for days in sorted({d for f in features if (d := _window_days(f))}):
             # events in [t - days, t) = count before t - count before t - days
             window, shifted = self._item_window_counts(days), f"__t_minus_{days}d"
             ex = _strictly_before(ex, window, ITEM)

@@ -33,7 +33,6 @@ class RecsysModule(L.LightningModule):
     def __init__(self, train_wrapper: DLRMTrain | TwoTowerTrain, optim: OptimConfig):
         super().__init__()
         self.train_wrapper, self.optim = train_wrapper, optim  # the wrapper holds the model: one copy of it
-        self.task = "ranking" if isinstance(train_wrapper, DLRMTrain) else "retrieval"
         embeddings = [p for m in self.model.modules() if isinstance(m, EmbeddingBagCollection)
                       for p in m.parameters()]
         apply_optimizer_in_backward(torch.optim.Adagrad, embeddings, {"lr": optim.embedding_lr})
