@@ -40,8 +40,8 @@ def records(path: str | Path) -> list[pb.Record]:
 
 
 def logged_keys(path: str | Path) -> dict[str, set[str]]:
-    """Keys seen in the run's config, history (metrics) and summary records."""
-    keys: dict[str, set[str]] = {"config": set(), "history": set(), "summary": set()}
+    """Keys seen in the run's config, history (metrics) and summary records, and its artifacts' types."""
+    keys: dict[str, set[str]] = {"config": set(), "history": set(), "summary": set(), "artifact": set()}
     for r in records(path):
         kind = r.WhichOneof("record_type")
         if kind in ("config", "run"):
@@ -51,4 +51,6 @@ def logged_keys(path: str | Path) -> dict[str, set[str]]:
             keys["history"] |= {i.key or "/".join(i.nested_key) for i in r.history.item}
         elif kind == "summary":
             keys["summary"] |= {i.key or "/".join(i.nested_key) for i in r.summary.update}
+        elif kind == "artifact":
+            keys["artifact"].add(r.artifact.type)
     return keys

@@ -56,7 +56,8 @@ def summary(result) -> str:
                         if "oracle_auc" in result.baselines else ""))
     lines.append("  embedding tables sharded by TorchRec's planner:")
     lines += [f"    {table:<56} {kind}" for table, kind in sorted(result.sharding.items())]
-    lines.append(f"  run folder: {result.path}")
+    lines.append(f"  run folder: {result.path}" + ("  (resumed from a checkpoint)" if result.resumed else ""))
+    lines.append(f"  model checkpoint: {result.checkpoint}")
     return "\n".join(lines)
 
 

@@ -14,7 +14,6 @@ class OptimConfig:
     weight_decay: float = 0.0  # dense parameters only
 
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     """A training run; every field can be overridden with ``--set key=value``."""
@@ -27,6 +26,9 @@ class TrainConfig:
     epochs: int = 3
     seed: int = 0
     output: str = "runs/train"  # Ray Train storage: checkpoints and results
+    name: str = ""  # run folder under output; empty = <model>-<dataset id>-<time>. An unfinished run resumes
+    max_failures: int = 2  # worker failures survived by restarting from the last checkpoint (-1: no limit)
+    keep_checkpoints: int = 2  # newest epoch checkpoints kept
     optim: OptimConfig = field(default_factory=OptimConfig)
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)

@@ -78,16 +78,16 @@ def retrieval_batches(frame: pl.DataFrame, user_spec: InputSpec, item_spec: Inpu
 class EpochBatches(torch.utils.data.IterableDataset):
     """Batches for a DataLoader (``batch_size=None``): ``make(seed)`` yields one epoch's batches.
 
-    With ``shuffle``, epoch e uses seed ``seed + e``; the training module sets the epoch, so a resumed
-    run sees the same order as an uninterrupted one.
+    With ``shuffle``, the epoch's order is seeded by ``seed + epoch()``, asked when the epoch's iteration
+    starts; ``epoch`` comes from the training state (the epochs finished, restored from a checkpoint), so a
+    resumed run sees the same order as an uninterrupted one. (Lightning creates the first iterator of a
+    run before any epoch hook, and skips ``on_train_epoch_start`` when resuming at an epoch's end.)
     """
 
-    def __init__(self, make: Callable[[int | None], Iterator], shuffle: bool, seed: int = 0):
+    def __init__(self, make: Callable[[int | None], Iterator], shuffle: bool, seed: int = 0,
+                 epoch: Callable[[], int] = lambda: 0):
         super().__init__()
-        self.make, self.shuffle, self.seed, self.epoch = make, shuffle, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.make, self.shuffle, self.seed, self.epoch = make, shuffle, seed, epoch
 
     def __iter__(self) -> Iterator:
-        return self.make(self.seed + self.epoch if self.shuffle else None)
+        return self.make(self.seed + self.epoch() if self.shuffle else None)

@@ -6,8 +6,10 @@ embedding tables across them (`TorchRecStrategy`), and each worker reads its own
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import torch
     import wandb
     from pytorch_lightning.loggers import WandbLogger
-    from ray.train.lightning import RayLightningEnvironment, prepare_trainer
+    from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
     from torch.utils.data import DataLoader
 
     from recsys.models.dlrm import DLRMTrain, Ranker
@@ -61,14 +63,18 @@ def _worker_loop(config: dict[str, Any]) -> None:
     schema = load_schema()
     dataset = Dataset.open(cfg.dataset, schema)
     splits = dataset.manifest.splits[TASK_OF[task]]
+    run_dir = Path(config["run_dir"])
+    description = {"task": task, "config": asdict(cfg), "schema_hash": schema.hash, "dataset_id": dataset.id,
+                   "dataset_path": str(dataset.path), "cardinalities": dataset.manifest.cardinalities,
+                   "code_version": config["code_version"], "run": run_dir.name, "workers": world}
     torch.manual_seed(cfg.seed)
     if task == "dlrm":
         model = Ranker(schema, dataset.manifest.cardinalities, cfg.dlrm)
-        module = RecsysModule(DLRMTrain(model), cfg.optim)
+        module = RecsysModule(DLRMTrain(model), cfg.optim, description)
         columns = model.spec.columns
     else:
         model = TwoTower(schema, dataset.manifest.cardinalities, cfg.two_tower)
-        module = RecsysModule(TwoTowerTrain(model, cfg.two_tower), cfg.optim)
+        module = RecsysModule(TwoTowerTrain(model, cfg.two_tower), cfg.optim, description)
         columns = list(dict.fromkeys([*model.user_spec.columns, *model.item_spec.columns]))
         log_q = item_log_q(dataset, schema)
 
@@ -87,37 +93,72 @@ def _worker_loop(config: dict[str, Any]) -> None:
         else:
             make = lambda seed: retrieval_batches(frame, model.user_spec, model.item_spec,  # noqa: E731
                                                   schema.item_id.name, log_q, batch_size, seed)
-        return DataLoader(EpochBatches(make, shuffle, seed=cfg.seed + 1000 * rank), batch_size=None)
+        return DataLoader(EpochBatches(make, shuffle, seed=cfg.seed + 1000 * rank, epoch=lambda: module.epochs_done),
+                          batch_size=None)
 
-    run_dir = Path(config["run_dir"])
     prepare_wandb_dirs(run_dir)
-    logger = WandbLogger(project=PROJECT, name=run_dir.name, save_dir=str(run_dir), offline=wandb_mode() == "offline",
-                         job_type=f"train-{task}", group=config.get("group"), config={
-                             "task": task, "config": asdict(cfg), "schema_hash": schema.hash, "dataset_id": dataset.id,
-                             "dataset_path": str(dataset.path), "code_version": config["code_version"],
-                             "workers": world})
+    # one W&B run per training run: a restarted worker group goes on logging into the same one
+    logger = WandbLogger(project=PROJECT, name=run_dir.name, id=config["wandb_id"], resume="allow",
+                         save_dir=str(run_dir), offline=wandb_mode() == "offline", job_type=f"train-{task}",
+                         group=config.get("group"), config=description)
     strategy = TorchRecStrategy()
     trainer = L.Trainer(accelerator="gpu" if cfg.gpus_per_worker else "cpu", devices="auto", strategy=strategy,
-                        plugins=[RayLightningEnvironment()], max_epochs=cfg.epochs, logger=logger,
-                        enable_checkpointing=False, enable_progress_bar=rank == 0, enable_model_summary=False)
+                        plugins=[RayLightningEnvironment()], callbacks=[RayTrainReportCallback()],
+                        max_epochs=cfg.epochs, logger=logger, enable_checkpointing=False,
+                        enable_progress_bar=rank == 0, enable_model_summary=False)
     trainer = prepare_trainer(trainer)
     evaluation = [loader(split, cfg.eval_batch_size, False) for split in ("val", "test")]  # every epoch
-    trainer.fit(module, loader("train", cfg.batch_size, True), evaluation)
+    resume_from = ray.train.get_checkpoint()  # set when the run restarts after a failure
+    if resume_from is None:
+        trainer.fit(module, loader("train", cfg.batch_size, True), evaluation)
+    else:
+        with resume_from.as_directory() as folder:
+            trainer.fit(module, loader("train", cfg.batch_size, True), evaluation,
+                        ckpt_path=str(Path(folder) / RayTrainReportCallback.CHECKPOINT_NAME))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    summary = {"metrics": metrics, "epoch_losses": module.epoch_losses, "sharding": strategy.sharding,
-               "epochs": trainer.current_epoch,
-               "workers": world, "dataset_id": dataset.id}
+    probe = _probe(module, task, read_shard(dataset, TASK_OF[task], "val", 0, columns).head(PROBE_ROWS))
     if rank == 0:
+        final = ray.train.get_all_reported_checkpoints()[-1]
+        model_path = Path(final.checkpoint.path) / RayTrainReportCallback.CHECKPOINT_NAME
+        summary = {"metrics": metrics, "epoch_losses": module.epoch_losses, "sharding": strategy.sharding,
+                   "epochs": trainer.current_epoch, "workers": world, "dataset_id": dataset.id,
+                   "checkpoint": str(model_path), "resumed": resume_from is not None, "probe": probe}
+        run = logger.experiment
+        model_artifact = wandb.Artifact(f"model-{task}-{dataset.id}", type="model", metadata={
+            "schema_hash": schema.hash, "dataset_id": dataset.id, "metrics": metrics, "run": run_dir.name})
+        model_artifact.add_dir(str(model_path))
         if wandb_mode() == "online":  # the dataset as an input artifact (W&B allows it online only)
-            artifact = wandb.Artifact(f"dataset-{dataset.id}", type="dataset", metadata={"schema_hash": schema.hash})
-            artifact.add_reference(f"file://{dataset.path.resolve() / 'manifest.json'}")
-            logger.experiment.use_artifact(artifact)
-        logger.experiment.summary.update({"sharding": strategy.sharding, "epoch_losses": module.epoch_losses})
-        summary["wandb_run"] = logger.experiment.dir
-        logger.experiment.finish()
+            data_artifact = wandb.Artifact(f"dataset-{dataset.id}", type="dataset",
+                                           metadata={"schema_hash": schema.hash})
+            data_artifact.add_reference(f"file://{dataset.path.resolve() / 'manifest.json'}")
+            run.use_artifact(data_artifact)
+        run.log_artifact(model_artifact, aliases=["latest", dataset.id])
+        run.summary.update({"sharding": strategy.sharding, "epoch_losses": module.epoch_losses,
+                            "checkpoint": str(model_path)})
+        summary["wandb_run"] = run.dir
+        run.finish()
         # beside the run's checkpoints, so tools and tests need no W&B reader
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    ray.train.report(metrics)
+
+
+PROBE_ROWS = 64  # validation rows scored at the end of a run, to check that a reloaded checkpoint agrees
+
+
+def _probe(module, task: str, rows) -> dict[str, list]:
+    """The trained (sharded) model's outputs for ``rows``, as plain lists. Every rank must call it."""
+    import torch
+
+    from recsys.models.inputs import make_batch
+
+    model = module.model
+    module.eval()
+    with torch.no_grad():
+        if task == "dlrm":
+            spec = model.module.spec
+            return {"scores": torch.sigmoid(model(make_batch(rows, spec))).tolist()}
+        inner = model.module
+        users, items = model(make_batch(rows, inner.user_spec), make_batch(rows, inner.item_spec))
+        return {"user_vectors": users.tolist(), "item_vectors": items.tolist()}
 
 
 @dataclass
@@ -128,13 +169,15 @@ class TrainResult:
     baselines: dict[str, float]  # popularity and (on generated data) the oracle, on the test split
     epoch_losses: list[float]  # mean training loss per epoch
     sharding: dict[str, str]  # embedding table -> how TorchRec's planner sharded it
-    path: str
+    path: str  # the run folder
+    checkpoint: str  # the final checkpoint (`recsys.training.checkpoint.load_model` rebuilds the model from it)
+    resumed: bool  # whether the run restarted from a checkpoint after a failure
 
 
 def run(task: str, cfg: TrainConfig) -> TrainResult:
     """Train ``task`` (dlrm | two-tower) on ``cfg.workers`` Ray workers; starts a local Ray if none runs."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if task not in TASK_OF:
@@ -146,16 +189,22 @@ def run(task: str, cfg: TrainConfig) -> TrainResult:
     if not ray.is_initialized():
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(num_cpus=max(4, cfg.workers + 2), include_dashboard=False, log_to_driver=True)
-    name = f"{task}-{dataset.id}"
+    name = cfg.name or f"{task}-{dataset.id}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output).resolve() / name
+    if (run_dir / "metrics.json").is_file():
+        raise RecsysError(f"run {name} already finished ({run_dir}); choose another name to train again")
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"task": task, "cfg": asdict(cfg), "run_dir": str(run_dir), "code_version": code_version()},
+        train_loop_config={"task": task, "cfg": asdict(cfg), "run_dir": str(run_dir), "code_version": code_version(),
+                           "wandb_id": hashlib.sha1(str(run_dir).encode()).hexdigest()[:12]},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                      resources_per_worker={"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker
                                      else None),
-        run_config=RunConfig(storage_path=str(run_dir.parent), name=name),
+        # an interrupted run of the same name (same folder) resumes from its newest checkpoint
+        run_config=RunConfig(storage_path=str(run_dir.parent), name=name,
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
     )
     result = trainer.fit()
     if result.error:
@@ -166,4 +215,5 @@ def run(task: str, cfg: TrainConfig) -> TrainResult:
         summary["baselines"] = baselines
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(task=task, dataset_id=dataset.id, metrics=summary["metrics"], baselines=baselines,
-                       epoch_losses=summary["epoch_losses"], sharding=summary["sharding"], path=str(run_dir))
+                       epoch_losses=summary["epoch_losses"], sharding=summary["sharding"], path=str(run_dir),
+                       checkpoint=summary["checkpoint"], resumed=summary["resumed"])

@@ -1,9 +1,10 @@
 """The one training loop: a LightningModule for both models.
 
 The task (``ranking`` or ``retrieval``) decides the model, its loss wrapper and the validation metrics;
-the loop itself (steps, optimisers, logging, checkpoints) is shared. Embedding tables are trained by
-TorchRec's optimiser applied in the backward pass (fused into the kernels once the model is sharded
-with DistributedModelParallel); dense parameters by their own optimiser.
+the loop itself (steps, optimisers, logging, checkpoints) is shared. Embedding tables that TorchRec shards
+(table-, column-, row-wise) are trained by its optimiser applied in the backward pass, fused into the
+kernels; the small tables its planner replicates on every worker (data-parallel) become ordinary
+replicated parameters and train with the dense parameters' optimiser.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytorch_lightning as L
 import torch
 from torchrec import EmbeddingBagCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys.evaluation.metrics import auc, log_loss
@@ -30,9 +32,12 @@ EVAL_SPLITS = ("val", "test")  # the evaluation dataloaders, in order
 class RecsysModule(L.LightningModule):
     """Trains a `Ranker` on ranking batches or a `TwoTower` on retrieval batches."""
 
-    def __init__(self, train_wrapper: DLRMTrain | TwoTowerTrain, optim: OptimConfig):
+    def __init__(self, train_wrapper: DLRMTrain | TwoTowerTrain, optim: OptimConfig,
+                 description: dict | None = None):
+        """``description`` (task, config, schema hash, dataset id …) goes into every checkpoint."""
         super().__init__()
         self.train_wrapper, self.optim = train_wrapper, optim  # the wrapper holds the model: one copy of it
+        self.description = description or {}
         embeddings = [p for m in self.model.modules() if isinstance(m, EmbeddingBagCollection)
                       for p in m.parameters()]
         apply_optimizer_in_backward(torch.optim.Adagrad, embeddings, {"lr": optim.embedding_lr})
@@ -42,14 +47,16 @@ class RecsysModule(L.LightningModule):
         self.epoch_losses: list[float] = []  # mean training loss of each epoch, all workers
 
     @property
+    def epochs_done(self) -> int:
+        """Training epochs finished, including those before a resume (seeds each epoch's shuffle)."""
+        return len(self.epoch_losses)
+
+    @property
     def model(self) -> Ranker | TwoTower:
         return self.train_wrapper.model
 
     def on_train_epoch_start(self) -> None:
         self._epoch_started, self._epoch_examples = time.perf_counter(), 0
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):  # a new, reproducible shuffle every epoch, also after a resume
-            dataset.set_epoch(self.current_epoch)
 
     def _loss(self, batch: Batch | RetrievalBatch) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(batch, RetrievalBatch):
@@ -68,7 +75,13 @@ class RecsysModule(L.LightningModule):
         seconds = max(time.perf_counter() - self._epoch_started, 1e-9)
         # summed over workers: the job's training throughput this epoch
         self.log("train/epoch_examples_per_s", self._epoch_examples / seconds, sync_dist=True, reduce_fx="sum")
-        self.epoch_losses.append(float(self.trainer.callback_metrics["train/loss_epoch"]))
+        self._record_epoch_loss()
+
+    def _record_epoch_loss(self) -> None:
+        """Once per epoch, from whichever comes first: this epoch's end or its checkpoint (callbacks' epoch-end
+        hooks, where Ray's checkpoint is saved, run before the module's)."""
+        if len(self.epoch_losses) == self.current_epoch and "train/loss_epoch" in self.trainer.callback_metrics:
+            self.epoch_losses.append(float(self.trainer.callback_metrics["train/loss_epoch"]))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._epoch_examples += len(batch)
@@ -110,5 +123,15 @@ class RecsysModule(L.LightningModule):
             self._evaluate_end(prefix)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        dense = [p for _, p in in_backward_optimizer_filter(self.named_parameters())]
-        return torch.optim.Adam(dense, lr=self.optim.dense_lr, weight_decay=self.optim.weight_decay)
+        # keyed by parameter name, so checkpoints hold its state by name and load it in place
+        dense = dict(in_backward_optimizer_filter(self.named_parameters()))
+        return KeyedOptimizerWrapper(dense, lambda params: torch.optim.Adam(
+            params, lr=self.optim.dense_lr, weight_decay=self.optim.weight_decay))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["recsys"] = self.description
+        self._record_epoch_loss()
+        checkpoint["epoch_losses"] = list(self.epoch_losses)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.epoch_losses = list(checkpoint.get("epoch_losses", []))

@@ -6,16 +6,25 @@ inside it in `DistributedModelParallel`: TorchRec's planner decides how each tab
 (table-wise, column-wise, row-wise, data-parallel …) for the workers at hand, embeddings train with the
 fused optimiser, and DMP keeps the dense layers data-parallel. It subclasses `RayDDPStrategy` because
 `ray.train.lightning.prepare_trainer` accepts only Ray's strategy classes.
+
+Checkpoints are sharded too (`recsys.training.checkpoint`): every worker writes its own shards of
+the tables and optimiser state with `torch.distributed.checkpoint`, and a resume loads them in place
+once the model is sharded again, so the stock rank-0-only save (which would silently lose the other
+workers' shards) is replaced.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from ray.train.lightning import RayDDPStrategy
 from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+
+from recsys.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +33,10 @@ class TorchRecStrategy(RayDDPStrategy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.sharding: dict[str, str] = {}  # table -> sharding type, once set up
+
+    @property
+    def dmp(self) -> DistributedModelParallel:
+        return self.lightning_module.train_wrapper.model
 
     def configure_ddp(self) -> None:
         wrapper = self.lightning_module.train_wrapper
@@ -37,3 +50,21 @@ class TorchRecStrategy(RayDDPStrategy):
                          for module, tables in plan.plan.items() for table, option in tables.items()}
         for table, kind in sorted(self.sharding.items()):
             log.info("embedding table %s: %s sharding", table, kind)
+
+    # -- checkpoints: every rank writes and reads its own shards ------------------------------------
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        ckpt.save(checkpoint, filepath, self.optimizers, self.dmp.fused_optimizer, self.is_global_zero)
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True  # the model must be sharded and the optimisers built before shards load into them
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        return ckpt.load_in_place(checkpoint_path, self.lightning_module, self.optimizers, self.dmp.fused_optimizer)
+
+    def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
+        pass  # `load_checkpoint` loaded the weights in place, shard by shard
+
+    def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
+        pass  # likewise the optimiser states

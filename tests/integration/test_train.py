@@ -2,15 +2,24 @@
 
 import json
 import math
+import os
+import signal
+import subprocess
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
+import torch
 
 from recsys.config import load_config
 from recsys.errors import RecsysError
-from recsys.models.inputs import InputSpec
+from recsys.models.inputs import InputSpec, make_batch
+from recsys.training.checkpoint import load_model
 from recsys.training.config import TrainConfig
+from recsys.training.data import read_shard
 from recsys.training.job import run
 from tests.conftest import ROOT
 from tests.wandb_records import logged_keys
@@ -31,8 +40,13 @@ def _cfg(tiny_dataset, tmp_path, **overrides):
     return load_config(TrainConfig, TINY, sets)
 
 
-def test_dlrm_trains_on_two_workers_with_sharded_tables(local_ray, tiny_dataset, schema, tmp_path):
-    result = run("dlrm", _cfg(tiny_dataset, tmp_path))
+@pytest.fixture(scope="module")
+def dlrm_run(local_ray, tiny_dataset, tmp_path_factory):
+    return run("dlrm", _cfg(tiny_dataset, tmp_path_factory.mktemp("train")))
+
+
+def test_dlrm_trains_on_two_workers_with_sharded_tables(dlrm_run, tiny_dataset, schema):
+    result = dlrm_run
     assert len(result.epoch_losses) == 3 and all(math.isfinite(x) for x in result.epoch_losses)
     assert result.epoch_losses[-1] < result.epoch_losses[0]
     assert 0.55 < result.metrics["val/auc"] < 1 and 0.5 < result.metrics["test/auc"] < 1
@@ -49,7 +63,52 @@ def test_dlrm_trains_on_two_workers_with_sharded_tables(local_ray, tiny_dataset,
     assert {"task", "config", "schema_hash", "dataset_id", "dataset_path", "code_version"} <= keys["config"]
     assert {"train/loss_step", "train/loss_epoch", "train/examples_per_s", "train/lr_dense_0", "val/auc",
             "val/logloss"} <= keys["history"]
-    assert {"sharding", "epoch_losses"} <= keys["summary"]
+    assert {"sharding", "epoch_losses", "checkpoint"} <= keys["summary"]
+    assert "model" in keys["artifact"]
+
+
+def test_the_checkpoint_alone_rebuilds_the_model_with_the_same_scores(dlrm_run, tiny_dataset, schema):
+    model, meta = load_model(dlrm_run.checkpoint)
+    assert meta["dataset_id"] == tiny_dataset.id and meta["schema_hash"] == schema.hash
+    assert meta["config"]["dlrm"]["embedding_dim"] == 8
+    probe = json.loads((Path(dlrm_run.path) / "metrics.json").read_text())["probe"]["scores"]
+    rows = read_shard(tiny_dataset, "ranking", "val", 0, model.spec.columns).head(len(probe))
+    with torch.no_grad():
+        scores = torch.sigmoid(model(make_batch(rows, model.spec))).numpy()
+    np.testing.assert_allclose(scores, probe, atol=1e-5)  # the sharded model's scores, from the unsharded one
+
+
+def _registered_checkpoints(run_dir: Path) -> int:
+    """How many checkpoints Ray Train has registered for the run (what a restart resumes from)."""
+    try:
+        snapshot = json.loads(next(run_dir.glob("*/checkpoint_manager_snapshot.json")).read_text())
+    except (StopIteration, ValueError, OSError):  # not written yet, or being written
+        return 0
+    return len(snapshot["checkpoint_results"])
+
+
+def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> None:
+    """Waits until Ray Train has registered the run's first checkpoint, then SIGKILLs a training worker."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not _registered_checkpoints(run_dir):
+        time.sleep(0.02)
+    workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+    if workers:
+        os.kill(int(workers[-1]), signal.SIGKILL)
+        killed.append(int(workers[-1]))
+
+
+def test_a_killed_worker_is_restarted_and_the_run_resumes_to_the_same_quality(dlrm_run, tiny_dataset, tmp_path):
+    killed: list[int] = []
+    watcher = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(tmp_path, killed), daemon=True)
+    watcher.start()
+    result = run("dlrm", _cfg(tiny_dataset, tmp_path, name="interrupted"))
+    watcher.join()
+    assert killed, "no worker was running after the first checkpoint"
+    assert result.resumed and len(result.epoch_losses) == 3  # losses of the epochs before the kill were kept
+    # resumed from the epoch-1 checkpoint with the same data order, it lands where the uninterrupted run did
+    assert result.metrics["test/auc"] == pytest.approx(dlrm_run.metrics["test/auc"], abs=1e-4)
+    np.testing.assert_allclose(result.epoch_losses, dlrm_run.epoch_losses, atol=1e-4)
 
 
 def test_two_tower_trains_on_two_workers(local_ray, tiny_dataset, tmp_path):
