@@ -54,6 +54,13 @@ def summary(result) -> str:
                          result.baselines["oracle_auc"],
                          (result.metrics["test/auc"] - 0.5) / (result.baselines["oracle_auc"] - 0.5))
                         if "oracle_auc" in result.baselines else ""))
+    if "test/recall@100" in result.metrics and result.baselines:
+        model, popular = result.metrics["test/recall@100"], result.baselines["popularity_recall@100"]
+        line = f"  test recall@100: model {model:.4f} | popularity {popular:.4f} ({model / popular:.2f}x)"
+        if "oracle_recall@100" in result.baselines:
+            oracle = result.baselines["oracle_recall@100"]
+            line += f" | oracle {oracle:.4f} (model reaches {model / oracle:.1%} of it)"
+        lines.append(line)
     lines.append("  embedding tables sharded by TorchRec's planner:")
     lines += [f"    {table:<56} {kind}" for table, kind in sorted(result.sharding.items())]
     lines.append(f"  run folder: {result.path}" + ("  (resumed from a checkpoint)" if result.resumed else ""))

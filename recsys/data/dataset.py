@@ -42,7 +42,7 @@ from recsys.hashing import file_sha256, stable_hash
 from recsys.io import atomic_dir
 from recsys.schema import FeatureSchema, Kind
 
-PIPELINE_VERSION = 2  # bump when feature logic changes what a build writes
+PIPELINE_VERSION = 3  # bump when feature logic changes what a build writes
 TASKS = ("ranking", "retrieval")
 SPLITS = ("train", "val", "test")
 VALIDATED_TABLES = ("events", "users", "items")
@@ -66,6 +66,9 @@ class DatasetManifest:
     cardinalities: dict[str, int]
     profile: dict[str, Any]
     online: dict[str, Any]
+    # user and item tables as of the test period's start (what a model deployed then would see): the
+    # inputs of retrieval evaluation against every item
+    snapshots: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +121,10 @@ class Dataset:
 
     def online(self, name: str) -> pl.DataFrame:
         return pl.read_parquet(self.path / self.manifest.online[name]["path"])
+
+    def at_test_start(self, name: str) -> pl.DataFrame:
+        """The ``users`` or ``items`` table as of the test split's start."""
+        return pl.read_parquet(self.path / self.manifest.snapshots["test_start"]["tables"][name]["path"])
 
 
 def sorted_events(events: pl.DataFrame) -> pl.DataFrame:
@@ -273,6 +280,15 @@ def build_dataset(validated: str | Path, root: str | Path, schema: FeatureSchema
             table.write_parquet(tmp / "online" / f"{name}.parquet")
             online[name] = {"path": f"online/{name}.parquet", "rows": table.height}
         online["as_of"] = as_of.isoformat()
+        steps.set_postfix_str("tables at the test start")
+        (tmp / "snapshots" / "test_start").mkdir(parents=True)
+        at_test = {}
+        for name, lf in online_tables(builder, bounds["test_start"]).items():
+            if name in ("users", "items"):
+                path = f"snapshots/test_start/{name}.parquet"
+                table = lf.collect(engine="streaming")
+                table.write_parquet(tmp / path)
+                at_test[name] = {"path": path, "rows": table.height}
         encoders.save(tmp / "encoders.json")
         manifest = DatasetManifest(
             dataset_id=ds_id,
@@ -291,6 +307,7 @@ def build_dataset(validated: str | Path, root: str | Path, schema: FeatureSchema
             cardinalities={table: encoders.fitted[table].cardinality for table in schema.embedding_tables()},
             profile=profile,
             online=online,
+            snapshots={"test_start": {"as_of": bounds["test_start"].isoformat(), "tables": at_test}},
         )
         manifest.write(tmp / "manifest.json")
         steps.update(1)

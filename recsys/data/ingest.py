@@ -51,7 +51,7 @@ def find_files(source: Path, pattern: str, what: str) -> list[Path]:
 
 
 def describe_files(paths: list[Path]) -> list[SourceFile]:
-    return [SourceFile(str(p), file_sha256(p), p.stat().st_size) for p in paths]
+    return [SourceFile(str(p.resolve()), file_sha256(p), p.stat().st_size) for p in paths]
 
 
 def _format(paths: list[Path], cfg: IngestConfig) -> str:

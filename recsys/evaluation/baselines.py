@@ -13,7 +13,7 @@ import polars as pl
 from recsys.data.dataset import Dataset
 from recsys.data.features import META_EVENT_ID
 from recsys.evaluation.metrics import auc, log_loss
-from recsys.schema import FeatureSchema
+from recsys.schema import PROJECT_ROOT, FeatureSchema
 
 
 def ground_truth_dir(dataset: Dataset) -> Path | None:
@@ -21,8 +21,12 @@ def ground_truth_dir(dataset: Dataset) -> Path | None:
     files = dataset.manifest.sources["raw"].get("events") or []
     if not files:
         return None
-    folder = Path(files[0]["path"]).parent.parent / "ground_truth"
-    return folder if (folder / "impressions").is_dir() else None
+    raw = Path(files[0]["path"])
+    for base in ([raw] if raw.is_absolute() else [Path.cwd() / raw, PROJECT_ROOT / raw]):  # older: relative
+        folder = base.parent.parent / "ground_truth"
+        if (folder / "impressions").is_dir():
+            return folder
+    return None
 
 
 def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "test") -> dict[str, float]:

@@ -11,11 +11,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U; tied scores count half)."""
+    from scipy.stats import rankdata  # (lazy: the GPU checks run on machines without SciPy)
+
     labels = np.asarray(labels).astype(bool)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:

@@ -10,7 +10,7 @@ from recsys.models.config import DLRMConfig, TwoTowerConfig
 @dataclass(frozen=True)
 class OptimConfig:
     dense_lr: float = 1e-3  # Adam, for MLPs and interaction layers
-    embedding_lr: float = 0.05  # row-wise Adagrad for embedding tables (TorchRec fused optimiser)
+    embedding_lr: float = 0.05  # Adagrad for the sharded embedding tables (TorchRec fused optimiser)
     weight_decay: float = 0.0  # dense parameters only
 
 
@@ -23,6 +23,7 @@ class TrainConfig:
     gpus_per_worker: int = 0  # 0 = CPU with gloo; >= 1 uses CUDA and NCCL
     batch_size: int = 1024  # examples per worker per step
     eval_batch_size: int = 4096
+    eval_users: int = 0  # retrieval: test users evaluated against every item (a seeded sample); 0 = all
     epochs: int = 3
     seed: int = 0
     output: str = "runs/train"  # Ray Train storage: checkpoints and results

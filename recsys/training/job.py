@@ -51,8 +51,10 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
     from torch.utils.data import DataLoader
 
+    from recsys.evaluation.retrieval import retrieval_report
     from recsys.models.dlrm import DLRMTrain, Ranker
     from recsys.models.two_tower import TwoTower, TwoTowerTrain
+    from recsys.training.checkpoint import load_model
     from recsys.training.data import EpochBatches, item_log_q, ranking_batches, read_shard, retrieval_batches
     from recsys.training.module import RecsysModule
     from recsys.training.strategy import TorchRecStrategy
@@ -120,9 +122,17 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if rank == 0:
         final = ray.train.get_all_reported_checkpoints()[-1]
         model_path = Path(final.checkpoint.path) / RayTrainReportCallback.CHECKPOINT_NAME
+        # evaluated like every later consumer will use it: rebuilt, unsharded, from the checkpoint alone
+        trained, _ = load_model(model_path)
+        if task == "dlrm":
+            baselines = ranking_baselines(dataset, schema)
+        else:
+            retrieval, baselines = retrieval_report(trained, dataset, cfg.eval_users or None)
+            metrics |= retrieval
         summary = {"metrics": metrics, "epoch_losses": module.epoch_losses, "sharding": strategy.sharding,
                    "epochs": trainer.current_epoch, "workers": world, "dataset_id": dataset.id,
-                   "checkpoint": str(model_path), "resumed": resume_from is not None, "probe": probe}
+                   "checkpoint": str(model_path), "resumed": resume_from is not None, "probe": probe,
+                   "baselines": baselines}
         run = logger.experiment
         model_artifact = wandb.Artifact(f"model-{task}-{dataset.id}", type="model", metadata={
             "schema_hash": schema.hash, "dataset_id": dataset.id, "metrics": metrics, "run": run_dir.name})
@@ -133,7 +143,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
             data_artifact.add_reference(f"file://{dataset.path.resolve() / 'manifest.json'}")
             run.use_artifact(data_artifact)
         run.log_artifact(model_artifact, aliases=["latest", dataset.id])
-        run.summary.update({"sharding": strategy.sharding, "epoch_losses": module.epoch_losses,
+        run.summary.update({**metrics, **{f"baseline/{k}": v for k, v in baselines.items()},
+                            "sharding": strategy.sharding, "epoch_losses": module.epoch_losses,
                             "checkpoint": str(model_path)})
         summary["wandb_run"] = run.dir
         run.finish()
@@ -167,6 +178,7 @@ class TrainResult:
     dataset_id: str
     metrics: dict[str, float]
     baselines: dict[str, float]  # popularity and (on generated data) the oracle, on the test split
+    # metrics: val/ and test/ loss; ranking: auc, logloss; retrieval: recall@K, ndcg@K against every item
     epoch_losses: list[float]  # mean training loss per epoch
     sharding: dict[str, str]  # embedding table -> how TorchRec's planner sharded it
     path: str  # the run folder
@@ -210,10 +222,6 @@ def run(task: str, cfg: TrainConfig) -> TrainResult:
     if result.error:
         raise RecsysError(f"training failed: {result.error}")
     summary = json.loads((run_dir / "metrics.json").read_text())
-    baselines = ranking_baselines(dataset, load_schema()) if task == "dlrm" else {}
-    if baselines:
-        summary["baselines"] = baselines
-        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    return TrainResult(task=task, dataset_id=dataset.id, metrics=summary["metrics"], baselines=baselines,
+    return TrainResult(task=task, dataset_id=dataset.id, metrics=summary["metrics"], baselines=summary["baselines"],
                        epoch_losses=summary["epoch_losses"], sharding=summary["sharding"], path=str(run_dir),
                        checkpoint=summary["checkpoint"], resumed=summary["resumed"])

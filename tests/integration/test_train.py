@@ -117,6 +117,9 @@ def test_two_tower_trains_on_two_workers(local_ray, tiny_dataset, tmp_path):
     assert result.epoch_losses[-1] < result.epoch_losses[0]
     assert any(name.startswith("user_tower.") for name in result.sharding)
     assert any(name.startswith("item_tower.") for name in result.sharding)
+    # evaluated against every item, beside popularity and the oracle, from the final checkpoint
+    assert 0 < result.metrics["test/recall@100"] <= 1 and result.metrics["test/retrieval_users"] > 0
+    assert {"popularity_recall@100", "oracle_recall@100", "oracle_ndcg@10"} <= set(result.baselines)
 
 
 def test_workers_that_cannot_share_the_shards_are_refused(tiny_dataset, tmp_path):
