@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset folder (default: the config's, else the newest under runs/datasets)")
     p.add_argument("--workers", type=int, help="Ray Train workers (default: the config's)")
     p.add_argument("--gpus-per-worker", type=int, help="GPUs per worker; 0 trains on CPU with gloo")
+    p.add_argument("--export", action="store_true", help="export the trained model to <run>/export when done "
+                   "(ONNX, parity-checked; the two-tower's item index too), as `recsys export` does")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set dlrm.interaction=dcn (repeatable)")
 
@@ -35,7 +37,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def config_from(args: argparse.Namespace) -> TrainConfig:
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + (["export=true"] if getattr(args, "export", False) else [])
     for key, value in (("dataset", args.dataset), ("workers", args.workers),
                        ("gpus_per_worker", args.gpus_per_worker)):
         if value is not None:

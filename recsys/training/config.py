@@ -30,6 +30,7 @@ class TrainConfig:
     name: str = ""  # run folder under output; empty = <model>-<dataset id>-<time>. An unfinished run resumes
     max_failures: int = 2  # worker failures survived by restarting from the last checkpoint (-1: no limit)
     keep_checkpoints: int = 2  # newest epoch checkpoints kept
+    export: bool = False  # export the trained model (`recsys export`) into <run>/export when training ends
     optim: OptimConfig = field(default_factory=OptimConfig)
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)

@@ -222,6 +222,10 @@ def run(task: str, cfg: TrainConfig) -> TrainResult:
     if result.error:
         raise RecsysError(f"training failed: {result.error}")
     summary = json.loads((run_dir / "metrics.json").read_text())
+    if cfg.export:
+        from recsys.export.exporter import export_checkpoint
+
+        export_checkpoint(summary["checkpoint"], run_dir / "export")
     return TrainResult(task=task, dataset_id=dataset.id, metrics=summary["metrics"], baselines=summary["baselines"],
                        epoch_losses=summary["epoch_losses"], sharding=summary["sharding"], path=str(run_dir),
                        checkpoint=summary["checkpoint"], resumed=summary["resumed"])

@@ -11,38 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import torch
 
-from recsys.config import load_config
 from recsys.errors import RecsysError
 from recsys.models.inputs import InputSpec, make_batch
 from recsys.training.checkpoint import load_model
-from recsys.training.config import TrainConfig
 from recsys.training.data import read_shard
 from recsys.training.job import run
-from tests.conftest import ROOT
+from tests.integration.conftest import tiny_train_config
 from tests.wandb_records import logged_keys
 
 pytestmark = pytest.mark.integration
-TINY = ROOT / "configs" / "train" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def _cfg(tiny_dataset, tmp_path, **overrides):
-    sets = [f"dataset={tiny_dataset.path}", f"output={tmp_path}"] + [f"{k}={v}" for k, v in overrides.items()]
-    return load_config(TrainConfig, TINY, sets)
-
-
-@pytest.fixture(scope="module")
-def dlrm_run(local_ray, tiny_dataset, tmp_path_factory):
-    return run("dlrm", _cfg(tiny_dataset, tmp_path_factory.mktemp("train")))
 
 
 def test_dlrm_trains_on_two_workers_with_sharded_tables(dlrm_run, tiny_dataset, schema):
@@ -87,22 +66,35 @@ def _registered_checkpoints(run_dir: Path) -> int:
     return len(snapshot["checkpoint_results"])
 
 
+def _descends_from_us(pid: int) -> bool:
+    """Whether ``pid`` is in this test process's tree (our Ray cluster's workers are, other clusters' are not)."""
+    while pid > 1:
+        if pid == os.getpid():
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
+
+
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> None:
-    """Waits until Ray Train has registered the run's first checkpoint, then SIGKILLs a training worker."""
+    """Waits until Ray Train has registered the run's first checkpoint, then SIGKILLs one of its workers."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not _registered_checkpoints(run_dir):
         time.sleep(0.02)
-    workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+    found = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+    workers = [int(pid) for pid in found if _descends_from_us(int(pid))]
     if workers:
-        os.kill(int(workers[-1]), signal.SIGKILL)
-        killed.append(int(workers[-1]))
+        os.kill(workers[-1], signal.SIGKILL)
+        killed.append(workers[-1])
 
 
 def test_a_killed_worker_is_restarted_and_the_run_resumes_to_the_same_quality(dlrm_run, tiny_dataset, tmp_path):
     killed: list[int] = []
     watcher = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(tmp_path, killed), daemon=True)
     watcher.start()
-    result = run("dlrm", _cfg(tiny_dataset, tmp_path, name="interrupted"))
+    result = run("dlrm", tiny_train_config(tiny_dataset, tmp_path, name="interrupted"))
     watcher.join()
     assert killed, "no worker was running after the first checkpoint"
     assert result.resumed and len(result.epoch_losses) == 3  # losses of the epochs before the kill were kept
@@ -111,8 +103,8 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes_to_the_same_quality(dl
     np.testing.assert_allclose(result.epoch_losses, dlrm_run.epoch_losses, atol=1e-4)
 
 
-def test_two_tower_trains_on_two_workers(local_ray, tiny_dataset, tmp_path):
-    result = run("two-tower", _cfg(tiny_dataset, tmp_path, batch_size=128))
+def test_two_tower_trains_on_two_workers(two_tower_run):
+    result = two_tower_run
     assert all(math.isfinite(x) for x in result.epoch_losses)
     assert result.epoch_losses[-1] < result.epoch_losses[0]
     assert any(name.startswith("user_tower.") for name in result.sharding)
@@ -124,4 +116,4 @@ def test_two_tower_trains_on_two_workers(local_ray, tiny_dataset, tmp_path):
 
 def test_workers_that_cannot_share_the_shards_are_refused(tiny_dataset, tmp_path):
     with pytest.raises(RecsysError, match="2 shards per split, which 3 workers cannot share evenly"):
-        run("dlrm", _cfg(tiny_dataset, tmp_path, workers=3))
+        run("dlrm", tiny_train_config(tiny_dataset, tmp_path, workers=3))
