@@ -1,0 +1,1 @@
+"""Deployment: the Triton model repository built from exported models, and the ``tritonserver`` that serves it."""
