@@ -32,6 +32,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default: <run folder>/export)")
     p.add_argument("--tolerance", type=float, default=1e-5,
                    help="largest max-abs difference ONNX Runtime vs the trained model that passes (default 1e-5)")
+    p.add_argument("--repository", help="also add the exported models as new versions to this Triton model "
+                   "repository (e.g. triton_models), refusing any exported for another feature schema")
     p.set_defaults(func=cmd_export)
 
 
@@ -43,6 +45,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_checkpoint(checkpoint, out, tolerance=args.tolerance)
     for name, folder in result.models.items():
         print(f"{name:<12} {folder / 'model.onnx'}  (parity: max abs diff {result.parity[name]:.2g})")
+    if args.repository:
+        from recsys.deploy.repository import add_version
+        from recsys.schema import load_schema
+
+        schema_hash = load_schema().hash
+        for name, folder in result.models.items():
+            version = add_version(args.repository, folder, expected_schema_hash=schema_hash)
+            print(f"{name:<12} added to the Triton repository as {version}")
     if result.index:
         i = result.index
         print(f"{'items':<12} {out / 'items'}  ({i['n_items']:,} items, {i['kind']} index, "

@@ -51,6 +51,7 @@ class TritonModelSettings:
     """How Triton serves a model; the same for the GPU config and its CPU twin unless named otherwise."""
 
     max_batch_size: int = 1024  # rows per model execution (a ranking request of 200 candidates is 200 rows)
+    dynamic_batching: bool = True  # merge concurrent requests into one execution (off: one request each)
     preferred_batch_sizes: tuple[int, ...] = (256, 1024)  # the dynamic batcher aims for these
     max_queue_delay_us: int = 500  # how long a request may wait for others to batch with
     num_versions: int = 2  # version policy: serve the latest N versions (a request without one gets the newest)
@@ -88,9 +89,11 @@ def _common(sig: ModelSignature, settings: TritonModelSettings) -> mc.ModelConfi
             latest=mc.ModelVersionPolicy.Latest(num_versions=settings.num_versions)),
         input=_tensors(sig.inputs, mc.ModelInput),
         output=_tensors(sig.outputs, mc.ModelOutput),
-        dynamic_batching=mc.ModelDynamicBatching(preferred_batch_size=list(settings.preferred_batch_sizes),
-                                                 max_queue_delay_microseconds=settings.max_queue_delay_us),
     )
+    if settings.dynamic_batching:
+        config.dynamic_batching.CopyFrom(mc.ModelDynamicBatching(
+            preferred_batch_size=list(settings.preferred_batch_sizes),
+            max_queue_delay_microseconds=settings.max_queue_delay_us))
     for key in LINEAGE_KEYS:
         if key in sig.metadata:
             config.parameters[key].string_value = sig.metadata[key]
