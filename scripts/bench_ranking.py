@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -88,33 +89,37 @@ def print_in_process(results: dict) -> None:
 
 
 def load(url: str, inputs: dict[str, np.ndarray], concurrency: int, seconds: float) -> tuple[float, list[float]]:
-    """``concurrency`` gRPC clients sending the request back to back: requests/s and latencies (ms)."""
+    """Keep ``concurrency`` requests in flight on one gRPC client for ``seconds``: requests/s and latencies (ms).
+
+    Asynchronous calls from one thread: a thread per request would measure Python's GIL, not the server.
+    """
     import tritonclient.grpc as grpcclient
 
-    def worker(latencies: list[float], stop_at: float) -> None:
-        client = grpcclient.InferenceServerClient(url)
-        request = []
-        for name, array in inputs.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), "INT64" if array.dtype == np.int64 else "FP32")
-            tensor.set_data_from_numpy(array)
-            request.append(tensor)
-        while time.perf_counter() < stop_at:
-            start = time.perf_counter()
-            result = client.infer("dlrm", request)
-            latencies.append((time.perf_counter() - start) * 1000)
-            if result.as_numpy("p_click").shape != (CANDIDATES, 1):
-                raise RuntimeError("Triton returned a wrong-shaped answer")
-        client.close()
+    client = grpcclient.InferenceServerClient(url)
+    request = []
+    for name, array in inputs.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "INT64" if array.dtype == np.int64 else "FP32")
+        tensor.set_data_from_numpy(array)
+        request.append(tensor)
+    slots, latencies, errors = threading.Semaphore(concurrency), [], []
 
-    per_thread: list[list[float]] = [[] for _ in range(concurrency)]
+    def done(started: float, result, error) -> None:
+        latencies.append((time.perf_counter() - started) * 1000)
+        if error is not None or result.as_numpy("p_click").shape != (CANDIDATES, 1):
+            errors.append(error or "wrong-shaped answer")
+        slots.release()
+
     start = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(lat, start + seconds)) for lat in per_thread]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    latencies = [x for lat in per_thread for x in lat]
-    return len(latencies) / (time.perf_counter() - start), latencies
+    while time.perf_counter() - start < seconds:
+        slots.acquire()
+        client.async_infer("dlrm", request, callback=partial(done, time.perf_counter()))
+    for _ in range(concurrency):  # wait for the last ones
+        slots.acquire()
+    elapsed = time.perf_counter() - start
+    client.close()
+    if errors:
+        raise RuntimeError(f"{len(errors)} failed requests, e.g. {errors[0]}")
+    return len(latencies) / elapsed, latencies
 
 
 def triton(exported: Path, rows: pl.DataFrame, signature: ModelSignature, tmp: Path, seconds: float) -> None:
@@ -145,12 +150,14 @@ def triton(exported: Path, rows: pl.DataFrame, signature: ModelSignature, tmp: P
           f"[target >= 3x: {'PASS' if ratio >= 3 else 'MISS'}]")
 
 
-def retrieval(n_items: int, dim: int = 64, n_queries: int = 1000) -> None:
+def retrieval(n_items: int, clusters: int, spread: float, dim: int = 64, n_queries: int = 1000) -> None:
+    """Items and queries drawn around ``clusters`` random centres with Gaussian ``spread`` (then L2-normalised):
+    the looser the clusters, the harder for any ANN index (uniform vectors are the worst case)."""
     rng = np.random.default_rng(0)
-    centres = rng.normal(size=(1000, dim)).astype(np.float32)
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
 
     def clustered(n: int) -> np.ndarray:
-        x = centres[rng.integers(0, len(centres), n)] + 0.7 * rng.normal(size=(n, dim)).astype(np.float32)
+        x = centres[rng.integers(0, len(centres), n)] + spread * rng.normal(size=(n, dim)).astype(np.float32)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     items, queries = clustered(n_items), clustered(n_queries)
@@ -163,7 +170,8 @@ def retrieval(n_items: int, dim: int = 64, n_queries: int = 1000) -> None:
     exact_qps = ann.queries_per_second(flat, queries)
     ann_qps = ann.queries_per_second(index, queries)
     recall = ann.recall_at_k(index.search(queries, ann.K)[1], exact)
-    print(f"\n3. retrieval over {n_items:,} items x {dim} dims, {n_queries} queries, top {ann.K}")
+    print(f"\n3. retrieval over {n_items:,} items x {dim} dims ({clusters:,} clusters, spread {spread}), "
+          f"{n_queries} queries, top {ann.K}")
     print(f"   exact (IndexFlatIP)         {exact_qps:>10,.0f} queries/s  recall@100 1.000")
     print(f"   {info.kind} {info.params}  {ann_qps:>10,.0f} queries/s  recall@100 {recall:.3f}  "
           f"(built in {build_s:.0f} s)")
@@ -176,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", help="a trained DLRM checkpoint (default: random weights, same shapes)")
     p.add_argument("--dataset", help="dataset for the request rows (default: the checkpoint's, else the newest)")
     p.add_argument("--items", type=int, default=1_000_000, help="catalogue size for the retrieval part")
+    p.add_argument("--clusters", type=int, default=3000, help="retrieval part: cluster centres of the catalogue")
+    p.add_argument("--spread", type=float, default=1.0, help="retrieval part: spread of items around a centre")
     p.add_argument("--seconds", type=float, default=8.0, help="load per Triton setting and concurrency")
     p.add_argument("--skip-triton", action="store_true")
     p.add_argument("--skip-ann", action="store_true")
@@ -205,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_triton:
             triton(folder, rows.head(CANDIDATES), signature, Path(tmp), args.seconds)
     if not args.skip_ann:
-        retrieval(args.items)
+        retrieval(args.items, args.clusters, args.spread)
     return 0
 
 

@@ -22,7 +22,7 @@ EXACT_UP_TO = 50_000  # items scanned exactly up to this size
 HNSW_UP_TO = 300_000  # HNSW up to this size, IVF beyond
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 200
 EF_SEARCH = (32, 64, 128, 256, 512, 1024)
-NPROBE = (8, 16, 32, 64, 128, 256, 512)
+NPROBE = (8, 16, 32, 64, 128, 256, 512, 1024)
 IVF_TRAIN = 200_000  # vectors sampled to train the IVF cells
 K = 100
 
