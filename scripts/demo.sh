@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job: install (if needed) and run the pipeline end to end on the embedded default shop.
-#   generate -> validate -> build features (versioned dataset)
-# Extra arguments are passed to every step as config overrides, e.g.
+#   generate -> validate -> build features (versioned dataset) -> train both models on Ray (2 CPU workers)
+#   -> evaluate against popularity and the oracle -> export (ONNX, parity-checked; item index)
+#   -> Triton model repository -> score a few real rows on the real tritonserver -> stop it
+# Extra arguments are passed to the data steps as config overrides, e.g.
 #   ./scripts/demo.sh --set generator.target_events=10000000
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,17 +12,70 @@ source scripts/env.sh
 
 config=configs/data/default.yaml
 runs=runs
+stamp=$(date +%Y%m%d-%H%M%S)
 echo
-echo "== 1/3 generate XYZShopSmart events ($config)"
+echo "== 1/7 generate XYZShopSmart events ($config)"
 recsys data generate --config "$config" --out "$runs/data/raw/xyzshop" "$@"
 echo
-echo "== 2/3 validate"
+echo "== 2/7 validate"
 recsys data validate --config "$config" --source "$runs/data/raw/xyzshop" --out "$runs/data/validated/xyzshop" "$@"
 echo
-echo "== 3/3 build the versioned feature dataset"
-recsys data build --config "$config" --validated "$runs/data/validated/xyzshop" --root "$runs/datasets" "$@"
+echo "== 3/7 build the versioned feature dataset"
+build_log=$(mktemp)
+recsys data build --config "$config" --validated "$runs/data/validated/xyzshop" --root "$runs/datasets" "$@" \
+  | tee "$build_log"
+dataset=$(sed -n 's/^dataset ds-[0-9a-f]* .*: \(.*\)$/\1/p' "$build_log" | tail -1)
+rm -f "$build_log"
+for model in dlrm two-tower; do
+  echo
+  echo "== $([ $model = dlrm ] && echo 4 || echo 5)/7 train $model on Ray Train (2 workers, TorchRec sharding) and evaluate"
+  recsys train "$model" --config configs/train/default.yaml --dataset "$dataset" --workers 2 \
+    --set "name=demo-$model-$stamp"
+done
+echo
+echo "== 6/7 export (ONNX, parity-checked; the item index) into the Triton model repository ($runs/triton_models)"
+for model in dlrm two-tower; do
+  recsys export "$runs/train/demo-$model-$stamp" --out "$runs/train/demo-$model-$stamp/export" \
+    --repository "$runs/triton_models"
+done
+echo
+echo "== 7/7 serve on the real tritonserver and score a few real rows"
+recsys triton start --repository "$runs/triton_models" --run-dir "$runs/triton"
+trap 'recsys triton stop --run-dir "$runs/triton" >/dev/null 2>&1 || true' EXIT
+python - "$dataset" "$runs/triton" "$runs/train/demo-dlrm-$stamp/export/dlrm" <<'PY'
+import sys
+
+import polars as pl
+import tritonclient.grpc as grpcclient
+
+from recsys.data.dataset import Dataset
+from recsys.deploy.server import read_state
+from recsys.export.serving import serving_inputs
+from recsys.export.signature import ModelSignature
+from recsys.schema import load_schema
+
+dataset, run_dir, exported = Dataset.open(sys.argv[1]), sys.argv[2], sys.argv[3]
+signature = ModelSignature.read(exported)
+rows = pl.read_parquet(dataset.shards("ranking", "test")[0]).head(5)
+inputs = []
+for name, array in serving_inputs(rows, signature.inputs).items():
+    tensor = grpcclient.InferInput(name, list(array.shape), "INT64" if array.dtype.kind == "i" else "FP32")
+    tensor.set_data_from_numpy(array)
+    inputs.append(tensor)
+client = grpcclient.InferenceServerClient(read_state(run_dir).grpc_url)
+scores = client.infer("dlrm", inputs).as_numpy("p_click")[:, 0]
+print("  test impressions scored by Triton (p_click vs what happened):")
+label = load_schema().label("dlrm").name
+for (user, item, clicked), p in zip(rows.select("_user", "_item", label).iter_rows(), scores):
+    print(f"    user {user:>6}  item {item:>5}  p_click {p:.3f}  clicked {bool(clicked)}")
+PY
+recsys triton stop --run-dir "$runs/triton"
+trap - EXIT
 echo
 echo "Everything is under $runs/:"
 echo "  raw export + ground truth   $runs/data/raw/xyzshop"
 echo "  validated tables, report    $runs/data/validated/xyzshop  (quarantine/, report.txt)"
 echo "  datasets                    $runs/datasets  (recsys data show)"
+echo "  training runs, W&B offline  $runs/train/demo-*-$stamp  (metrics.json, checkpoints, wandb/)"
+echo "  exports                     $runs/train/demo-*-$stamp/export"
+echo "  Triton model repository     $runs/triton_models  (recsys triton start --repository $runs/triton_models)"

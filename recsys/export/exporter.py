@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ def export_onnx(module: torch.nn.Module, signature: ModelSignature, example: dic
     names = [s.name for s in signature.inputs]
     outputs = [s.name for s in signature.outputs]
     args = tuple(torch.from_numpy(example[n]) for n in names)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the legacy exporter's notes on deprecation and on aten::index (ids are never negative here)
+        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
         torch.onnx.export(module.eval(), args, str(path), input_names=names, output_names=outputs,
                           dynamic_axes={n: {0: "batch"} for n in [*names, *outputs]}, opset_version=OPSET,
                           dynamo=False)

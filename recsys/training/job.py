@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -59,6 +60,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from recsys.training.module import RecsysModule
     from recsys.training.strategy import TorchRecStrategy
 
+    # fbgemm logs every embedding kernel's full argument list at INFO on the root logger
+    logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("[TBE="))
     task, cfg = config["task"], from_dict(TrainConfig, config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
