@@ -1,0 +1,78 @@
+"""``recsys serve``: the Ray Serve application (``serving/``) on a local or existing Ray cluster."""
+
+from __future__ import annotations
+
+import argparse
+
+from recsys.schema import PROJECT_ROOT
+
+DEFAULT_CONFIG = str(PROJECT_ROOT / "serving" / "config.yaml")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "serve", help="serve recommendations over HTTP (Ray Serve: retrieve, filter, rank on Triton)",
+        description="Start the Ray Serve application of serving/: POST /recommend, POST /feedback, GET /healthz, "
+                    "/readyz, /metrics and /docs, on 127.0.0.1 by default. Triton must be running "
+                    "(`recsys triton start`); until it is, answers are the retrieval order flagged degraded. "
+                    "Reads the application's args (the serving config and its overrides) and its HTTP options "
+                    "from a Ray Serve config file.")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help=f"Ray Serve config file whose first application runs serving.app (default: {DEFAULT_CONFIG})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a serving config field, e.g. triton_url=127.0.0.1:8001 (repeatable)")
+    p.add_argument("--address", default=None, help="Ray cluster to join (default: start a local one)")
+    p.add_argument("--detach", action="store_true", help="return once the app is up (with --address)")
+    p.set_defaults(func=cmd_serve)
+
+
+def serve_args(path: str, overrides: list[str]) -> tuple[dict, dict]:
+    """(application args, http_options) of a Ray Serve config file, with ``overrides`` appended to ``set``."""
+    from pathlib import Path
+
+    import yaml
+
+    from recsys.config import ConfigError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"serve config {file} does not exist")
+    raw = yaml.safe_load(file.read_text()) or {}
+    apps = raw.get("applications") or []
+    if not apps:
+        raise ConfigError(f"{file}: no applications")
+    args = dict(apps[0].get("args") or {})
+    config = args.get("config")
+    if config and not Path(config).is_absolute():  # relative to the project root, as `serve run` from there
+        args["config"] = str(PROJECT_ROOT / config)
+    args["set"] = [*(args.get("set") or []), *overrides]
+    return args, dict(raw.get("http_options") or {})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.config import from_args
+
+    app_args, http = serve_args(args.config, args.overrides)
+    config = from_args(app_args)
+    ray.init(address=args.address, include_dashboard=False) if args.address else ray.init(include_dashboard=False)
+    serve.start(http_options={"host": http.get("host", config.host), "port": http.get("port", config.port)})
+    serve.run(build_app(config), name="recsys", route_prefix=config.route_prefix)
+    url = f"http://{http.get('host', config.host)}:{http.get('port', config.port)}"
+    print(f"serving on {url}  (POST /recommend, POST /feedback, GET /readyz, /metrics, /docs)", flush=True)
+    if args.detach:
+        return 0
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0

@@ -1,0 +1,313 @@
+"""The Ray Serve application: an HTTP ingress (FastAPI) over a retriever and a Triton ranker client.
+
+    POST /recommend  user -> online features -> retrieve N (query tower + ANN) -> filter -> rank (Triton) -> top k
+    POST /feedback   impressions / clicks / purchases of served lists -> the event log (fsynced before the 2xx)
+    GET  /healthz    the process answers
+    GET  /readyz     the index, the features and Triton are ready (503 otherwise)
+    GET  /metrics    Prometheus text: requests, errors, per-stage latency
+
+Whatever happens behind it, /recommend answers: an unknown user gets popular items flagged ``cold_start``;
+a Triton that is down or slower than ``rank_deadline_s`` gives the retrieval order flagged ``degraded``.
+Bad requests get a 4xx naming the field and what was expected.
+
+``serve run serving/config.yaml`` or ``recsys serve`` start it; `build_app` composes it with ``.bind()``.
+(No ``from __future__ import annotations`` here: FastAPI must see the request models as classes through Serve's
+ingress wrapper, or it takes them for query parameters.)
+"""
+
+import asyncio
+import importlib
+import time
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.config import ServingConfig, from_args
+from serving.feedback import EventLog, new_id
+from serving.metrics import Metrics
+from serving.ranker import RankerClient
+from serving.retriever import Retriever
+
+INT64_MAX = 2**63 - 1
+Id = Annotated[int, Field(ge=0, le=INT64_MAX)]
+LIMITS = {"max_body_bytes": 65536}  # set by the ingress replica from its config; read by BodyLimit
+ROUTES = ("/recommend", "/feedback", "/healthz", "/readyz", "/metrics")
+STATE: dict[str, Any] = {}  # the replica's Metrics, for the counting middleware
+
+
+# ---- request and response bodies -------------------------------------------------------------------
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Context(Strict):
+    category: Annotated[str, Field(min_length=1, max_length=200)] | None = None  # cold start: popular in it
+
+
+class RecommendRequest(Strict):
+    user_id: Id
+    k: Annotated[int, Field(ge=1, description="how many items (1 to the configured max_k)")] = 10
+    context: Context | None = None
+    exclude: list[Id] = Field(default_factory=list, description="item ids never to return")
+
+
+class Scored(BaseModel):
+    item_id: int
+    score: float | None  # the ranker's click probability; None where the ranker was not used
+
+
+class RecommendResponse(BaseModel):
+    request_id: int
+    user_id: int
+    items: list[Scored]
+    cold_start: bool
+    degraded: bool
+    reason: str | None  # why degraded (or cold start)
+    model_versions: dict[str, str]
+    timings_ms: dict[str, float]
+
+
+class FeedbackEvent(Strict):
+    item_id: Id
+    event_type: Literal["impression", "click", "purchase"]
+    position: Annotated[int, Field(ge=0, le=10_000)] | None = None  # slot in the served list (impressions)
+    timestamp: datetime | None = None  # default: when the event is received
+
+    model_config = ConfigDict(extra="forbid", strict=False)  # timestamp may be ISO text
+
+
+class FeedbackRequest(Strict):
+    request_id: Id
+    user_id: Id
+    session_id: Id | None = None  # default: the request id
+    events: Annotated[list[FeedbackEvent], Field(min_length=1, max_length=1000)]
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int
+    log: str
+
+
+# ---- the FastAPI app -------------------------------------------------------------------------------
+api = FastAPI(title="recsys", description="Recommendations: retrieve (two-tower + ANN), filter, rank (DLRM on "
+              "Triton). Feedback goes back into the event log.", version="1")
+
+
+class BodyLimit:
+    """Pure ASGI middleware: a body larger than ``LIMITS['max_body_bytes']`` gets 413 before any parsing."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = LIMITS["max_body_bytes"]
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await self._refuse(send, limit)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > limit:
+                return await self._refuse(send, limit)
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(send, limit: int) -> None:
+        body = JSONResponse({"error": "payload too large", "detail": f"request bodies are limited to {limit} bytes"},
+                            status_code=413)
+        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+        await send({"type": "http.response.body", "body": body.body})
+
+
+api.add_middleware(BodyLimit)
+
+
+@api.middleware("http")
+async def _count(request: Request, call_next):
+    """Every answer by route and status, 413s from BodyLimit included (this middleware is outside it)."""
+    response = await call_next(request)
+    if (metrics := STATE.get("metrics")) is not None:
+        route = request.url.path if request.url.path in ROUTES else "other"
+        metrics.requests.labels(route=route, status=str(response.status_code)).inc()
+    return response
+
+
+def _problem(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error.get("loc", ()))
+    got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict | list) else ""
+    return f"{where}: {error.get('msg', 'invalid')}{got}"
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = [_problem(e) for e in exc.errors()]
+    return JSONResponse({"error": "invalid request", "detail": problems}, status_code=422)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return JSONResponse({"error": "invalid request" if exc.status_code < 500 else "unavailable",
+                         "detail": exc.detail}, status_code=exc.status_code)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=128)
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, config: ServingConfig, retriever: DeploymentHandle, ranker: DeploymentHandle):
+        from recsys.data.dataset import Dataset
+        from recsys.schema import load_schema
+        from recsys.training.job import newest_dataset
+        from serving.features import OnlineFeatures, model_inputs
+
+        # this class reaches the replica pickled by value (with copies of the module's globals); the middleware
+        # reads the module's own dicts, so set those
+        module = importlib.import_module("serving.app")
+        module.LIMITS["max_body_bytes"] = config.max_body_bytes
+        self.config, self.retriever, self.ranker = config, retriever, ranker
+        schema = load_schema()
+        dataset = Dataset.open(config.dataset or newest_dataset(), schema)
+        self.features = OnlineFeatures(dataset, schema, config.popular_items)
+        self.query_specs = model_inputs(schema, "two_tower.user")
+        self.ranking_specs = model_inputs(schema, "dlrm")
+        self.log = EventLog(config.event_log)
+        self.metrics = module.STATE["metrics"] = Metrics()
+        self.versions = {"dataset": dataset.id}
+
+    async def _retrieval_version(self) -> str:
+        if "retrieval" not in self.versions:
+            self.versions["retrieval"] = (await self.retriever.describe.remote())["version"]
+        return self.versions["retrieval"]
+
+    @api.post("/recommend", response_model=RecommendResponse)
+    async def recommend(self, body: RecommendRequest) -> RecommendResponse:
+        cfg, timings, start = self.config, {}, time.perf_counter()
+        if body.k > cfg.max_k:
+            raise HTTPException(422, [f"body.k: must be at most {cfg.max_k} (got {body.k})"])
+        if len(body.exclude) > cfg.max_exclude:
+            raise HTTPException(422, [f"body.exclude: at most {cfg.max_exclude} ids (got {len(body.exclude)})"])
+        exclude, category = set(body.exclude), body.context.category if body.context else None
+        versions = {"dataset": self.versions["dataset"]}
+        scores: np.ndarray | None = None
+        reason, degraded = None, False
+
+        def lap(stage: str, since: float) -> float:
+            now = time.perf_counter()
+            timings[stage] = round((now - since) * 1000, 3)
+            self.metrics.stage(stage, now - since)
+            return now
+
+        t = start
+        user = self.features.user(body.user_id)
+        t = lap("features", t)
+        if user is None:
+            items = self.features.keep(None, self.features.popular_items(category), exclude)[: body.k]
+            reason = "unknown user: popular items" + (f" in {category!r}" if category else "")
+            self.metrics.cold_start.inc()
+        else:
+            try:
+                inputs = self.features.query_inputs(user, self.query_specs)
+                candidates = await asyncio.wait_for(self.retriever.retrieve.remote(inputs), cfg.retrieve_deadline_s)
+                versions["retrieval"] = await self._retrieval_version()
+            except Exception as exc:  # any failure of retrieval degrades to popularity
+                candidates, degraded = self.features.popular_items(), True
+                reason = f"retrieval failed ({type(exc).__name__}): popular items"
+                self.metrics.errors.labels(stage="retrieve").inc()
+            t = lap("retrieve", t)
+            kept = self.features.keep(body.user_id, candidates, exclude)
+            t = lap("filter", t)
+            items = kept[: body.k]
+            if kept and not degraded:
+                try:
+                    inputs = self.features.ranking_inputs(user, kept, self.ranking_specs)
+                    call = self.ranker.rank.remote(inputs)
+                    ranked, version = await asyncio.wait_for(call, cfg.rank_deadline_s)
+                    if ranked is None:
+                        raise RuntimeError(version)
+                    versions["ranking"] = version
+                    order = np.argsort(-ranked, kind="stable")[: body.k]
+                    items, scores = [kept[i] for i in order], ranked[order]
+                except Exception as exc:  # Triton down, slow or failing: the retrieval order
+                    degraded = True
+                    reason = ("ranker slower than the deadline" if isinstance(exc, TimeoutError)
+                              else f"ranker unavailable ({exc})") + ": retrieval order"
+                    self.metrics.errors.labels(stage="rank").inc()
+                t = lap("rank", t)
+        if degraded:
+            self.metrics.degraded.inc()
+        timings["total"] = round((time.perf_counter() - start) * 1000, 3)
+        self.metrics.stage("total", time.perf_counter() - start)
+        scored = [Scored(item_id=i, score=None if scores is None else float(scores[n])) for n, i in enumerate(items)]
+        return RecommendResponse(request_id=new_id(), user_id=body.user_id, items=scored, cold_start=user is None,
+                                 degraded=degraded, reason=reason, model_versions=versions, timings_ms=timings)
+
+    @api.post("/feedback", response_model=FeedbackResponse)
+    async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:
+        rows = [{"timestamp": e.timestamp.isoformat() if e.timestamp else None, "user_id": body.user_id,
+                 "item_id": e.item_id, "event_type": e.event_type,
+                 "session_id": body.session_id if body.session_id is not None else body.request_id,
+                 "request_id": body.request_id, "position": e.position} for e in body.events]
+        try:
+            accepted = await asyncio.to_thread(self.log.append, rows)
+        except OSError as exc:
+            self.metrics.errors.labels(stage="feedback").inc()
+            raise HTTPException(503, f"the event log could not be written ({exc}); nothing was accepted") from exc
+        for e in body.events:
+            if e.event_type == "purchase":
+                self.features.add_purchase(body.user_id, e.item_id)
+        self.metrics.feedback.inc(accepted)
+        return FeedbackResponse(accepted=accepted, log=str(self.log.path))
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        timeout = self.config.ready_timeout_s
+        checks = {"features": self.features.users.height > 0 and self.features.items.height > 0}
+        for name, call in (("index", lambda: self.retriever.ready.remote()),
+                           ("triton", lambda: self.ranker.ready.remote(timeout))):
+            try:
+                checks[name] = bool(await asyncio.wait_for(call(), timeout + 1.0))
+            except Exception:  # not ready
+                checks[name] = False
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @api.get("/metrics")
+    async def metrics(self) -> Response:
+        text, content_type = self.metrics.render()
+        return Response(text, media_type=content_type)
+
+
+def build_app(config: ServingConfig) -> serve.Application:
+    """The application graph: the ingress over a retriever and a ranker client."""
+    from recsys.schema import load_schema
+
+    retriever = Retriever.bind(config, load_schema().hash)
+    ranker = RankerClient.bind(config)
+    return Ingress.bind(config, retriever, ranker)
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """For ``serve run`` / ``serve deploy``: ``import_path: serving.app:app_builder`` with ``args``."""
+    return build_app(from_args(args))

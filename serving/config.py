@@ -1,0 +1,72 @@
+"""The serving configuration: one frozen dataclass, loaded from YAML with `recsys.config.load_config`.
+
+``serving/config.yaml`` (the Ray Serve config file for ``serve run`` / ``serve deploy``) passes a path to such
+a file and ``key=value`` overrides as the application's ``args``; ``recsys serve`` reads the same file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recsys.config import ConfigError, load_config
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """`@serve.batch` settings of the retriever (query tower + ANN search for several requests at once)."""
+
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.002  # how long a batch waits to fill; adds at most this to a request
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """What the Ray Serve application serves and how.
+
+    Paths are read by the replicas: on a cluster they must be visible to every node (a shared volume).
+    """
+
+    dataset: str = ""  # dataset folder (online tables, encoders); empty = the newest under runs/datasets
+    retrieval_export: str = ""  # a two-tower export (`recsys export`): query_tower/ and items/
+    ranking_export: str = ""  # optional DLRM export folder (dlrm/model.json); empty = ask Triton for metadata
+    triton_url: str = "127.0.0.1:8001"  # Triton's gRPC address (host:port)
+    ranker_model: str = "dlrm"  # the Triton model that ranks
+    ranker_version: str = ""  # empty = Triton's newest loaded version
+    event_log: str = "runs/serving/events"  # /feedback appends JSON lines under <event_log>/events/
+    candidates: int = 100  # N items retrieved per request (before filtering)
+    max_k: int = 100  # largest k a request may ask for
+    max_exclude: int = 1000  # most item ids a request may exclude
+    max_body_bytes: int = 65536  # larger request bodies get 413
+    rank_deadline_s: float = 0.2  # Triton slower than this (or unreachable): retrieval order, flagged degraded
+    retrieve_deadline_s: float = 1.0  # retrieval slower than this: popular items, flagged degraded
+    ready_timeout_s: float = 1.0  # how long /readyz waits for Triton
+    popular_items: int = 500  # size of the cold-start popularity list
+    host: str = "127.0.0.1"  # `recsys serve`: where the HTTP proxy listens
+    port: int = 8000
+    route_prefix: str = "/"
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("candidates", "max_k", "max_body_bytes", "popular_items"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"serving config: {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("rank_deadline_s", "retrieve_deadline_s", "ready_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"serving config: {name} must be > 0, got {getattr(self, name)}")
+
+
+def load_serving_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ServingConfig:
+    return load_config(ServingConfig, path, overrides)
+
+
+def from_args(args: dict[str, Any]) -> ServingConfig:
+    """The config from a Ray Serve application's ``args``: ``{config: <yaml>, set: [key=value, ...]}``."""
+    unknown = sorted(set(args) - {"config", "set"})
+    if unknown:
+        raise ConfigError(f"serving application args: unknown key(s) {unknown}; expected 'config' and 'set'")
+    overrides = args.get("set") or []
+    if not isinstance(overrides, list):
+        raise ConfigError("serving application args: 'set' must be a list of key=value strings")
+    return load_serving_config(args.get("config"), [str(o) for o in overrides])

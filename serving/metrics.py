@@ -1,0 +1,31 @@
+"""Prometheus metrics of an ingress replica (prometheus_client, served at ``GET /metrics``).
+
+Each replica has its own registry; with several replicas a scraper sees one per scrape of the route, so on
+a cluster scrape the replicas directly (or use Ray Serve's own metrics on the Ray metrics port).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("recsys_http_requests", "HTTP requests by route and status", ["route", "status"],
+                                registry=r)
+        self.errors = Counter("recsys_errors", "failures behind a request, by stage", ["stage"], registry=r)
+        self.latency = Histogram("recsys_stage_latency_seconds", "time per /recommend stage", ["stage"],
+                                 buckets=BUCKETS, registry=r)
+        self.degraded = Counter("recsys_degraded_responses", "answers without ranking (or retrieval)", registry=r)
+        self.cold_start = Counter("recsys_cold_start_responses", "answers for unknown users", registry=r)
+        self.feedback = Counter("recsys_feedback_events", "events appended to the event log", registry=r)
+
+    def stage(self, name: str, seconds: float) -> None:
+        self.latency.labels(stage=name).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,84 @@
+"""The ranker client deployment: scores every candidate of a request in one gRPC call to Triton."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+from ray import serve
+
+from serving.config import ServingConfig
+
+NP_TO_TRITON = {"int64": "INT64", "float32": "FP32"}
+
+
+class TritonRanker:
+    """An asyncio gRPC client of Triton's ranking model; reconnects after a failure."""
+
+    def __init__(self, url: str, model: str, version: str = "", timeout_s: float = 0.2):
+        self.url, self.model, self.version, self.timeout_s = url, model, version, timeout_s
+        self._client = None
+
+    def _connect(self):
+        import tritonclient.grpc.aio as grpcclient
+
+        if self._client is None:
+            self._client = grpcclient.InferenceServerClient(self.url)
+        return self._client
+
+    async def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):  # a broken channel may fail to close; it is dropped either way
+                await client.close()
+
+    async def rank(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+        """Scores ``(n,)`` for one request's candidates, and the model version that gave them."""
+        import tritonclient.grpc.aio as grpcclient
+
+        tensors = []
+        for name, array in inputs.items():
+            tensor = grpcclient.InferInput(name, list(array.shape), NP_TO_TRITON[str(array.dtype)])
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        try:
+            result = await self._connect().infer(self.model, tensors, model_version=self.version,
+                                                 client_timeout=self.timeout_s)
+        except Exception:
+            await self._drop()
+            raise
+        response = result.get_response()
+        output = response.outputs[0].name
+        return result.as_numpy(output).reshape(-1), f"{self.model}:{response.model_version}"
+
+    async def ready(self, timeout_s: float) -> bool:
+        try:
+            client = self._connect()
+            return bool(await client.is_server_ready(client_timeout=timeout_s)
+                        and await client.is_model_ready(self.model, self.version, client_timeout=timeout_s))
+        except Exception:  # not ready, whatever the reason
+            await self._drop()
+            return False
+
+    async def input_names(self, timeout_s: float) -> list[str]:
+        meta = await self._connect().get_model_metadata(self.model, self.version, as_json=True,
+                                                        client_timeout=timeout_s)
+        return [i["name"] for i in meta["inputs"]]
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
+class RankerClient:
+    def __init__(self, config: ServingConfig):
+        self.ranker = TritonRanker(config.triton_url, config.ranker_model, config.ranker_version,
+                                   config.rank_deadline_s)
+
+    async def rank(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
+        """(scores, model version), or (None, why) when Triton failed: a failure is an answer here, not an
+        exception (the ingress degrades on it; Triton's exceptions do not pickle)."""
+        try:
+            return await self.ranker.rank(inputs)
+        except Exception as exc:
+            return None, f"{type(exc).__name__}: {str(exc)[:300]}"
+
+    async def ready(self, timeout_s: float) -> bool:
+        return await self.ranker.ready(timeout_s)
