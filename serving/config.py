@@ -30,7 +30,6 @@ class ServingConfig:
 
     dataset: str = ""  # dataset folder (online tables, encoders); empty = the newest under runs/datasets
     retrieval_export: str = ""  # a two-tower export (`recsys export`): query_tower/ and items/
-    ranking_export: str = ""  # optional DLRM export folder (dlrm/model.json); empty = ask Triton for metadata
     triton_url: str = "127.0.0.1:8001"  # Triton's gRPC address (host:port)
     ranker_model: str = "dlrm"  # the Triton model that ranks
     ranker_version: str = ""  # empty = Triton's newest loaded version
