@@ -1,1 +1,5 @@
-"""The Ray Serve application — not written yet: issue #5 adds it."""
+"""The Ray Serve application: retrieve (query tower + ANN), filter, rank (DLRM on Triton), feedback.
+
+``serving.app`` composes the deployments; ``serving/config.yaml`` is its Ray Serve config and ``recsys serve``
+starts it. See the README's "Serving" section.
+"""

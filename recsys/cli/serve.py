@@ -50,6 +50,8 @@ def serve_args(path: str, overrides: list[str]) -> tuple[dict, dict]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import sys
     import time
 
     import ray
@@ -60,13 +62,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app_args, http = serve_args(args.config, args.overrides)
     config = from_args(app_args)
-    ray.init(address=args.address, include_dashboard=False) if args.address else ray.init(include_dashboard=False)
-    serve.start(http_options={"host": http.get("host", config.host), "port": http.get("port", config.port)})
+    given = {o.split("=", 1)[0].strip() for o in args.overrides}  # --set host/port win over the file's http_options
+    host = config.host if "host" in given else http.get("host", config.host)
+    port = config.port if "port" in given else http.get("port", config.port)
+    if args.address:
+        ray.init(address=args.address, include_dashboard=False)
+    else:
+        ray.init(address="local", include_dashboard=False)
+    serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name="recsys", route_prefix=config.route_prefix)
-    url = f"http://{http.get('host', config.host)}:{http.get('port', config.port)}"
-    print(f"serving on {url}  (POST /recommend, POST /feedback, GET /readyz, /metrics, /docs)", flush=True)
+    print(f"serving on http://{host}:{port}  (POST /recommend, POST /feedback, GET /readyz, /metrics, /docs)",
+          flush=True)
     if args.detach:
         return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly on SIGTERM too
     try:
         while True:
             time.sleep(3600)
