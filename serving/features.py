@@ -52,7 +52,9 @@ class OnlineFeatures:
         self.encoders = dataset.encoders(schema)
         self.users = dataset.online("users").sort(META_USER)
         self.items = dataset.online("items").sort(META_ITEM)
-        self.cross = dataset.online("user_category") if "user_category" in dataset.manifest.online else None
+        self.cross = (dataset.online("user_category").sort(META_USER, maintain_order=True)
+                      if "user_category" in dataset.manifest.online else None)
+        self._cross_users = None if self.cross is None else self.cross[META_USER].to_numpy()
         self.as_of = dataset.manifest.online.get("as_of", "")
         self._user_index = dict(zip(self.users[META_USER].to_list(), range(self.users.height), strict=True))
         self._item_index = dict(zip(self.items[META_ITEM].to_list(), range(self.items.height), strict=True))
@@ -125,8 +127,11 @@ class OnlineFeatures:
         if cross_f:
             categories = pl.Series(META_CATEGORY, [self.category.get(i) for i in item_ids], dtype=pl.String)
             frame = frame.with_columns(categories)
-            mine = (self.cross.filter(pl.col(META_USER) == user.user_id).drop(META_USER)
-                    if self.cross is not None else pl.DataFrame(schema={META_CATEGORY: pl.String}))
+            if self.cross is not None:  # the user's rows: a slice of the table sorted by user
+                lo, hi = np.searchsorted(self._cross_users, [user.user_id, user.user_id + 1])
+                mine = self.cross.slice(int(lo), int(hi - lo)).drop(META_USER)
+            else:
+                mine = pl.DataFrame(schema={META_CATEGORY: pl.String})
             frame = frame.join(mine.select(META_CATEGORY, *[f.name for f in cross_f if f.name in mine.columns]),
                                on=META_CATEGORY, how="left", nulls_equal=False, maintain_order="left")
             for f in cross_f:

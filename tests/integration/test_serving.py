@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -231,6 +231,7 @@ def test_online_inputs_equal_offline_features_and_triton_equals_torch(app, dlrm_
                               pl.lit(0.0).alias(LABEL))
     offline = encode_examples(builder, rows.lazy(), "ranking").collect()
     online = pl.concat([f.ranking_rows(f.user(u), items) for u in users], how="diagonal_relaxed")
+    assert online["user_category_share"].n_unique() > 1  # the pairs cover categories the users viewed, and others
     offline_arrays = serving_inputs(offline, specs)
     online_arrays = f.ranking_inputs(f.user(users[0]), items, specs)
     assert online_arrays.keys() == serving_inputs(online.head(len(items)), specs).keys()
@@ -268,3 +269,12 @@ def test_degraded_when_triton_stops_and_recovers_when_it_returns(app, http):
     answer = recommend(http, user_id=user, k=6)
     assert not answer["degraded"] and answer["items"][0]["score"] is not None
 
+
+
+def test_degraded_when_triton_is_slower_than_the_deadline(app, http):
+    """Runs after the restart: redeploys the app with a ranking deadline no Triton call can meet."""
+    serve.run(build_app(replace(app.config, rank_deadline_s=1e-4)), name="recsys", route_prefix="/")
+    answer = recommend(http, user_id=known_users(app, 1)[0], k=4)
+    assert answer["degraded"] and "deadline" in answer["reason"].lower(), answer
+    assert len(answer["items"]) == 4 and all(i["score"] is None for i in answer["items"])
+    assert http.get("/healthz").status_code == 200
