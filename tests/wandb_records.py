@@ -6,6 +6,7 @@ blocks of chunks, each with a 7-byte header (crc32, length, type) and a piece of
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -54,3 +55,17 @@ def logged_keys(path: str | Path) -> dict[str, set[str]]:
         elif kind == "artifact":
             keys["artifact"].add(r.artifact.type)
     return keys
+
+
+def run_info(path: str | Path) -> dict:
+    """The run's group, name, config values (parsed from JSON) and whether it finished (has an exit record)."""
+    info: dict = {"group": "", "name": "", "config": {}, "finished": False}
+    for r in records(path):
+        kind = r.WhichOneof("record_type")
+        info["finished"] |= kind == "exit"
+        if kind == "run":
+            info["group"], info["name"] = r.run.run_group, r.run.display_name
+        if kind in ("config", "run"):
+            update = r.config.update if kind == "config" else r.run.config.update
+            info["config"] |= {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in update}
+    return info

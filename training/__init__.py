@@ -1,1 +1,1 @@
-"""Ray Train job entry points: thin ``main(argv)`` functions over `recsys.training` (HPO sweep: to come)."""
+"""Ray Train job entry points: thin ``main(argv)`` functions over `recsys.training` (and its Tune sweep)."""

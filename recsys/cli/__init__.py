@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from recsys import __version__
-from recsys.cli import data, export, serve, train, triton
+from recsys.cli import data, export, serve, train, triton, tune
 from recsys.errors import RecsysError
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     data.add_parser(commands)
     train.add_parser(commands)
+    tune.add_parser(commands)
     triton.add_parser(commands)
     export.add_parser(commands)
     serve.add_parser(commands)

@@ -57,7 +57,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from recsys.models.two_tower import TwoTower, TwoTowerTrain
     from recsys.training.checkpoint import load_model
     from recsys.training.data import EpochBatches, item_log_q, ranking_batches, read_shard, retrieval_batches
-    from recsys.training.module import RecsysModule
+    from recsys.training.module import RecsysModule, StopWhenAsked
     from recsys.training.strategy import TorchRecStrategy
 
     # fbgemm logs every embedding kernel's full argument list at INFO on the root logger
@@ -72,6 +72,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     description = {"task": task, "config": asdict(cfg), "schema_hash": schema.hash, "dataset_id": dataset.id,
                    "dataset_path": str(dataset.path), "cardinalities": dataset.manifest.cardinalities,
                    "code_version": config["code_version"], "run": run_dir.name, "workers": world}
+    if config.get("hyperparameters"):  # a sweep trial's sampled values
+        description["hyperparameters"] = config["hyperparameters"]
     torch.manual_seed(cfg.seed)
     if task == "dlrm":
         model = Ranker(schema, dataset.manifest.cardinalities, cfg.dlrm)
@@ -107,8 +109,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
                          save_dir=str(run_dir), offline=wandb_mode() == "offline", job_type=f"train-{task}",
                          group=config.get("group"), config=description)
     strategy = TorchRecStrategy()
+    callbacks = [RayTrainReportCallback()]
+    if config.get("stop_file"):  # a sweep trial, which the sweep may stop early
+        callbacks.append(StopWhenAsked(config["stop_file"]))
     trainer = L.Trainer(accelerator="gpu" if cfg.gpus_per_worker else "cpu", devices="auto", strategy=strategy,
-                        plugins=[RayLightningEnvironment()], callbacks=[RayTrainReportCallback()],
+                        plugins=[RayLightningEnvironment()], callbacks=callbacks,
                         max_epochs=cfg.epochs, logger=logger, enable_checkpointing=False,
                         enable_progress_bar=rank == 0, enable_model_summary=False)
     trainer = prepare_trainer(trainer)
@@ -189,8 +194,14 @@ class TrainResult:
     resumed: bool  # whether the run restarted from a checkpoint after a failure
 
 
-def run(task: str, cfg: TrainConfig) -> TrainResult:
-    """Train ``task`` (dlrm | two-tower) on ``cfg.workers`` Ray workers; starts a local Ray if none runs."""
+def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: dict[str, Any] | None = None,
+        callbacks: list | None = None, stop_file: str | None = None) -> TrainResult:
+    """Train ``task`` (dlrm | two-tower) on ``cfg.workers`` Ray workers; starts a local Ray if none runs.
+
+    A sweep trial passes its W&B ``group`` (the sweep), its sampled ``hyperparameters`` (added to the W&B config),
+    extra Ray Train ``callbacks`` (Tune's report callback) and a ``stop_file``: training ends cleanly, at the next
+    step, once that file exists.
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -212,14 +223,16 @@ def run(task: str, cfg: TrainConfig) -> TrainResult:
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"task": task, "cfg": asdict(cfg), "run_dir": str(run_dir), "code_version": code_version(),
-                           "wandb_id": hashlib.sha1(str(run_dir).encode()).hexdigest()[:12]},
+                           "wandb_id": hashlib.sha1(str(run_dir).encode()).hexdigest()[:12], "group": group,
+                           "hyperparameters": hyperparameters, "stop_file": stop_file},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                      resources_per_worker={"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker
                                      else None),
         # an interrupted run of the same name (same folder) resumes from its newest checkpoint
         run_config=RunConfig(storage_path=str(run_dir.parent), name=name,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                             callbacks=callbacks),
     )
     result = trainer.fit()
     if result.error:

@@ -10,6 +10,7 @@ replicated parameters and train with the dense parameters' optimiser.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as L
@@ -135,3 +136,15 @@ class RecsysModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.epoch_losses = list(checkpoint.get("epoch_losses", []))
+
+
+class StopWhenAsked(L.Callback):
+    """Ends training cleanly once the file ``path`` exists: how a sweep stops a trial early while the run still writes
+    its summary, checkpoint and W&B run. The workers agree every ``every`` steps, so all stop at the same step."""
+
+    def __init__(self, path: str | Path, every: int = 4):
+        self.path, self.every = Path(path), every
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if batch_idx % self.every == 0 and trainer.strategy.reduce_boolean_decision(self.path.exists(), all=False):
+            trainer.should_stop = True

@@ -1,0 +1,408 @@
+"""Hyperparameter sweeps: Ray Tune samples training-config values, each trial is a full training run.
+
+A trial is a Tune function trainable that launches the Ray Train job (``recsys.training.job.run``), the pattern
+Ray documents for Tune with Ray Train V2: Train's per-epoch reports reach Tune through ``TuneReportCallback``, and
+ASHA stops the trials that fall behind after ``grace_period`` epochs. Every trial is its own run folder under the
+sweep's folder and its own W&B run; the W&B runs of a sweep share one group, the sweep's name.
+
+Tune stops a trial by ending its process, which would kill the Train run mid-step: its W&B run unfinished, no
+metrics.json, and its workers' placement group left holding their CPUs (Train's cleaner of it needs the dashboard).
+So when Tune stops a trial, the trial first asks its training run to stop at the next step (``StopWhenAsked``)
+and waits for it to finish cleanly.
+
+``sweep(load_sweep("configs/sweep/dlrm.yaml"))`` is what ``recsys tune`` and ``training/sweep.py`` call.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import threading
+import time
+import typing
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recsys.config import ConfigError, from_dict, load_config
+from recsys.errors import RecsysError
+from recsys.schema import PROJECT_ROOT
+from recsys.training.config import TrainConfig
+
+RANGES = ("loguniform", "uniform", "randint")  # {kind: [low, high]}; randint excludes high, as in Tune
+SETS = ("choice", "grid")  # {kind: [value, ...]}: one sampled per trial, or every one tried
+DEFAULT_METRIC = {"dlrm": ("val/auc", "max"), "two-tower": ("val/loss", "min")}
+SET_BY_SWEEP = ("dataset", "output", "name", "epochs")  # the same for every trial: not in a search space
+STOP_FILE = "STOP"  # in a trial's run folder: asks its training run to stop
+STOP_TIMEOUT_S = 600  # how long a stopped trial waits for its training run to finish (Tune's own limit)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep over a training config; every field can be overridden with ``--set key=value``."""
+
+    task: str = "dlrm"  # dlrm | two-tower
+    train_config: str = "configs/train/default.yaml"  # base training config: from the current folder, else the repo
+    train: dict[str, Any] = field(default_factory=dict)  # fixed changes to it for every trial, e.g. {epochs: 4}
+    # dotted TrainConfig field -> {loguniform|uniform|randint: [low, high]} or {choice|grid: [value, ...]}; a section
+    # (optim, dlrm, two_tower) -> {choice|grid: [partial mappings]} for fields that must change together
+    space: dict[str, Any] = field(default_factory=dict)
+    metric: str = ""  # the reported metric to optimise; empty = val/auc (dlrm) or val/loss (two-tower)
+    mode: str = ""  # max | min; empty = max for an AUC, else min
+    trials: int = 8  # samples drawn from the space (with a grid: samples of every grid combination)
+    max_concurrent: int = 1  # trials at once; each takes its workers' CPUs plus one for Tune
+    grace_period: int = 1  # epochs every trial trains before ASHA may stop it; below the epochs
+    reduction_factor: int = 2  # at each ASHA rung a trial goes on only if among the best 1/reduction_factor
+    seed: int = 0  # of the random search
+    output: str = "runs/sweeps"  # sweep folders
+    name: str = ""  # the sweep's folder and W&B group; empty = sweep-<model>-<dataset id>-<time>
+
+
+def sweepable_fields(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Dotted names of the training-config fields a search space may hold."""
+    hints = typing.get_type_hints(cls)
+    names: list[str] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            names += sweepable_fields(hints[f.name], f"{prefix}{f.name}.")
+        elif f"{prefix}{f.name}" not in SET_BY_SWEEP:
+            names.append(f"{prefix}{f.name}")
+    return names
+
+
+def sections() -> list[str]:
+    """The training config's sections, which a search space may give a choice of partial mappings."""
+    hints = typing.get_type_hints(TrainConfig)
+    return [f.name for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(hints[f.name])]
+
+
+def _flatten(tree: dict[str, Any], leaf=lambda value: not isinstance(value, dict), prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if leaf(value):
+            flat[f"{prefix}{key}"] = value
+        else:
+            flat |= _flatten(value, leaf, f"{prefix}{key}.")
+    return flat
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set a dotted key; a mapping is merged into the section there."""
+    if isinstance(value, dict):
+        for key, leaf in _flatten(value).items():
+            _set(tree, f"{dotted}.{key}", leaf)
+        return
+    *parents, last = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
+
+
+def _is_spec(value: Any) -> bool:
+    return not isinstance(value, dict) or not value or bool(set(value) & {*RANGES, *SETS})
+
+
+def search_space(cfg: SweepConfig) -> dict[str, tuple[str, list]]:
+    """The space as {dotted field: (distribution, arguments)}; nested sections are flattened to dotted keys."""
+    allowed, groups = sweepable_fields(), sections()
+    space: dict[str, tuple[str, list]] = {}
+    for key, spec in _flatten(cfg.space, _is_spec).items():
+        if key not in allowed and key not in groups:
+            raise ConfigError(f"search space key {key!r} is not a training-config field that can be swept; expected "
+                              f"one of {allowed}, or a section {groups} with a choice of mappings "
+                              f"({', '.join(SET_BY_SWEEP)} are the same for every trial)")
+        usage = (f"space.{key}: expected {{loguniform|uniform|randint: [low, high]}} or {{choice|grid: [values]}}, "
+                 f"got {spec!r}")
+        if key in groups:
+            usage = f"space.{key}: expected {{choice|grid: [mappings of {key} fields]}}, got {spec!r}"
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise ConfigError(usage)
+        [(kind, args)] = spec.items()
+        if kind in SETS and not (isinstance(args, list) and args):
+            raise ConfigError(usage)
+        if key in groups and not (kind in SETS and all(isinstance(x, dict) for x in args)):
+            raise ConfigError(usage)
+        if kind in RANGES:
+            numbers = isinstance(args, list) and len(args) == 2 and all(
+                isinstance(x, int if kind == "randint" else (int, float)) and not isinstance(x, bool) for x in args)
+            if not numbers or args[0] >= args[1] or (kind == "loguniform" and args[0] <= 0):
+                raise ConfigError(f"{usage} (low < high{', low > 0' if kind == 'loguniform' else ''}"
+                                  f"{', integers' if kind == 'randint' else ''})")
+        space[key] = (kind, args)
+    if not space:
+        raise ConfigError("the search space is empty; add fields under space:, e.g. "
+                          "space: {optim.dense_lr: {loguniform: [0.0001, 0.01]}}")
+    return space
+
+
+def _train_config_path(cfg: SweepConfig) -> Path:
+    path = Path(cfg.train_config)
+    if not path.is_absolute() and not path.is_file():
+        path = PROJECT_ROOT / path
+    if not path.is_file():
+        raise ConfigError(f"train_config: {cfg.train_config} does not exist (looked in the current folder and in "
+                          f"{PROJECT_ROOT})")
+    return path
+
+
+def base_train_config(cfg: SweepConfig) -> dict[str, Any]:
+    """The base training config with the sweep's fixed changes, as a mapping (what every trial starts from)."""
+    path = _train_config_path(cfg)
+    raw = yaml.safe_load(path.read_text()) or {}
+    for key, value in _flatten(cfg.train).items():
+        _set(raw, key, value)
+    try:
+        from_dict(TrainConfig, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"training config {path} with the sweep's train: changes: {exc}") from exc
+    return raw
+
+
+def trial_config(base: dict[str, Any], values: dict[str, Any]) -> TrainConfig:
+    """A trial's training config: ``base`` with its sampled ``values`` (dotted field -> value)."""
+    raw = copy.deepcopy(base)
+    for key, value in values.items():
+        _set(raw, key, value)
+    return from_dict(TrainConfig, raw)
+
+
+def metric_and_mode(cfg: SweepConfig) -> tuple[str, str]:
+    metric = cfg.metric or DEFAULT_METRIC[cfg.task][0]
+    mode = cfg.mode or ("max" if metric.endswith("auc") else "min")
+    return metric, mode
+
+
+def check(cfg: SweepConfig) -> tuple[dict[str, Any], dict[str, tuple[str, list]]]:
+    """Refuse a sweep that could not run, before anything starts; returns the base config and the space."""
+    if cfg.task not in DEFAULT_METRIC:
+        raise ConfigError(f"task: unknown model {cfg.task!r}; expected one of {sorted(DEFAULT_METRIC)}")
+    if cfg.mode not in ("", "max", "min"):
+        raise ConfigError(f"mode: expected max or min, got {cfg.mode!r}")
+    for key in ("trials", "max_concurrent", "grace_period"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}: expected at least 1, got {getattr(cfg, key)}")
+    if cfg.reduction_factor < 2:
+        raise ConfigError(f"reduction_factor: expected at least 2, got {cfg.reduction_factor}")
+    base, space = base_train_config(cfg), search_space(cfg)
+    for key, (kind, args) in space.items():  # every value a trial can get must make a valid training config
+        values = args if kind in SETS else [int(x) if kind == "randint" else float(x) for x in args]
+        for value in values:
+            try:
+                trial_config(base, {key: value})
+            except ConfigError as exc:
+                raise ConfigError(f"space.{key} can give a trial an invalid training config: {exc}") from exc
+    epochs = from_dict(TrainConfig, base).epochs
+    if cfg.grace_period >= epochs:
+        raise ConfigError(f"grace_period: {cfg.grace_period} leaves no epoch to stop early in a {epochs}-epoch "
+                          f"trial; use a grace_period below the epochs (or more epochs with train: {{epochs: N}})")
+    return base, space
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    """Read a sweep config and check it (search-space keys, distributions, values) before anything runs."""
+    cfg = load_config(SweepConfig, path, overrides)
+    check(cfg)
+    return cfg
+
+
+def _domain(kind: str, args: list):
+    from ray import tune
+
+    if kind == "grid":
+        return tune.grid_search(args)
+    if kind == "choice":
+        return tune.choice(args)
+    return getattr(tune, kind)(*args)
+
+
+def _trial_name(trial) -> str:
+    counter = trial.trial_id.rsplit("_", 1)[-1]
+    return f"trial-{int(counter):03d}" if counter.isdigit() else f"trial-{trial.trial_id}"
+
+
+_RUNNING: dict[str, tuple[Path, threading.Event]] = {}  # in a trial's process: trial -> (stop file, run finished)
+
+
+def _trial(values: dict[str, Any], task: str, base: dict[str, Any], sweep_dir: str, group: str) -> None:
+    """One Tune trial: a full training run whose epoch reports Train forwards to Tune; ASHA may stop it."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from recsys.training.job import run
+
+    name = ray.tune.get_context().get_trial_name()
+    stop_file, finished = Path(sweep_dir) / name / STOP_FILE, threading.Event()
+    _RUNNING[name] = (stop_file, finished)
+    try:
+        run(task, replace(trial_config(base, values), output=sweep_dir, name=name), group=group,
+            hyperparameters=values, callbacks=[TuneReportCallback()], stop_file=str(stop_file))
+    finally:
+        finished.set()
+
+
+def _stop_run(name: str) -> None:
+    """Ask trial ``name``'s training run to stop at its next step, and wait until it has finished."""
+    stop_file, finished = _RUNNING.pop(name, (None, None))
+    if stop_file and not finished.is_set():
+        stop_file.parent.mkdir(parents=True, exist_ok=True)
+        stop_file.touch()
+        finished.wait(STOP_TIMEOUT_S)
+
+
+class _StopsItsRun:
+    """Mixed into a trial's Tune trainable: when Tune stops the trial, its training run stops cleanly first."""
+
+    def cleanup(self) -> None:
+        _stop_run(self.trial_name)
+        super().cleanup()
+
+
+def _trainable(cfg: SweepConfig, base: dict[str, Any], sweep_dir: Path, group: str):
+    """``_trial`` as a Tune function trainable."""
+    from ray import tune
+
+    function = tune.with_parameters(_trial, task=cfg.task, base=base, sweep_dir=str(sweep_dir), group=group)
+    function.__mixins__ = (_StopsItsRun,)  # Tune's wrapper of a function trainable inherits these first
+    return function
+
+
+def _asha(cfg: SweepConfig, epochs: int):
+    """ASHA over epochs that remembers the trials it stopped.
+
+    No rung lies at a trial's last epoch and ``stop_last_trials`` is off, so ASHA never stops a trial that has
+    trained all its epochs while it finishes (final evaluation, metrics.json, the W&B run).
+    """
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class EarlyStopping(ASHAScheduler):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.stopped: dict[str, int] = {}  # trial id -> epochs it had trained
+
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == TrialScheduler.STOP:
+                self.stopped[trial.trial_id] = result["training_iteration"]
+            return decision
+
+    return EarlyStopping(time_attr="training_iteration", max_t=epochs - 1, grace_period=cfg.grace_period,
+                         reduction_factor=cfg.reduction_factor, stop_last_trials=False)
+
+
+@dataclass
+class SweepResult:
+    name: str
+    path: str  # the sweep folder: sweep.json, one run folder per trial, tune/ (Ray Tune's experiment state)
+    metric: str
+    mode: str
+    epochs: int  # per trial, unless stopped early
+    trials: list[dict[str, Any]]  # best first; see `_trial_record`
+    best: dict[str, Any] | None
+
+    def table(self) -> str:
+        keys = list(dict.fromkeys(k for t in self.trials for k in t["hyperparameters"]))
+        rows = [["trial", self.metric, "epochs", "stopped early", *keys]]
+        for t in self.trials:
+            value = "failed" if t["error"] else "-" if t["metric"] is None else f"{t['metric']:.4f}"
+            rows.append([t["name"], value, f"{t['epochs']}/{self.epochs}", "yes" if t["stopped_early"] else "no",
+                         *(_show(t["hyperparameters"].get(k)) for k in keys)])
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        stopped = sum(t["stopped_early"] for t in self.trials)
+        lines = [f"sweep {self.name}: {len(self.trials)} trials, best {self.metric} ({self.mode}) first; "
+                 f"ASHA stopped {stopped} early"]
+        lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                  for row in rows]
+        if self.best:
+            lines.append(f"  best: {self.best['name']} ({self.metric} {self.best['metric']:.4f}), "
+                         f"run folder {self.best['path']}")
+        lines.append(f"  sweep folder: {self.path} (sweep.json, a run folder and a W&B run per trial, W&B group "
+                     f"{self.name})")
+        return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_show(v)}" for k, v in _flatten(value).items())
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _trial_record(result, stopped: dict[str, int], sweep_dir: Path, base: dict[str, Any],
+                  metric: str) -> dict[str, Any]:
+    """What sweep.json keeps of a trial: for one ASHA stopped, the metrics it was judged on, which its
+    metrics.json (the run's state at the step it stopped) is told about too."""
+    name = Path(result.path).name
+    run_dir = sweep_dir / name
+    values = {k: result.config[k] for k in result.config}
+    reported = result.metrics or {}
+    stopped_early = reported.get("trial_id") in stopped
+    summary_path = run_dir / "metrics.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if stopped_early or not summary:
+        metrics = {k: v for k, v in reported.items() if k.startswith(("train/", "val/", "test/"))}
+    else:
+        metrics = summary["metrics"]
+    if stopped_early and summary:
+        summary["stopped_early"] = {"after_epochs": reported["training_iteration"], "metrics": metrics}
+        summary_path.write_text(json.dumps(summary, indent=2))
+    value = metrics.get(metric)
+    return {"name": name, "trial_id": reported.get("trial_id"), "hyperparameters": values,
+            "config": asdict(trial_config(base, values)),
+            "metric": value if value is not None and math.isfinite(value) else None, "metrics": metrics,
+            "epochs": int(reported.get("training_iteration", 0)), "stopped_early": stopped_early,
+            "error": str(result.error) if result.error else None, "path": str(run_dir)}
+
+
+def sweep(cfg: SweepConfig) -> SweepResult:
+    """Run the sweep: ``cfg.trials`` training runs (at most ``cfg.max_concurrent`` at once) under ASHA."""
+    import ray
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from recsys.data.dataset import Dataset
+    from recsys.schema import load_schema
+    from recsys.training.job import newest_dataset
+
+    base, space = check(cfg)
+    metric, mode = metric_and_mode(cfg)
+    dataset = Dataset.open(base.get("dataset") or newest_dataset(), load_schema())
+    base["dataset"] = str(dataset.path.resolve())  # trials run in Tune's trial folders, not here
+    train = from_dict(TrainConfig, base)
+    name = cfg.name or f"sweep-{cfg.task}-{dataset.id}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep_dir = Path(cfg.output).resolve() / name
+    if (sweep_dir / "sweep.json").is_file():
+        raise RecsysError(f"sweep {name} already finished ({sweep_dir}); choose another name to sweep again")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(num_cpus=max(4, cfg.max_concurrent * (train.workers + 1) + 1), include_dashboard=False,
+                 log_to_driver=True)
+    scheduler = _asha(cfg, train.epochs)
+    tuner = tune.Tuner(
+        _trainable(cfg, base, sweep_dir, name),
+        param_space={key: _domain(kind, args) for key, (kind, args) in space.items()},
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, num_samples=cfg.trials,
+                                    # Tune's own max_concurrent_trials is ignored beside a given search_alg
+                                    search_alg=BasicVariantGenerator(max_concurrent=cfg.max_concurrent,
+                                                                     random_state=cfg.seed),
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(storage_path=str(sweep_dir), name="tune"),
+    )
+    grid = tuner.fit()
+    records = [_trial_record(r, scheduler.stopped, sweep_dir, base, metric) for r in grid]
+    sign = 1 if mode == "max" else -1
+    records.sort(key=lambda t: (t["metric"] is None, -sign * (t["metric"] or 0.0), t["name"]))
+    best = records[0] if records and records[0]["metric"] is not None else None
+    result = SweepResult(name=name, path=str(sweep_dir), metric=metric, mode=mode, epochs=train.epochs,
+                         trials=records, best=best)
+    (sweep_dir / "sweep.json").write_text(json.dumps({
+        "name": name, "task": cfg.task, "dataset_id": dataset.id, "metric": metric, "mode": mode,
+        "sweep_config": asdict(cfg), "space": {k: {kind: args} for k, (kind, args) in space.items()},
+        "scheduler": {"kind": "ASHA", "time_attr": "training_iteration", "max_t": train.epochs - 1,
+                      "grace_period": cfg.grace_period, "reduction_factor": cfg.reduction_factor},
+        "epochs": train.epochs, "trials": records, "best": best["name"] if best else None}, indent=2))
+    return result
