@@ -303,9 +303,10 @@ def build_app(config: ServingConfig) -> serve.Application:
     """The application graph: the ingress over a retriever and a ranker client."""
     from recsys.schema import load_schema
 
-    retriever = Retriever.bind(config, load_schema().hash)
-    ranker = RankerClient.bind(config)
-    return Ingress.bind(config, retriever, ranker)
+    logging = {"enable_access_log": config.access_log}  # a log line per request per replica costs CPU
+    retriever = Retriever.options(logging_config=logging).bind(config, load_schema().hash)
+    ranker = RankerClient.options(logging_config=logging).bind(config)
+    return Ingress.options(logging_config=logging).bind(config, retriever, ranker)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

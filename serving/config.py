@@ -45,6 +45,7 @@ class ServingConfig:
     host: str = "127.0.0.1"  # `recsys serve`: where the HTTP proxy listens
     port: int = 8000
     route_prefix: str = "/"
+    access_log: bool = False  # Ray Serve's per-request log lines of each replica (off: they cost CPU under load)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
 
     def __post_init__(self) -> None:
