@@ -399,26 +399,22 @@ def _client(info: ServerInfo):
     return httpclient.InferenceServerClient(info.http_url, network_timeout=300.0)
 
 
-def load_model(info: ServerInfo, name: str) -> None:
-    """Load (or reload, picking up new versions and configs) a model; old versions keep serving meanwhile."""
+def _repository_call(info: ServerInfo, action: str, name: str) -> None:
     from tritonclient.utils import InferenceServerException
 
     client = _client(info)
     try:
-        client.load_model(name)
+        getattr(client, f"{action}_model")(name)
     except InferenceServerException as exc:
-        raise RecsysError(f"Triton could not load model {name!r}: {exc.message()}") from exc
+        raise RecsysError(f"Triton could not {action} model {name!r}: {exc.message()}") from exc
     finally:
         client.close()
+
+
+def load_model(info: ServerInfo, name: str) -> None:
+    """Load (or reload, picking up new versions and configs) a model; old versions keep serving meanwhile."""
+    _repository_call(info, "load", name)
 
 
 def unload_model(info: ServerInfo, name: str) -> None:
-    from tritonclient.utils import InferenceServerException
-
-    client = _client(info)
-    try:
-        client.unload_model(name)
-    except InferenceServerException as exc:
-        raise RecsysError(f"Triton could not unload model {name!r}: {exc.message()}") from exc
-    finally:
-        client.close()
+    _repository_call(info, "unload", name)
