@@ -101,3 +101,21 @@ def test_body_limit_refuses_large_bodies(monkeypatch):
         yield b'"}'
 
     assert client.post("/echo", content=chunks(), headers={"content-type": "application/json"}).status_code == 413
+
+
+def test_serve_config_and_rayservice_manifest_are_valid_serve_configs():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from recsys.cli.serve import serve_args
+    from recsys.schema import PROJECT_ROOT
+
+    local = yaml.safe_load((PROJECT_ROOT / "serving" / "config.yaml").read_text())
+    manifest = list(yaml.safe_load_all((PROJECT_ROOT / "serving" / "k8s" / "rayservice.yaml").read_text()))
+    service = next(d for d in manifest if d["kind"] == "RayService")
+    for raw in (local, yaml.safe_load(service["spec"]["serveConfigV2"])):
+        app = ServeDeploySchema.model_validate(raw).applications[0]
+        assert app.import_path == "serving.app:app_builder"
+        assert {d.name for d in app.deployments} == {"Ingress", "Retriever", "RankerClient"}
+    args, http = serve_args(str(PROJECT_ROOT / "serving" / "config.yaml"), ["max_k=7"])
+    assert from_args(args).max_k == 7 and http["host"] == "127.0.0.1"
