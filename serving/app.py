@@ -233,6 +233,10 @@ class Ingress:
                 self.metrics.errors.labels(stage="retrieve").inc()
             t = lap("retrieve", t)
             kept = self.features.keep(body.user_id, candidates, exclude)
+            if len(kept) < body.k:  # most candidates bought or excluded: top up with popular items, ranked too
+                seen = set(kept)
+                extra = self.features.keep(body.user_id, self.features.popular_items(), exclude | seen)
+                kept += extra[: body.k - len(kept)]
             t = lap("filter", t)
             items = kept[: body.k]
             if kept and not degraded:

@@ -127,6 +127,16 @@ def test_filters_exclusions_purchases_and_unavailable(app, http):
         assert not set(first) & unavailable
 
 
+def test_few_candidates_left_are_topped_up_with_popular_items(app, http):
+    f = app.features
+    user = known_users(app, 1)[0]
+    allowed = [i for i in f.items["_item"].to_list()[::-1] if f.keep(user, [i], set())][:5]
+    exclude = [i for i in f.items["_item"].to_list() if i not in set(allowed)]
+    answer = recommend(http, user_id=user, k=5, exclude=exclude)
+    assert {i["item_id"] for i in answer["items"]} == set(allowed)
+    assert not answer["degraded"] and all(i["score"] is not None for i in answer["items"])
+
+
 def test_cold_start(app, http):
     answer = recommend(http, user_id=10**15, k=5)
     assert answer["cold_start"] and not answer["degraded"]
