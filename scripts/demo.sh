@@ -2,7 +2,8 @@
 # The main job: install (if needed) and run the pipeline end to end on the embedded default shop.
 #   generate -> validate -> build features (versioned dataset) -> train both models on Ray (2 CPU workers)
 #   -> evaluate against popularity and the oracle -> export (ONNX, parity-checked; item index)
-#   -> Triton model repository -> score a few real rows on the real tritonserver -> stop it
+#   -> Triton model repository -> score a few real rows on the real tritonserver -> the Ray Serve app answers
+#   real HTTP requests (recommendations next to what users did, latency) -> a Markdown report with plots -> stop
 # Extra arguments are passed to the data steps as config overrides, e.g.
 #   ./scripts/demo.sh --set generator.target_events=10000000
 set -euo pipefail
@@ -14,13 +15,13 @@ config=configs/data/default.yaml
 runs=runs
 stamp=$(date +%Y%m%d-%H%M%S)
 echo
-echo "== 1/7 generate XYZShopSmart events ($config)"
+echo "== 1/8 generate XYZShopSmart events ($config)"
 recsys data generate --config "$config" --out "$runs/data/raw/xyzshop" "$@"
 echo
-echo "== 2/7 validate"
+echo "== 2/8 validate"
 recsys data validate --config "$config" --source "$runs/data/raw/xyzshop" --out "$runs/data/validated/xyzshop" "$@"
 echo
-echo "== 3/7 build the versioned feature dataset"
+echo "== 3/8 build the versioned feature dataset"
 build_log=$(mktemp)
 recsys data build --config "$config" --validated "$runs/data/validated/xyzshop" --root "$runs/datasets" "$@" \
   | tee "$build_log"
@@ -28,18 +29,18 @@ dataset=$(sed -n 's/^dataset ds-[0-9a-f]* .*: \(.*\)$/\1/p' "$build_log" | tail 
 rm -f "$build_log"
 for model in dlrm two-tower; do
   echo
-  echo "== $([ $model = dlrm ] && echo 4 || echo 5)/7 train $model on Ray Train (2 workers, TorchRec sharding) and evaluate"
+  echo "== $([ $model = dlrm ] && echo 4 || echo 5)/8 train $model on Ray Train (2 workers, TorchRec sharding) and evaluate"
   recsys train "$model" --config configs/train/default.yaml --dataset "$dataset" --workers 2 \
     --set "name=demo-$model-$stamp"
 done
 echo
-echo "== 6/7 export (ONNX, parity-checked; the item index) into the Triton model repository ($runs/triton_models)"
+echo "== 6/8 export (ONNX, parity-checked; the item index) into the Triton model repository ($runs/triton_models)"
 for model in dlrm two-tower; do
   recsys export "$runs/train/demo-$model-$stamp" --out "$runs/train/demo-$model-$stamp/export" \
     --repository "$runs/triton_models"
 done
 echo
-echo "== 7/7 serve on the real tritonserver and score a few real rows"
+echo "== 7/8 serve on the real tritonserver and score a few real rows"
 recsys triton start --repository "$runs/triton_models" --run-dir "$runs/triton"
 trap 'recsys triton stop --run-dir "$runs/triton" >/dev/null 2>&1 || true' EXIT
 python - "$dataset" "$runs/triton" "$runs/train/demo-dlrm-$stamp/export/dlrm" <<'PY'
@@ -69,6 +70,24 @@ label = load_schema().label("dlrm").name
 for (user, item, clicked), p in zip(rows.select("_user", "_item", label).iter_rows(), scores):
     print(f"    user {user:>6}  item {item:>5}  p_click {p:.3f}  clicked {bool(clicked)}")
 PY
+echo
+echo "== 8/8 the Ray Serve app: retrieve (query tower + ANN), filter, rank on Triton; real HTTP requests"
+grpc_url=$(python -c "from recsys.deploy.server import read_state; print(read_state('$runs/triton').grpc_url)")
+port=$(python -c "from recsys.deploy.server import free_port; print(free_port())")
+recsys serve --set "dataset=$dataset" --set "retrieval_export=$runs/train/demo-two-tower-$stamp/export" \
+  --set "triton_url=$grpc_url" --set "port=$port" > "$runs/serving.log" 2>&1 &
+serve_pid=$!
+trap 'kill -TERM $serve_pid 2>/dev/null; wait $serve_pid 2>/dev/null; recsys triton stop --run-dir "$runs/triton" >/dev/null 2>&1 || true' EXIT
+for _ in $(seq 1 180); do
+  curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+  kill -0 $serve_pid 2>/dev/null || { echo "recsys serve exited, see $runs/serving.log" >&2; exit 1; }
+  sleep 1
+done
+curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || { echo "the app did not become ready, see $runs/serving.log" >&2; exit 1; }
+echo "  app ready on http://127.0.0.1:$port (OpenAPI at /docs)"
+python scripts/demo_report.py --url "http://127.0.0.1:$port" --dataset "$dataset" \
+  --dlrm-run "$runs/train/demo-dlrm-$stamp" --two-tower-run "$runs/train/demo-two-tower-$stamp" --out "$runs/report"
+kill -TERM $serve_pid && wait $serve_pid 2>/dev/null || true
 recsys triton stop --run-dir "$runs/triton"
 trap - EXIT
 echo
@@ -79,3 +98,5 @@ echo "  datasets                    $runs/datasets  (recsys data show)"
 echo "  training runs, W&B offline  $runs/train/demo-*-$stamp  (metrics.json, checkpoints, wandb/)"
 echo "  exports                     $runs/train/demo-*-$stamp/export"
 echo "  Triton model repository     $runs/triton_models  (recsys triton start --repository $runs/triton_models)"
+echo "  serving log, feedback log   $runs/serving.log, runs/serving/events"
+echo "  report                      $runs/report/report.md  (plots: demo.png)"
