@@ -6,8 +6,15 @@
 #   real HTTP requests (recommendations next to what users did, latency) -> a Markdown report with plots -> stop
 # Extra arguments are passed to the data steps as config overrides, e.g.
 #   ./scripts/demo.sh --set generator.target_events=10000000
+# --keep-serving leaves Triton and the app running at the end (Ctrl-C stops both).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+keep_serving=0
+overrides=()
+for arg in "$@"; do
+  if [ "$arg" = --keep-serving ]; then keep_serving=1; else overrides+=("$arg"); fi
+done
+set -- "${overrides[@]+"${overrides[@]}"}"
 ./scripts/install.sh
 source scripts/env.sh
 
@@ -87,6 +94,13 @@ curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || { echo "the app did not b
 echo "  app ready on http://127.0.0.1:$port (OpenAPI at /docs)"
 python scripts/demo_report.py --url "http://127.0.0.1:$port" --dataset "$dataset" \
   --dlrm-run "$runs/train/demo-dlrm-$stamp" --two-tower-run "$runs/train/demo-two-tower-$stamp" --out "$runs/report"
+if [ "$keep_serving" = 1 ]; then
+  echo
+  echo "serving on http://127.0.0.1:$port (POST /recommend, POST /feedback, /docs) with Triton at $grpc_url;"
+  echo "Ctrl-C stops both"
+  wait $serve_pid || true
+  exit 0
+fi
 kill -TERM $serve_pid && wait $serve_pid 2>/dev/null || true
 recsys triton stop --run-dir "$runs/triton"
 trap - EXIT
