@@ -31,8 +31,8 @@ import torch
 from recsys.data.dataset import Dataset
 from recsys.export import ann
 from recsys.export.exporter import export_onnx
-from recsys.export.serving import ServingRanker, input_specs, serving_inputs
-from recsys.export.signature import ModelSignature, TensorSpec
+from recsys.export.serving import ServingRanker, input_specs
+from recsys.export.signature import ModelSignature, TensorSpec, serving_inputs
 from recsys.models.config import DLRMConfig
 from recsys.models.dlrm import Ranker
 from recsys.models.inputs import make_batch

@@ -1,14 +1,22 @@
-"""Benchmark ``POST /recommend`` over loopback at fixed arrival rates, beside a naive in-process baseline.
+"""Benchmark ``POST /recommend`` over loopback at fixed arrival rates, beside a naive baseline server.
 
-Starts the real tritonserver (the DLRM) and the Ray Serve app on two trained runs, drives the app with an
-open-loop asynchronous HTTP client (requests sent at a fixed rate whether or not earlier ones have answered,
-so queueing shows in the latencies), and reports per rate: achieved RPS, p50 / p95 / p99 latency, errors,
-degraded answers and the per-stage medians the app reports. The baseline does the same work per request in
-this process with torch eager (user tower, FAISS, filters, DLRM on every candidate), one request at a time
-with no batching; its sustainable throughput is 1 / mean latency.
+Two servers answer the same requests, one after the other, on the same trained runs:
+
+* **the app**: the real tritonserver (the DLRM) and the Ray Serve application, started as ``recsys serve``
+  starts them (throughput-optimized Serve, direct ingress; `serving/launch.py`);
+* **the naive baseline**: one process, a plain FastAPI endpoint doing the same work per request with the
+  trained torch models in eager mode (user tower, FAISS, filters, the DLRM on every candidate), no batching,
+  no Triton, no Ray.
+
+An open-loop asynchronous client (aiohttp) sends requests at a fixed rate whether or not earlier ones have
+answered, so queueing shows in the latencies. Per rate it reports achieved RPS, p50 / p95 / p99, errors,
+degraded answers and the per-stage medians the app reports. A server *sustains* a rate when it answers every
+request (no errors, no degraded answers), keeps up (achieved >= 95% of offered) and keeps p99 within the SLO
+(``--slo-ms``, 50 ms); its sustainable throughput is the highest such rate. The compute of the baseline
+alone (in this process, no HTTP) is printed too.
 
     python scripts/bench_serving.py --dlrm-run runs/train/<dlrm run> --two-tower-run runs/train/<tt run> \\
-        [--dataset runs/datasets/<id>] [--rates 25,50,100] [--duration 15]
+        [--dataset runs/datasets/<id>] [--rates 50,100,150,200] [--duration 15]
 
 Not a test: the figures depend on the machine and on what else runs on it.
 """
@@ -20,6 +28,7 @@ import asyncio
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -41,67 +50,127 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 async def drive(url: str, users: list[int], rate: float, duration: float, k: int) -> dict:
     """Open loop: request i leaves at start + i / rate."""
-    import httpx
+    import aiohttp
 
     n = int(rate * duration)
     latencies, errors, degraded, stages = [], 0, 0, {}
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30.0, limits=limits) as client:
-        rng = random.Random(0)
+    rng = random.Random(0)
+    bodies = [json.dumps({"user_id": rng.choice(users), "k": k}).encode() for _ in range(n)]
+    connector = aiohttp.TCPConnector(limit=1024)
+    timeout = aiohttp.ClientTimeout(total=30.0)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
 
-        async def one(delay: float) -> None:
+        async def one(i: int, start: float) -> None:
             nonlocal errors, degraded
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
             sent = time.perf_counter()
             try:
-                r = await client.post("/recommend", json={"user_id": rng.choice(users), "k": k})
+                async with session.post("/recommend", data=bodies[i],
+                                        headers={"content-type": "application/json"}) as r:
+                    body = await r.json() if r.status == 200 else None
                 latencies.append((time.perf_counter() - sent) * 1000)
-                if r.status_code != 200:
+                if body is None:
                     errors += 1
                     return
-                body = r.json()
                 degraded += body["degraded"]
-                for stage, value in body["timings_ms"].items():
+                for stage, value in body.get("timings_ms", {}).items():
                     stages.setdefault(stage, []).append(value)
             except Exception:
                 errors += 1
 
         start = time.perf_counter()
-        await asyncio.gather(*(one(i / rate) for i in range(n)))
+        await asyncio.gather(*(one(i, start) for i in range(n)))
         elapsed = time.perf_counter() - start
     return {"rate": rate, "sent": n, "achieved_rps": (n - errors) / elapsed, **percentiles(latencies),
             "errors": errors, "degraded": degraded,
             "stage_p50_ms": {s: float(np.median(v)) for s, v in stages.items()}}
 
 
-def naive_baseline(features, dlrm_checkpoint, two_tower_checkpoint, items_folder, users, n: int, k: int) -> dict:
-    """The same work per request with torch eager in this process, one request at a time."""
-    import polars as pl
-    import torch
+def sweep(name: str, url: str, users: list[int], rates: list[float], duration: float, k: int, slo_ms: float) -> dict:
+    asyncio.run(drive(url, users, 50, 5, k))  # warm-up
+    rows = []
+    for rate in rates:
+        row = asyncio.run(drive(url, users, rate, duration, k))
+        row["sustained"] = (row["errors"] == 0 and row["degraded"] == 0 and row["achieved_rps"] >= 0.95 * rate
+                            and row["p99"] <= slo_ms)
+        rows.append(row)
+        print(f"{name:6} rate {rate:5.0f}/s  achieved {row['achieved_rps']:6.1f}/s  p50 {row['p50']:8.1f} ms  "
+              f"p95 {row['p95']:8.1f} ms  p99 {row['p99']:8.1f} ms  errors {row['errors']}  "
+              f"degraded {row['degraded']}  {'sustained' if row['sustained'] else 'NOT sustained'}"
+              + ("  stages p50 " + ", ".join(f"{s} {v:.1f}" for s, v in row["stage_p50_ms"].items())
+                 if row["stage_p50_ms"] else ""), flush=True)
+        time.sleep(2)  # let queues drain before the next rate
+    sustained = [r["rate"] for r in rows if r["sustained"]]
+    return {"rates": rows, "sustainable_rps": max(sustained) if sustained else 0.0}
 
-    from recsys.export.ann import load_index
-    from recsys.models.inputs import make_batch
-    from recsys.training.checkpoint import load_model
 
-    torch.set_num_threads(1)
-    dlrm, _ = load_model(dlrm_checkpoint)
-    two_tower, _ = load_model(two_tower_checkpoint)
-    index, item_ids, _ = load_index(items_folder)
+class Naive:
+    """The same work per request with the trained torch models in eager mode, one request at a time."""
+
+    def __init__(self, dataset: str, dlrm_checkpoint: Path, two_tower_checkpoint: Path, items_folder: Path,
+                 candidates: int = 100):
+        import torch
+
+        from recsys.data.dataset import Dataset
+        from recsys.export.ann import load_index
+        from recsys.schema import load_schema
+        from recsys.training.checkpoint import load_model
+        from serving.features import OnlineFeatures, model_inputs
+
+        torch.set_num_threads(1)
+        schema = load_schema()
+        self.features = OnlineFeatures(Dataset.open(dataset, schema), schema)
+        self.specs = model_inputs(schema, "dlrm")
+        self.dlrm, _ = load_model(dlrm_checkpoint)
+        self.two_tower, _ = load_model(two_tower_checkpoint)
+        self.dlrm.eval()
+        self.two_tower.eval()
+        self.index, self.item_ids, _ = load_index(items_folder)
+        self.candidates = candidates
+
+    def recommend(self, user_id: int, k: int) -> list[int] | None:
+        import polars as pl
+        import torch
+
+        from recsys.models.inputs import make_batch
+
+        f = self.features
+        user = f.user(user_id)
+        if user is None:
+            return None
+        with torch.no_grad():
+            query = self.two_tower.user_tower(make_batch(f.users.slice(user.index, 1), self.two_tower.user_spec))
+            _, rows = self.index.search(np.ascontiguousarray(query.numpy(), dtype=np.float32), self.candidates)
+            kept = f.keep(user_id, [int(self.item_ids[r]) for r in rows[0] if r >= 0], set())
+            arrays = f.ranking_inputs(user, kept, self.specs)
+            frame = pl.DataFrame({n: a[:, 0] if a.shape[1] == 1 else a for n, a in arrays.items()})
+            frame = frame.with_columns(pl.lit(0.0).alias(self.dlrm.spec.label.name))
+            scores = torch.sigmoid(self.dlrm(make_batch(frame, self.dlrm.spec))).numpy().reshape(-1)
+        return [kept[i] for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def wait_until_up(url: str, timeout_s: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2.0, trust_env=False).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not come up in {timeout_s:.0f} s")
+
+
+def compute_only(naive: Naive, users: list[int], n: int, k: int) -> dict:
     rng = random.Random(0)
     latencies = []
     for _ in range(n):
         start = time.perf_counter()
-        user = features.user(rng.choice(users))
-        with torch.no_grad():
-            query = two_tower.user_tower(make_batch(user.row, two_tower.user_spec)).numpy()
-            _, rows = index.search(np.ascontiguousarray(query, dtype=np.float32), 100)
-            kept = features.keep(user.user_id, [int(item_ids[r]) for r in rows[0] if r >= 0], set())
-            frame = features.ranking_rows(user, kept).with_columns(pl.lit(0.0).alias(dlrm.spec.label.name))
-            scores = torch.sigmoid(dlrm(make_batch(frame, dlrm.spec))).numpy().reshape(-1)
-        _ = [kept[i] for i in np.argsort(-scores, kind="stable")[:k]]
+        naive.recommend(rng.choice(users), k)
         latencies.append((time.perf_counter() - start) * 1000)
-    return {"requests": n, "mean_ms": float(np.mean(latencies)), **percentiles(latencies),
-            "sustainable_rps": 1000.0 / float(np.mean(latencies))}
+    return {"requests": n, "mean_ms": float(np.mean(latencies)), **percentiles(latencies)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,70 +178,77 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dlrm-run", required=True)
     parser.add_argument("--two-tower-run", required=True)
     parser.add_argument("--dataset", default="", help="the runs' dataset (default: the newest under runs/datasets)")
-    parser.add_argument("--rates", default="25,50,100", help="requests per second, comma-separated")
+    parser.add_argument("--rates", default="50,100,150,200,300", help="requests per second, comma-separated")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per rate")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--slo-ms", type=float, default=50.0, help="p99 a sustained rate must keep (ms)")
     parser.add_argument("--rank-deadline", type=float, default=0.2)
-    parser.add_argument("--baseline-requests", type=int, default=200)
+    parser.add_argument("--baseline-requests", type=int, default=200, help="requests for the compute-only figure")
     parser.add_argument("--work", default="runs/bench_serving")
     parser.add_argument("--out", default="", help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
-    import ray
-    from ray import serve
+    from recsys.training.job import newest_dataset
+
+    args.dataset = args.dataset or str(newest_dataset())
 
     from recsys.cli import main as recsys_main
     from recsys.cli.export import final_checkpoint
-    from recsys.data.dataset import Dataset
     from recsys.deploy import server
     from recsys.deploy.server import free_port
-    from recsys.schema import load_schema
-    from recsys.training.job import newest_dataset
-    from serving.app import build_app
     from serving.config import ServingConfig
-    from serving.features import OnlineFeatures
+    from serving.launch import direct_ingress_env, run_app
 
     work = Path(args.work).resolve()
     repo = work / "triton_models"
-    exports = {}
     for task, run in (("dlrm", args.dlrm_run), ("two-tower", args.two_tower_run)):
-        exports[task] = work / task
-        if recsys_main(["export", run, "--out", str(exports[task]), "--repository", str(repo)]) != 0:
+        if recsys_main(["export", run, "--out", str(work / task), "--repository", str(repo)]) != 0:
             return 1
-    dataset = args.dataset or str(newest_dataset())
-    schema = load_schema()
-    ds = Dataset.open(dataset, schema)
-    features = OnlineFeatures(ds, schema)
-    users = features.users["_user"].to_list()
+    rates = [float(r) for r in args.rates.split(",")]
+    naive = Naive(args.dataset, final_checkpoint(args.dlrm_run), final_checkpoint(args.two_tower_run),
+                  work / "two-tower" / "items")
+    users = naive.features.users["_user"].to_list()
+    results: dict = {"slo_ms": args.slo_ms}
 
-    triton = server.start(repo, ["dlrm"], run_dir=work / "triton")
+    import ray
+    from ray import serve
+
     port = free_port()
-    config = replace(ServingConfig(), dataset=str(ds.path), retrieval_export=str(exports["two-tower"]),
+    os.environ.update(direct_ingress_env(port))  # as `recsys serve` starts its local cluster
+    triton = server.start(repo, ["dlrm"], run_dir=work / "triton")
+    config = replace(ServingConfig(), dataset=args.dataset, retrieval_export=str(work / "two-tower"),
                      triton_url=triton.grpc_url, event_log=str(work / "events"), port=port,
                      rank_deadline_s=args.rank_deadline)
-    results: dict = {"rates": []}
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(config), name="recsys", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
-        asyncio.run(drive(url, users, 10, 3, args.k))  # warm-up
-        for rate in [float(r) for r in args.rates.split(",")]:
-            row = asyncio.run(drive(url, users, rate, args.duration, args.k))
-            results["rates"].append(row)
-            print(f"rate {rate:6.0f}/s  achieved {row['achieved_rps']:7.1f}/s  p50 {row['p50']:7.1f} ms  "
-                  f"p95 {row['p95']:7.1f} ms  p99 {row['p99']:7.1f} ms  errors {row['errors']}  "
-                  f"degraded {row['degraded']}  stages p50 "
-                  + ", ".join(f"{s} {v:.1f}" for s, v in row["stage_p50_ms"].items()), flush=True)
+        url = run_app(config, "127.0.0.1", proxy_port=free_port())
+        results["app"] = sweep("app", url, users, rates, args.duration, args.k, args.slo_ms)
     finally:
         serve.shutdown()
         ray.shutdown()
         server.stop(work / "triton")
-    base = naive_baseline(features, final_checkpoint(args.dlrm_run), final_checkpoint(args.two_tower_run),
-                          exports["two-tower"] / "items", users, args.baseline_requests, args.k)
-    results["naive_baseline"] = base
-    print(f"naive baseline (torch eager, in-process, one at a time): mean {base['mean_ms']:.1f} ms, "
-          f"p50 {base['p50']:.1f} ms, p99 {base['p99']:.1f} ms -> {base['sustainable_rps']:.1f} req/s sustainable")
+
+    port = free_port()
+    command = [sys.executable, str(ROOT / "scripts" / "naive_server.py"), "--dlrm-run", args.dlrm_run,
+               "--two-tower-run", args.two_tower_run, "--dataset", args.dataset,
+               "--items", str(work / "two-tower" / "items"), "--port", str(port)]
+    process = subprocess.Popen(command)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}")
+        results["naive"] = sweep("naive", f"http://127.0.0.1:{port}", users, rates, args.duration, args.k,
+                                 args.slo_ms)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    results["naive_compute_only"] = compute_only(naive, users, args.baseline_requests, args.k)
+
+    app_rps, naive_rps = results["app"]["sustainable_rps"], results["naive"]["sustainable_rps"]
+    base = results["naive_compute_only"]
+    print(f"\nsustainable throughput (0 errors, >= 95% of offered, p99 <= {args.slo_ms:.0f} ms): app {app_rps:.0f}"
+          f" req/s, naive server {naive_rps:.0f} req/s"
+          + (f" -> {app_rps / naive_rps:.2f}x" if naive_rps else ""))
+    print(f"naive compute alone (torch eager in this process, no HTTP, one at a time): mean {base['mean_ms']:.1f} ms,"
+          f" p99 {base['p99']:.1f} ms -> at most {1000 / base['mean_ms']:.0f} req/s on one core")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return 0

@@ -58,7 +58,7 @@ import tritonclient.grpc as grpcclient
 
 from recsys.data.dataset import Dataset
 from recsys.deploy.server import read_state
-from recsys.export.serving import serving_inputs
+from recsys.export.signature import serving_inputs
 from recsys.export.signature import ModelSignature
 from recsys.schema import load_schema
 

@@ -1,4 +1,4 @@
-"""The Ray Serve application: an HTTP ingress (FastAPI) over a retriever and a Triton ranker client.
+"""The Ray Serve application: an HTTP ingress (FastAPI) over a retriever deployment, ranking on Triton.
 
     POST /recommend  user -> online features -> retrieve N (query tower + ANN) -> filter -> rank (Triton) -> top k
     POST /feedback   impressions / clicks / purchases of served lists -> the event log (fsynced before the 2xx)
@@ -30,9 +30,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.config import ServingConfig, from_args
-from serving.feedback import EventLog, new_id
+from serving.feedback import EventLog, RequestIds, request_key
 from serving.metrics import Metrics
-from serving.ranker import RankerClient
+from serving.ranker import TritonRanker
 from serving.retriever import Retriever
 
 INT64_MAX = 2**63 - 1
@@ -84,7 +84,7 @@ class FeedbackEvent(Strict):
 
 
 class FeedbackRequest(Strict):
-    request_id: Id
+    request_id: Id  # of the /recommend answer the events are about (it was issued to this user)
     user_id: Id
     session_id: Id | None = None  # default: the request id
     events: Annotated[list[FeedbackEvent], Field(min_length=1, max_length=1000)]
@@ -172,7 +172,7 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=128)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, config: ServingConfig, retriever: DeploymentHandle, ranker: DeploymentHandle):
+    def __init__(self, config: ServingConfig, retriever: DeploymentHandle):
         from recsys.data.dataset import Dataset
         from recsys.schema import load_schema
         from recsys.training.job import newest_dataset
@@ -182,13 +182,18 @@ class Ingress:
         # reads the module's own dicts, so set those
         module = importlib.import_module("serving.app")
         module.LIMITS["max_body_bytes"] = config.max_body_bytes
-        self.config, self.retriever, self.ranker = config, retriever, ranker
+        self.config, self.retriever = config, retriever
+        # Triton's gRPC client lives in the replica: Triton batches across requests itself, and a Ray hop to a
+        # separate client deployment cost more CPU than the call (scripts/bench_serving.py)
+        self.ranker = TritonRanker(config.triton_url, config.ranker_model, config.ranker_version,
+                                   config.rank_deadline_s)
         schema = load_schema()
         dataset = Dataset.open(config.dataset or newest_dataset(), schema)
         self.features = OnlineFeatures(dataset, schema, config.popular_items)
         self.query_specs = model_inputs(schema, "two_tower.user")
         self.ranking_specs = model_inputs(schema, "dlrm")
         self.log = EventLog(config.event_log)
+        self.request_ids = RequestIds(request_key(config.event_log))
         self.metrics = module.STATE["metrics"] = Metrics()
         self.versions = {"dataset": dataset.id}
 
@@ -242,17 +247,14 @@ class Ingress:
             if kept and not degraded:
                 try:
                     inputs = self.features.ranking_inputs(user, kept, self.ranking_specs)
-                    call = self.ranker.rank.remote(inputs)
-                    ranked, version = await asyncio.wait_for(call, cfg.rank_deadline_s)
-                    if ranked is None:
-                        raise RuntimeError(version)
+                    ranked, version = await asyncio.wait_for(self.ranker.rank(inputs), cfg.rank_deadline_s)
                     versions["ranking"] = version
                     order = np.argsort(-ranked, kind="stable")[: body.k]
                     items, scores = [kept[i] for i in order], ranked[order]
                 except Exception as exc:  # Triton down, slow or failing: the retrieval order
                     degraded = True
                     reason = ("ranker slower than the deadline" if isinstance(exc, TimeoutError)
-                              else f"ranker unavailable ({exc})") + ": retrieval order"
+                              else f"ranker unavailable ({type(exc).__name__}: {str(exc)[:300]})") + ": retrieval order"
                     self.metrics.errors.labels(stage="rank").inc()
                 t = lap("rank", t)
         if degraded:
@@ -260,11 +262,18 @@ class Ingress:
         timings["total"] = round((time.perf_counter() - start) * 1000, 3)
         self.metrics.stage("total", time.perf_counter() - start)
         scored = [Scored(item_id=i, score=None if scores is None else float(scores[n])) for n, i in enumerate(items)]
-        return RecommendResponse(request_id=new_id(), user_id=body.user_id, items=scored, cold_start=user is None,
+        return RecommendResponse(request_id=self.request_ids.issue(body.user_id), user_id=body.user_id,
+                                 items=scored, cold_start=user is None,
                                  degraded=degraded, reason=reason, model_versions=versions, timings_ms=timings)
 
     @api.post("/feedback", response_model=FeedbackResponse)
     async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:
+        if not self.request_ids.issued_to(body.request_id, body.user_id):
+            raise HTTPException(422, [f"body.request_id: {body.request_id} is not a request id this app issued to "
+                                      f"user {body.user_id} (send the request_id of a /recommend answer)"])
+        unknown = sorted({e.item_id for e in body.events if not self.features.known_item(e.item_id)})
+        if unknown:
+            raise HTTPException(422, [f"body.events: item ids not in the catalog: {unknown[:20]}"])
         rows = [{"timestamp": e.timestamp.isoformat() if e.timestamp else None, "user_id": body.user_id,
                  "item_id": e.item_id, "event_type": e.event_type,
                  "session_id": body.session_id if body.session_id is not None else body.request_id,
@@ -289,7 +298,7 @@ class Ingress:
         timeout = self.config.ready_timeout_s
         checks = {"features": self.features.users.height > 0 and self.features.items.height > 0}
         for name, call in (("index", lambda: self.retriever.ready.remote()),
-                           ("triton", lambda: self.ranker.ready.remote(timeout))):
+                           ("triton", lambda: self.ranker.ready(timeout))):
             try:
                 checks[name] = bool(await asyncio.wait_for(call(), timeout + 1.0))
             except Exception:  # not ready
@@ -304,13 +313,12 @@ class Ingress:
 
 
 def build_app(config: ServingConfig) -> serve.Application:
-    """The application graph: the ingress over a retriever and a ranker client."""
+    """The application graph: the ingress (which calls Triton) over the retriever."""
     from recsys.schema import load_schema
 
     logging = {"enable_access_log": config.access_log}  # a log line per request per replica costs CPU
     retriever = Retriever.options(logging_config=logging).bind(config, load_schema().hash)
-    ranker = RankerClient.options(logging_config=logging).bind(config)
-    return Ingress.options(logging_config=logging).bind(config, retriever, ranker)
+    return Ingress.options(logging_config=logging).bind(config, retriever)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -24,7 +24,7 @@ import polars as pl
 from recsys.data.dataset import Dataset
 from recsys.data.features import META_AVAILABLE, META_CATEGORY, META_ITEM, META_USER
 from recsys.errors import RecsysError
-from recsys.export.signature import TensorSpec
+from recsys.export.signature import TensorSpec, serving_inputs, tensor_specs
 from recsys.schema import Feature, FeatureSchema, Scope
 
 POPULARITY = "item_views_7d"  # cold-start ordering (encoded log1p of 7-day views: same order as the counts)
@@ -38,7 +38,7 @@ def encoded_default(encoders, feature: Feature, raw: object) -> object:
 @dataclass
 class UserRow:
     user_id: int
-    row: pl.DataFrame  # one row of the online users table
+    index: int  # the user's row in the online users table
 
 
 class OnlineFeatures:
@@ -63,7 +63,7 @@ class OnlineFeatures:
         self.category = self._categories(validated)  # item id -> category name
         self.purchased = self._purchases(validated)  # user id -> item ids
         self.popular = self._popular(popular_items)
-        self._dlrm_names = {f.name for f in schema.used_by("dlrm")}
+        self._gather_tables()
 
     # ---- loading -------------------------------------------------------------------------------
     def _categories(self, validated: dict) -> dict[int, str]:
@@ -92,7 +92,10 @@ class OnlineFeatures:
     def user(self, user_id: int) -> UserRow | None:
         """The user's online row, or None for a user the dataset has never seen (cold start)."""
         i = self._user_index.get(user_id)
-        return None if i is None else UserRow(user_id, self.users.slice(i, 1))
+        return None if i is None else UserRow(user_id, i)
+
+    def known_item(self, item_id: int) -> bool:
+        return item_id in self._item_index
 
     def add_purchase(self, user_id: int, item_id: int) -> None:
         self.purchased.setdefault(user_id, set()).add(item_id)
@@ -115,54 +118,63 @@ class OnlineFeatures:
 
     # ---- model inputs -------------------------------------------------------------------------
     def query_inputs(self, user: UserRow, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
-        return _arrays(user.row, specs)
-
-    def ranking_rows(self, user: UserRow, item_ids: list[int]) -> pl.DataFrame:
-        """One encoded row per candidate: user features, item features, cross features, position 0."""
-        n = len(item_ids)
-        rows = self.items[[self._item_index[i] for i in item_ids]]
-        user_cols = user.row.drop(META_USER)
-        frame = pl.concat([rows, pl.concat([user_cols] * n) if n else user_cols.clear()], how="horizontal")
-        cross_f = [f for f in self.schema.by_scope(Scope.CROSS) if f.name in self._dlrm_names]
-        if cross_f:
-            categories = pl.Series(META_CATEGORY, [self.category.get(i) for i in item_ids], dtype=pl.String)
-            frame = frame.with_columns(categories)
-            if self.cross is not None:  # the user's rows: a slice of the table sorted by user
-                lo, hi = np.searchsorted(self._cross_users, [user.user_id, user.user_id + 1])
-                mine = self.cross.slice(int(lo), int(hi - lo)).drop(META_USER)
-            else:
-                mine = pl.DataFrame(schema={META_CATEGORY: pl.String})
-            frame = frame.join(mine.select(META_CATEGORY, *[f.name for f in cross_f if f.name in mine.columns]),
-                               on=META_CATEGORY, how="left", nulls_equal=False, maintain_order="left")
-            for f in cross_f:
-                # a category the user never touched: the share the offline pipeline computes (0 of their events)
-                fill = encoded_default(self.encoders, f, 0.0)
-                column = pl.col(f.name) if f.name in frame.columns else pl.lit(None)
-                frame = frame.with_columns(column.fill_null(fill).cast(pl.Float32).alias(f.name))
-        for f in self.schema.by_scope(Scope.CONTEXT):
-            if f.name in self._dlrm_names:
-                frame = frame.with_columns(pl.lit(encoded_default(self.encoders, f, 0), dtype=pl.Int64).alias(f.name))
-        return frame
+        return {s.name: self._by_user[s.name][user.index : user.index + 1] for s in specs}
 
     def ranking_inputs(self, user: UserRow, item_ids: list[int],
                        specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
-        return _arrays(self.ranking_rows(user, item_ids), specs)
+        """One encoded row per candidate: user features, item features, cross features, position 0 (numpy
+        gathers: no data frame per request)."""
+        rows = np.fromiter((self._item_index[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
+        out = {}
+        for s in specs:
+            if s.name in self._by_item:
+                out[s.name] = self._by_item[s.name][rows]
+            elif s.name in self._by_user:
+                one = self._by_user[s.name][user.index]
+                out[s.name] = np.broadcast_to(one, (len(rows), *one.shape)).copy()
+            elif s.name in self._cross:
+                out[s.name] = self._cross_values(s.name, user.user_id, rows).reshape(len(rows), *s.shape)
+            elif s.name in self._constant:
+                out[s.name] = np.full((len(rows), *s.shape), self._constant[s.name], dtype=s.numpy_dtype)
+            else:
+                raise RecsysError(f"no online source for model input {s.name!r}")
+        return out
 
+    def _cross_values(self, name: str, user_id: int, rows: np.ndarray) -> np.ndarray:
+        """The user's value of a (user, category) feature for each candidate's category; a category the user
+        never touched gets what the offline pipeline computes for it (its share of 0 events)."""
+        values, default = self._cross[name]
+        by_category = np.full(len(self._category_codes) + 1, default, dtype=np.float32)  # last: no category
+        if self.cross is not None:  # the user's rows: a slice of the table sorted by user
+            lo, hi = np.searchsorted(self._cross_users, [user_id, user_id + 1])
+            by_category[self._cross_category[lo:hi]] = values[lo:hi]
+        return by_category[self._item_category[rows]]
 
-def _arrays(rows: pl.DataFrame, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
-    """`recsys.export.serving.serving_inputs` without importing torch into the replicas (the skew test
-    checks that both give the same arrays)."""
-    out = {}
-    for s in specs:
-        values = rows[s.name].to_numpy().astype(np.int64 if s.dtype == "int64" else np.float32)
-        out[s.name] = values.reshape(len(rows), *s.shape)
-    return out
+    def _gather_tables(self) -> None:
+        """Per-feature arrays in table-row order, the cross table's category codes, and constant inputs."""
+        self._by_user = serving_inputs(self.users, self._specs(Scope.USER))
+        self._by_item = serving_inputs(self.items, self._specs(Scope.ITEM))
+        names = sorted({c for c in self.category.values() if c is not None})
+        self._category_codes = {c: n for n, c in enumerate(names)}
+        missing = len(names)  # an item without a category never matches a user's category row
+        self._item_category = np.array([self._category_codes.get(self.category.get(i), missing)
+                                        for i in self.items[META_ITEM].to_list()], dtype=np.int64)
+        self._cross: dict[str, tuple[np.ndarray, float]] = {}
+        if self.cross is not None:
+            self._cross_category = np.array([self._category_codes.get(c, missing)
+                                             for c in self.cross[META_CATEGORY].to_list()], dtype=np.int64)
+        for f in self.schema.by_scope(Scope.CROSS):
+            column = self.cross[f.name] if self.cross is not None and f.name in self.cross.columns else None
+            values = (column.fill_null(np.nan).cast(pl.Float32).to_numpy() if column is not None
+                      else np.zeros(0, np.float32))
+            default = encoded_default(self.encoders, f, 0.0)
+            self._cross[f.name] = (np.where(np.isnan(values), default, values).astype(np.float32), default)
+        self._constant = {f.name: encoded_default(self.encoders, f, 0) for f in self.schema.by_scope(Scope.CONTEXT)}
 
+    def _specs(self, scope: Scope) -> tuple[TensorSpec, ...]:
+        return tensor_specs(self.schema.by_scope(scope))
 
 
 def model_inputs(schema: FeatureSchema, part: str) -> tuple[TensorSpec, ...]:
-    """A model part's serving inputs as the exporter derives them (`recsys.export.serving.input_specs`):
-    sparse features (int64, ``(length,)``) then dense ones (float32, ``(1,)``), in schema order."""
-    features = schema.used_by(part)
-    return (*(TensorSpec(f.name, "int64", (f.length,)) for f in features if f.is_sparse),
-            *(TensorSpec(f.name, "float32", (1,)) for f in features if not f.is_sparse))
+    """A model part's serving inputs."""
+    return tensor_specs(schema.used_by(part))

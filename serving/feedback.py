@@ -8,6 +8,8 @@ with ``recsys.data.ingest.read_table(root, EVENTS, IngestConfig(events="events/*
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -23,6 +25,57 @@ EVENT_GLOB = "events/*.jsonl"
 def new_id() -> int:
     """A random positive int64 (request and event ids: unique without coordination between replicas)."""
     return secrets.randbits(62) + 1
+
+
+KEY_ENV = "RECSYS_REQUEST_KEY"  # hex; overrides the key file
+KEY_FILE = "request.key"
+RANDOM_BITS, TAG_BITS = 40, 22  # a request id: 40 random bits, then a 22-bit tag (positive int64)
+
+
+class RequestIds:
+    """Request ids that say which user they were issued to, so /feedback can refuse ids the app never issued
+    to that user without any state shared between replicas or kept across restarts: 40 random bits and a
+    22-bit HMAC-SHA256 tag of (those bits, the user id) under the app's key. A guessed id passes with
+    probability 2**-22."""
+
+    def __init__(self, key: bytes):
+        self._key = key
+
+    def _tag(self, nonce: int, user_id: int) -> int:
+        digest = hmac.new(self._key, f"{nonce}:{user_id}".encode(), hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "big") >> (64 - TAG_BITS)
+
+    def issue(self, user_id: int) -> int:
+        nonce = secrets.randbits(RANDOM_BITS)
+        return (nonce << TAG_BITS) | self._tag(nonce, user_id)
+
+    def issued_to(self, request_id: int, user_id: int) -> bool:
+        nonce, tag = request_id >> TAG_BITS, request_id & ((1 << TAG_BITS) - 1)
+        return 0 <= request_id < 1 << (RANDOM_BITS + TAG_BITS) and hmac.compare_digest(
+            tag.to_bytes(3, "big"), self._tag(nonce, user_id).to_bytes(3, "big"))
+
+
+def request_key(root: str | Path) -> bytes:
+    """The key of `RequestIds`: ``$RECSYS_REQUEST_KEY`` (hex), else ``<root>/request.key``, created once (mode
+    0600) and then shared by every replica that writes the same event log."""
+    if value := os.environ.get(KEY_ENV):
+        return bytes.fromhex(value)
+    path = Path(root) / KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+            f.flush()
+            os.fsync(f.fileno())
+    for _ in range(50):  # another replica may be between creating the file and writing it
+        if text := path.read_text().strip():
+            return bytes.fromhex(text)
+        threading.Event().wait(0.1)
+    raise RuntimeError(f"{path} is empty")
 
 
 class EventLog:

@@ -1,13 +1,10 @@
-"""The ranker client deployment: scores every candidate of a request in one gRPC call to Triton."""
+"""The ranker client: scores every candidate of a request in one gRPC call to Triton."""
 
 from __future__ import annotations
 
 import contextlib
 
 import numpy as np
-from ray import serve
-
-from serving.config import ServingConfig
 
 NP_TO_TRITON = {"int64": "INT64", "float32": "FP32"}
 
@@ -64,21 +61,3 @@ class TritonRanker:
         meta = await self._connect().get_model_metadata(self.model, self.version, as_json=True,
                                                         client_timeout=timeout_s)
         return [i["name"] for i in meta["inputs"]]
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
-class RankerClient:
-    def __init__(self, config: ServingConfig):
-        self.ranker = TritonRanker(config.triton_url, config.ranker_model, config.ranker_version,
-                                   config.rank_deadline_s)
-
-    async def rank(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray | None, str]:
-        """(scores, model version), or (None, why) when Triton failed: a failure is an answer here, not an
-        exception (the ingress degrades on it; Triton's exceptions do not pickle)."""
-        try:
-            return await self.ranker.rank(inputs)
-        except Exception as exc:
-            return None, f"{type(exc).__name__}: {str(exc)[:300]}"
-
-    async def ready(self, timeout_s: float) -> bool:
-        return await self.ranker.ready(timeout_s)

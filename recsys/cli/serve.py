@@ -16,7 +16,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "/readyz, /metrics and /docs, on 127.0.0.1 by default. Triton must be running "
                     "(`recsys triton start`); until it is, answers are the retrieval order flagged degraded. "
                     "Reads the application's args (the serving config and its overrides) and its HTTP options "
-                    "from a Ray Serve config file.")
+                    "from a Ray Serve config file. On a local cluster it uses Ray Serve's throughput-optimized mode "
+                    "with direct ingress: the ingress replica answers on the port itself and Ray's proxy moves to "
+                    "a free port (RAY_SERVE_THROUGHPUT_OPTIMIZED=0: Ray's default proxy path on the port).")
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help=f"Ray Serve config file whose first application runs serving.app (default: {DEFAULT_CONFIG})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -50,6 +52,7 @@ def serve_args(path: str, overrides: list[str]) -> tuple[dict, dict]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
     import signal
     import sys
     import time
@@ -57,22 +60,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from serving.app import build_app
+    from recsys.deploy.server import free_port
     from serving.config import from_args
+    from serving.launch import direct_ingress_env, run_app
 
     app_args, http = serve_args(args.config, args.overrides)
     config = from_args(app_args)
     given = {o.split("=", 1)[0].strip() for o in args.overrides}  # --set host/port win over the file's http_options
     host = config.host if "host" in given else http.get("host", config.host)
     port = config.port if "port" in given else http.get("port", config.port)
+    proxy_port = port
     if args.address:
         ray.init(address=args.address, include_dashboard=False)
-    else:
+    else:  # a local cluster: the ingress replica serves the port itself unless RAY_SERVE_THROUGHPUT_OPTIMIZED=0
+        if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1") == "1":
+            os.environ.update(direct_ingress_env(port))
+            proxy_port = free_port()
         ray.init(address="local", include_dashboard=False)
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(config), name="recsys", route_prefix=config.route_prefix)
-    print(f"serving on http://{host}:{port}  (POST /recommend, POST /feedback, GET /readyz, /metrics, /docs)",
-          flush=True)
+    url = run_app(config, host, proxy_port)
+    print(f"serving on {url}  (POST /recommend, POST /feedback, GET /readyz, /metrics, /docs)", flush=True)
     if args.detach:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly on SIGTERM too

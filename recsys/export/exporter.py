@@ -30,8 +30,8 @@ from recsys.data.dataset import Dataset
 from recsys.data.features import META_ITEM
 from recsys.errors import RecsysError
 from recsys.export import ann
-from recsys.export.serving import ServingRanker, ServingTower, input_specs, serving_inputs
-from recsys.export.signature import ModelSignature, TensorSpec
+from recsys.export.serving import ServingRanker, ServingTower, input_specs
+from recsys.export.signature import ModelSignature, TensorSpec, serving_inputs
 from recsys.models.inputs import InputSpec, make_batch
 from recsys.training.checkpoint import load_model
 

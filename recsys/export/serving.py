@@ -13,14 +13,12 @@ OverArch and the towers' MLPs are plain torch), so only the embedding lookup is 
 
 from __future__ import annotations
 
-import numpy as np
-import polars as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingBagCollection
 
-from recsys.export.signature import TensorSpec
+from recsys.export.signature import TensorSpec, tensor_specs
 from recsys.models.dlrm import Ranker
 from recsys.models.inputs import InputSpec
 from recsys.models.two_tower import Tower
@@ -29,17 +27,7 @@ from recsys.schema import Feature, Kind
 
 def input_specs(spec: InputSpec) -> tuple[TensorSpec, ...]:
     """The serving inputs of a model part, in schema order (sparse, then dense features)."""
-    return (*(TensorSpec(f.name, "int64", (f.length,)) for f in spec.sparse),
-            *(TensorSpec(f.name, "float32", (1,)) for f in spec.dense))
-
-
-def serving_inputs(rows: pl.DataFrame, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
-    """Arrays for ``specs`` from encoded rows (a dataset shard or an online table)."""
-    out = {}
-    for s in specs:
-        values = rows[s.name].to_numpy().astype(np.int64 if s.dtype == "int64" else np.float32)
-        out[s.name] = values.reshape(len(rows), *s.shape)
-    return out
+    return tensor_specs((*spec.sparse, *spec.dense))
 
 
 class PooledLookup(nn.Module):

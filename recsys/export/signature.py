@@ -11,9 +11,18 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from recsys.errors import RecsysError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    import polars as pl
+
+    from recsys.schema import Feature
 
 DTYPES = ("int64", "float32")
 SIGNATURE_FILE = "model.json"
@@ -28,6 +37,23 @@ class TensorSpec:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise RecsysError(f"tensor {self.name!r}: dtype {self.dtype!r} is not one of {DTYPES}")
+
+    @property
+    def numpy_dtype(self) -> type:
+        return np.int64 if self.dtype == "int64" else np.float32
+
+
+def tensor_specs(features: Iterable[Feature]) -> tuple[TensorSpec, ...]:
+    """Serving inputs of schema features: sparse ones (int64, ``(length,)``) then dense ones (float32,
+    ``(1,)``), each group in the given order."""
+    features = tuple(features)
+    return (*(TensorSpec(f.name, "int64", (f.length,)) for f in features if f.is_sparse),
+            *(TensorSpec(f.name, "float32", (1,)) for f in features if not f.is_sparse))
+
+
+def serving_inputs(rows: pl.DataFrame, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    """Arrays for ``specs`` from encoded rows (a dataset shard or an online table)."""
+    return {s.name: rows[s.name].to_numpy().astype(s.numpy_dtype).reshape(len(rows), *s.shape) for s in specs}
 
 
 @dataclass(frozen=True)

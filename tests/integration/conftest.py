@@ -1,11 +1,15 @@
 """Trained runs shared by the integration tests: one local Ray cluster, the tiny DLRM and two-tower runs."""
 
+import os
+
 import pytest
 import ray
 
 from recsys.config import load_config
+from recsys.deploy.server import free_port
 from recsys.training.config import TrainConfig
 from recsys.training.job import run
+from serving.launch import direct_ingress_env
 from tests.conftest import ROOT
 
 TINY_TRAIN = ROOT / "configs" / "train" / "tiny.yaml"
@@ -13,8 +17,11 @@ TINY_TRAIN = ROOT / "configs" / "train" / "tiny.yaml"
 
 @pytest.fixture(scope="session")
 def local_ray():
+    """The cluster is started as `recsys serve` starts one: Ray Serve's throughput-optimized mode, the serving
+    app's ingress replica on a port of its own (`serving.launch`, read by the app fixture)."""
     started = not ray.is_initialized()
     if started:
+        os.environ.update(direct_ingress_env(free_port()))
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     if started:

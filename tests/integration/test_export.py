@@ -10,8 +10,7 @@ import pytest
 from recsys.errors import RecsysError
 from recsys.export import ann
 from recsys.export.exporter import check_parity, export_checkpoint, run_onnx
-from recsys.export.serving import serving_inputs
-from recsys.export.signature import ModelSignature
+from recsys.export.signature import ModelSignature, serving_inputs
 from recsys.models.inputs import InputSpec
 
 pytestmark = pytest.mark.integration

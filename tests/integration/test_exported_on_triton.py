@@ -10,8 +10,7 @@ import tritonclient.http as httpclient
 
 from recsys.cli import main as recsys_main
 from recsys.deploy import server
-from recsys.export.serving import serving_inputs
-from recsys.export.signature import ModelSignature
+from recsys.export.signature import ModelSignature, serving_inputs
 from recsys.models.inputs import make_batch
 from recsys.training.checkpoint import load_model
 from tests.integration.test_triton import inputs_for

@@ -7,8 +7,10 @@ One Triton server and one Serve application for the module; the test that stops 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -37,14 +39,13 @@ from recsys.data.ingest import read_table
 from recsys.deploy import server
 from recsys.deploy.server import free_port
 from recsys.events import EVENTS
-from recsys.export.serving import serving_inputs
-from recsys.export.signature import ModelSignature
+from recsys.export.signature import ModelSignature, serving_inputs
 from recsys.models.inputs import make_batch
 from recsys.training.checkpoint import load_model
-from serving.app import build_app
 from serving.config import ServingConfig
 from serving.features import OnlineFeatures, model_inputs
 from serving.feedback import EVENT_GLOB
+from serving.launch import direct_ingress_port, run_app
 from tests.integration.test_triton import inputs_for
 
 pytestmark = pytest.mark.integration
@@ -69,16 +70,16 @@ def app(local_ray, dlrm_run, two_tower_run, tiny_dataset, schema, tmp_path_facto
     for run in (dlrm_run, two_tower_run):
         assert recsys_main(["export", str(run.path), "--out", str(work / run.task), "--repository", str(repo)]) == 0
     triton = server.start(repo, ["dlrm"], run_dir=work / "triton")
-    port = free_port()
+    port = direct_ingress_port()
+    assert port is not None, "the local_ray fixture starts the cluster with direct ingress, as `recsys serve` does"
     # generous deadline: the shared 2-core machine is busy; the degraded test stops Triton instead
     config = ServingConfig(dataset=str(tiny_dataset.path), retrieval_export=str(work / two_tower_run.task),
                            triton_url=triton.grpc_url, event_log=str(work / "events"), port=port,
                            rank_deadline_s=5.0, retrieve_deadline_s=10.0, max_k=50, candidates=100)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build_app(config), name="recsys", route_prefix="/")
-        yield App(f"http://127.0.0.1:{port}", config, triton, work,
-                  OnlineFeatures(tiny_dataset, schema, config.popular_items))
+        url = run_app(config, "127.0.0.1", proxy_port=free_port())
+        assert url == f"http://127.0.0.1:{port}"
+        yield App(url, config, triton, work, OnlineFeatures(tiny_dataset, schema, config.popular_items))
     finally:
         serve.shutdown()
         server.stop(work / "triton")
@@ -174,13 +175,24 @@ def test_bad_requests_get_4xx_and_the_app_keeps_answering(app, http, kind):
     assert recommend(http, user_id=known_users(app, 1)[0], k=2)["items"]
 
 
-def test_bad_feedback_gets_4xx(http):
-    for body in ({"request_id": 1, "user_id": 1, "events": []},
-                 {"request_id": 1, "user_id": 1, "events": [{"item_id": 1, "event_type": "teleport"}]},
-                 {"request_id": 1, "user_id": 1, "events": [{"item_id": 1, "event_type": "click", "x": 1}]},
-                 {"user_id": 1, "events": [{"item_id": 1, "event_type": "click"}]}):
+def test_bad_feedback_gets_4xx(app, http):
+    user = known_users(app, 1)[0]
+    served = recommend(http, user_id=user, k=2)
+    click = {"item_id": served["items"][0]["item_id"], "event_type": "click"}
+    for body, problem in (
+            ({"request_id": 1, "user_id": 1, "events": []}, "events"),
+            ({"request_id": 1, "user_id": 1, "events": [{"item_id": 1, "event_type": "teleport"}]}, "event_type"),
+            ({"request_id": 1, "user_id": 1, "events": [{"item_id": 1, "event_type": "click", "x": 1}]}, "x"),
+            ({"user_id": 1, "events": [click]}, "request_id"),
+            ({"request_id": served["request_id"] ^ 1, "user_id": user, "events": [click]}, "not a request id"),
+            ({"request_id": served["request_id"], "user_id": user + 1, "events": [click]}, "not a request id"),
+            ({"request_id": served["request_id"], "user_id": user,
+              "events": [click, {"item_id": 10**12, "event_type": "click"}]}, "not in the catalog")):
         r = http.post("/feedback", json=body)
-        assert r.status_code == 422, (body, r.text)
+        assert r.status_code == 422 and problem in str(r.json()["detail"]), (body, r.text)
+    # nothing of a refused request reached the log
+    logged = "".join(f.read_text() for f in Path(app.config.event_log).glob(EVENT_GLOB))
+    assert f'"request_id":{served["request_id"]}' not in logged
 
 
 def test_feedback_is_appended_and_readable_by_ingest(app, http):
@@ -240,21 +252,20 @@ def test_online_inputs_equal_offline_features_and_triton_equals_torch(app, dlrm_
                               pl.lit(None, dtype=pl.Int64).alias(REQUEST), pl.lit(0, dtype=pl.Int32).alias(POSITION),
                               pl.lit(0.0).alias(LABEL))
     offline = encode_examples(builder, rows.lazy(), "ranking").collect()
-    online = pl.concat([f.ranking_rows(f.user(u), items) for u in users], how="diagonal_relaxed")
-    assert online["user_category_share"].n_unique() > 1  # the pairs cover categories the users viewed, and others
+    per_user = [f.ranking_inputs(f.user(u), items, specs) for u in users]
+    online = {s.name: np.concatenate([arrays[s.name] for arrays in per_user]) for s in specs}
+    assert len(np.unique(online["user_category_share"])) > 1  # pairs in categories the users viewed, and others
     offline_arrays = serving_inputs(offline, specs)
-    online_arrays = f.ranking_inputs(f.user(users[0]), items, specs)
-    assert online_arrays.keys() == serving_inputs(online.head(len(items)), specs).keys()
+    assert online.keys() == offline_arrays.keys()
     for spec in specs:
-        np.testing.assert_array_equal(serving_inputs(online, (spec,))[spec.name], offline_arrays[spec.name],
+        np.testing.assert_array_equal(online[spec.name], offline_arrays[spec.name],
                                       err_msg=f"feature {spec.name}: online != offline")
-        np.testing.assert_array_equal(online_arrays[spec.name], offline_arrays[spec.name][: len(items)])
 
     model, _ = load_model(dlrm_run.checkpoint)
     with torch.no_grad():
         expected = torch.sigmoid(model(make_batch(offline, model.spec))).numpy().reshape(-1)
     client = grpcclient.InferenceServerClient(app.triton.grpc_url)
-    result = client.infer("dlrm", inputs_for(grpcclient, serving_inputs(online, specs)))
+    result = client.infer("dlrm", inputs_for(grpcclient, online))
     client.close()
     got = result.as_numpy(ModelSignature.read(app.work / "dlrm" / "dlrm").outputs[0].name).reshape(-1)
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -282,9 +293,19 @@ def test_degraded_when_triton_stops_and_recovers_when_it_returns(app, http):
 
 
 def test_degraded_when_triton_is_slower_than_the_deadline(app, http):
-    """Runs after the restart: redeploys the app with a ranking deadline no Triton call can meet."""
-    serve.run(build_app(replace(app.config, rank_deadline_s=1e-4)), name="recsys", route_prefix="/")
-    answer = recommend(http, user_id=known_users(app, 1)[0], k=4)
+    """Runs after the restart: freezes the tritonserver process (SIGSTOP), so every ranking call outlives the
+    deadline, then lets it go on."""
+    pid = server.read_state(app.work / "triton").pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        answer = recommend(http, user_id=known_users(app, 1)[0], k=4)
+    finally:
+        os.kill(pid, signal.SIGCONT)
     assert answer["degraded"] and "deadline" in answer["reason"].lower(), answer
     assert len(answer["items"]) == 4 and all(i["score"] is None for i in answer["items"])
+    assert answer["timings_ms"]["rank"] >= app.config.rank_deadline_s * 1000
     assert http.get("/healthz").status_code == 200
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and recommend(http, user_id=known_users(app, 1)[0], k=4)["degraded"]:
+        time.sleep(0.5)
+    assert not recommend(http, user_id=known_users(app, 1)[0], k=4)["degraded"]

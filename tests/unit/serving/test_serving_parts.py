@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import polars as pl
 import pytest
@@ -9,14 +11,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from recsys.config import ConfigError, IngestConfig
-from recsys.data.features import META_USER
+from recsys.data.features import META_CATEGORY, META_USER
 from recsys.data.ingest import read_table
 from recsys.events import EVENTS
-from recsys.export.serving import serving_inputs
+from recsys.export.signature import serving_inputs
 from serving import app as serving_app
 from serving.config import ServingConfig, from_args
-from serving.features import OnlineFeatures, model_inputs
-from serving.feedback import EVENT_GLOB, EventLog
+from serving.features import OnlineFeatures, encoded_default, model_inputs
+from serving.feedback import EVENT_GLOB, KEY_ENV, EventLog, RequestIds, request_key
 
 
 def test_config_from_application_args(tmp_path):
@@ -51,20 +53,48 @@ def test_filters_and_cold_start(features):
     assert {features.category[i] for i in features.popular_items(category)} == {category}
 
 
-def test_ranking_inputs_shapes_and_the_exporters_arrays(features, schema):
-    user = features.user(features.users[META_USER][0])
-    items = features.items["_item"].head(9).to_list()
+def test_ranking_inputs_gather_the_online_tables(features, schema):
+    """Each candidate row: the user's row, the item's row, the (user, item category) share or its encoded
+    default, position 0. (That these equal the offline pipeline's encoding is the integration skew test.)"""
+    cross = features.cross
+    user_id = cross[META_USER][0]  # a user with (user, category) rows
+    user = features.user(user_id)
+    items = features.items["_item"].to_list()
     specs = model_inputs(schema, "dlrm")
-    rows = features.ranking_rows(user, items)
     arrays = features.ranking_inputs(user, items, specs)
-    expected = serving_inputs(rows, specs)
-    assert arrays.keys() == expected.keys()
     for spec in specs:
-        assert arrays[spec.name].shape == (9, *spec.shape) and arrays[spec.name].dtype == expected[spec.name].dtype
-        np.testing.assert_array_equal(arrays[spec.name], expected[spec.name])
+        assert arrays[spec.name].shape == (len(items), *spec.shape) and arrays[spec.name].dtype == spec.numpy_dtype
+    user_specs = tuple(s for s in specs if s.name in features.users.columns)
+    for name, value in serving_inputs(features.users.filter(pl.col(META_USER) == user_id), user_specs).items():
+        assert (arrays[name] == value).all(), name  # the user's row on every candidate
+    item_specs = tuple(s for s in specs if s.name in features.items.columns)
+    for name, value in serving_inputs(features.items, item_specs).items():
+        np.testing.assert_array_equal(arrays[name], value)
     assert (arrays["position"] == arrays["position"][0]).all()  # every candidate ranked as if shown first
+    mine = dict(cross.filter(pl.col(META_USER) == user_id).select(META_CATEGORY, "user_category_share").iter_rows())
+    default = encoded_default(features.encoders, schema["user_category_share"], 0.0)
+    expected = [mine.get(features.category.get(i), default) for i in items]
+    np.testing.assert_allclose(arrays["user_category_share"][:, 0], expected, rtol=1e-6)
+    assert len(set(expected)) > 2 and default in expected  # touched and untouched categories both covered
     query = features.query_inputs(user, model_inputs(schema, "two_tower.user"))
     assert all(a.shape[0] == 1 for a in query.values())
+
+
+def test_request_ids_name_the_user_they_were_issued_to(tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    key = request_key(tmp_path)
+    assert request_key(tmp_path) == key and len(key) == 32  # created once, then shared
+    assert (tmp_path / "request.key").stat().st_mode & 0o777 == 0o600
+    ids = RequestIds(key)
+    issued = [ids.issue(7) for _ in range(1000)]
+    assert len(set(issued)) == 1000 and all(0 < i < 2**63 for i in issued)
+    assert all(ids.issued_to(i, 7) for i in issued)
+    assert not any(ids.issued_to(i, 8) for i in issued)  # another user's id
+    assert not any(RequestIds(b"another key").issued_to(i, 7) for i in issued)  # another app's id
+    rng = random.Random(0)
+    assert sum(ids.issued_to(rng.getrandbits(62), 7) for _ in range(20_000)) <= 1  # guesses: 2**-22 each
+    monkeypatch.setenv(KEY_ENV, "ab" * 32)
+    assert request_key(tmp_path) == bytes.fromhex("ab" * 32)
 
 
 def test_event_log_appends_in_the_shop_format(tmp_path):
@@ -116,6 +146,6 @@ def test_serve_config_and_rayservice_manifest_are_valid_serve_configs():
     for raw in (local, yaml.safe_load(service["spec"]["serveConfigV2"])):
         app = ServeDeploySchema.model_validate(raw).applications[0]
         assert app.import_path == "serving.app:app_builder"
-        assert {d.name for d in app.deployments} == {"Ingress", "Retriever", "RankerClient"}
+        assert {d.name for d in app.deployments} == {"Ingress", "Retriever"}
     args, http = serve_args(str(PROJECT_ROOT / "serving" / "config.yaml"), ["max_k=7"])
     assert from_args(args).max_k == 7 and http["host"] == "127.0.0.1"
