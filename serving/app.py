@@ -29,8 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serving.canary import Canary
 from serving.config import ServingConfig, from_args
-from serving.feedback import EventLog, RequestIds, request_key
+from serving.feedback import EventLog, RequestIds, request_key, variant_of
 from serving.metrics import Metrics
 from serving.ranker import TritonRanker
 from serving.retriever import Retriever
@@ -70,6 +71,7 @@ class RecommendResponse(BaseModel):
     cold_start: bool
     degraded: bool
     reason: str | None  # why degraded (or cold start)
+    variant: str  # which ranking model answered: production, or the candidate (canary / A-B)
     model_versions: dict[str, str]
     timings_ms: dict[str, float]
 
@@ -187,6 +189,8 @@ class Ingress:
         # separate client deployment cost more CPU than the call (scripts/bench_serving.py)
         self.ranker = TritonRanker(config.triton_url, config.ranker_model, config.ranker_version,
                                    config.rank_deadline_s)
+        self.canary = Canary(config.rollout_file, config.ranker_model, config.ranker_version)
+        self._rollout_checked = time.monotonic()
         schema = load_schema()
         dataset = Dataset.open(config.dataset or newest_dataset(), schema)
         self.features = OnlineFeatures(dataset, schema, config.popular_items)
@@ -212,7 +216,7 @@ class Ingress:
         exclude, category = set(body.exclude), body.context.category if body.context else None
         versions = {"dataset": self.versions["dataset"]}
         scores: np.ndarray | None = None
-        reason, degraded = None, False
+        reason, degraded, variant = None, False, "production"
 
         def lap(stage: str, since: float) -> float:
             now = time.perf_counter()
@@ -245,26 +249,55 @@ class Ingress:
             t = lap("filter", t)
             items = kept[: body.k]
             if kept and not degraded:
-                try:
-                    inputs = self.features.ranking_inputs(user, kept, self.ranking_specs)
-                    ranked, version = await asyncio.wait_for(self.ranker.rank(inputs), cfg.rank_deadline_s)
-                    versions["ranking"] = version
+                inputs = self.features.ranking_inputs(user, kept, self.ranking_specs)
+                variant, ranked, outcome = await self._rank(body.user_id, inputs)
+                if ranked is not None:
+                    versions["ranking"] = outcome
                     order = np.argsort(-ranked, kind="stable")[: body.k]
                     items, scores = [kept[i] for i in order], ranked[order]
-                except Exception as exc:  # Triton down, slow or failing: the retrieval order
-                    degraded = True
-                    reason = ("ranker slower than the deadline" if isinstance(exc, TimeoutError)
-                              else f"ranker unavailable ({type(exc).__name__}: {str(exc)[:300]})") + ": retrieval order"
-                    self.metrics.errors.labels(stage="rank").inc()
+                else:  # Triton down, slow or failing: the retrieval order
+                    degraded, reason = True, f"{outcome}: retrieval order"
                 t = lap("rank", t)
         if degraded:
             self.metrics.degraded.inc()
         timings["total"] = round((time.perf_counter() - start) * 1000, 3)
         self.metrics.stage("total", time.perf_counter() - start)
         scored = [Scored(item_id=i, score=None if scores is None else float(scores[n])) for n, i in enumerate(items)]
-        return RecommendResponse(request_id=self.request_ids.issue(body.user_id), user_id=body.user_id,
-                                 items=scored, cold_start=user is None,
-                                 degraded=degraded, reason=reason, model_versions=versions, timings_ms=timings)
+        return RecommendResponse(request_id=self.request_ids.issue(body.user_id, variant), user_id=body.user_id,
+                                 items=scored, cold_start=user is None, degraded=degraded, reason=reason,
+                                 variant=variant, model_versions=versions, timings_ms=timings)
+
+    async def _rank(self, user_id: int, inputs: dict[str, np.ndarray]) -> tuple[str, np.ndarray | None, str]:
+        """(variant, scores, "model:version") with the user's variant; a failed candidate call is retried on
+        production and counts toward the candidate's automatic rollback. (variant, None, why) when ranking
+        failed."""
+        now = time.monotonic()
+        if now - self._rollout_checked >= self.config.rollout_poll_s:
+            self._rollout_checked = now
+            self.canary.refresh()
+        variant, version = self.canary.variant(user_id)
+        while True:
+            start = time.perf_counter()
+            try:
+                ranked, outcome = await asyncio.wait_for(self.ranker.rank(inputs, version),
+                                                         self.config.rank_deadline_s)
+                ok = True
+            except Exception as exc:
+                ranked, ok = None, False
+                outcome = ("ranker slower than the deadline" if isinstance(exc, TimeoutError)
+                           else f"ranker unavailable ({type(exc).__name__}: {str(exc)[:300]})")
+                self.metrics.errors.labels(stage="rank").inc()
+                self.metrics.variant_errors.labels(variant=variant).inc()
+            seconds = time.perf_counter() - start
+            self.metrics.variant_latency.labels(variant=variant).observe(seconds)
+            if variant == "candidate" and (why := self.canary.record(ok, seconds * 1000)):
+                self.canary.roll_back(why)
+                self.metrics.rollbacks.inc()
+            if ok or variant == "production":
+                if ok:
+                    self.metrics.variant.labels(variant=variant).inc()
+                return variant, ranked, outcome
+            variant, version = "production", self.canary.state.production
 
     @api.post("/feedback", response_model=FeedbackResponse)
     async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:
@@ -286,7 +319,8 @@ class Ingress:
         for e in body.events:
             if e.event_type == "purchase":
                 self.features.add_purchase(body.user_id, e.item_id)
-        self.metrics.feedback.inc(accepted)
+        for e in body.events:
+            self.metrics.feedback.labels(variant=variant_of(body.request_id), event_type=e.event_type).inc()
         return FeedbackResponse(accepted=accepted, log=str(self.log.path))
 
     @api.get("/healthz")

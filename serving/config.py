@@ -34,6 +34,8 @@ class ServingConfig:
     ranker_model: str = "dlrm"  # the Triton model that ranks
     ranker_version: str = ""  # empty = Triton's newest loaded version
     event_log: str = "runs/serving/events"  # /feedback appends JSON lines under <event_log>/events/
+    rollout_file: str = "runs/serving/rollout.json"  # production / candidate versions (recsys.deploy.rollout)
+    rollout_poll_s: float = 0.5  # how often a replica checks the rollout file for changes
     candidates: int = 100  # N items retrieved per request (before filtering)
     max_k: int = 100  # largest k a request may ask for
     max_exclude: int = 1000  # most item ids a request may exclude
@@ -52,7 +54,7 @@ class ServingConfig:
         for name in ("candidates", "max_k", "max_body_bytes", "popular_items"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"serving config: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("rank_deadline_s", "retrieve_deadline_s", "ready_timeout_s"):
+        for name in ("rank_deadline_s", "retrieve_deadline_s", "ready_timeout_s", "rollout_poll_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"serving config: {name} must be > 0, got {getattr(self, name)}")
 

@@ -29,13 +29,15 @@ def new_id() -> int:
 
 KEY_ENV = "RECSYS_REQUEST_KEY"  # hex; overrides the key file
 KEY_FILE = "request.key"
-RANDOM_BITS, TAG_BITS = 40, 22  # a request id: 40 random bits, then a 22-bit tag (positive int64)
+RANDOM_BITS, VARIANT_BITS, TAG_BITS = 38, 2, 22  # a request id: random bits, the variant, a tag (positive int64)
+VARIANT_CODES = ("production", "candidate")
 
 
 class RequestIds:
-    """Request ids that say which user they were issued to, so /feedback can refuse ids the app never issued
-    to that user without any state shared between replicas or kept across restarts: 40 random bits and a
-    22-bit HMAC-SHA256 tag of (those bits, the user id) under the app's key. A guessed id passes with
+    """Request ids that say which user they were issued to, and which variant (production or candidate model)
+    answered, so /feedback can refuse ids the app never issued to that user and split feedback by variant
+    without any state shared between replicas or kept across restarts: 38 random bits, 2 bits of variant and
+    a 22-bit HMAC-SHA256 tag of (those 40 bits, the user id) under the app's key. A guessed id passes with
     probability 2**-22."""
 
     def __init__(self, key: bytes):
@@ -45,14 +47,20 @@ class RequestIds:
         digest = hmac.new(self._key, f"{nonce}:{user_id}".encode(), hashlib.sha256).digest()
         return int.from_bytes(digest[:8], "big") >> (64 - TAG_BITS)
 
-    def issue(self, user_id: int) -> int:
-        nonce = secrets.randbits(RANDOM_BITS)
+    def issue(self, user_id: int, variant: str = "production") -> int:
+        nonce = (secrets.randbits(RANDOM_BITS) << VARIANT_BITS) | VARIANT_CODES.index(variant)
         return (nonce << TAG_BITS) | self._tag(nonce, user_id)
 
     def issued_to(self, request_id: int, user_id: int) -> bool:
         nonce, tag = request_id >> TAG_BITS, request_id & ((1 << TAG_BITS) - 1)
-        return 0 <= request_id < 1 << (RANDOM_BITS + TAG_BITS) and hmac.compare_digest(
+        return 0 <= request_id < 1 << (RANDOM_BITS + VARIANT_BITS + TAG_BITS) and hmac.compare_digest(
             tag.to_bytes(3, "big"), self._tag(nonce, user_id).to_bytes(3, "big"))
+
+
+def variant_of(request_id: int) -> str:
+    """The variant that answered a request (its id's variant bits); "unknown" for codes not in use."""
+    code = (request_id >> TAG_BITS) & ((1 << VARIANT_BITS) - 1)
+    return VARIANT_CODES[code] if code < len(VARIANT_CODES) else "unknown"
 
 
 def request_key(root: str | Path) -> bytes:

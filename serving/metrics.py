@@ -22,7 +22,14 @@ class Metrics:
                                  buckets=BUCKETS, registry=r)
         self.degraded = Counter("recsys_degraded_responses", "answers without ranking (or retrieval)", registry=r)
         self.cold_start = Counter("recsys_cold_start_responses", "answers for unknown users", registry=r)
-        self.feedback = Counter("recsys_feedback_events", "events appended to the event log", registry=r)
+        self.feedback = Counter("recsys_feedback_events", "events appended to the event log, by the variant that "
+                                "served the list", ["variant", "event_type"], registry=r)
+        self.variant = Counter("recsys_variant_requests", "ranked answers by variant", ["variant"], registry=r)
+        self.variant_errors = Counter("recsys_variant_errors", "failed ranking calls by variant", ["variant"],
+                                      registry=r)
+        self.variant_latency = Histogram("recsys_variant_rank_latency_seconds", "ranking call time by variant",
+                                         ["variant"], buckets=BUCKETS, registry=r)
+        self.rollbacks = Counter("recsys_automatic_rollbacks", "candidates this replica rolled back", registry=r)
 
     def stage(self, name: str, seconds: float) -> None:
         self.latency.labels(stage=name).observe(seconds)

@@ -29,8 +29,9 @@ class TritonRanker:
             with contextlib.suppress(Exception):  # a broken channel may fail to close; it is dropped either way
                 await client.close()
 
-    async def rank(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
-        """Scores ``(n,)`` for one request's candidates, and the model version that gave them."""
+    async def rank(self, inputs: dict[str, np.ndarray], version: str | None = None) -> tuple[np.ndarray, str]:
+        """Scores ``(n,)`` for one request's candidates, and the model version that gave them (``version``:
+        a Triton version of the model; None: the client's default)."""
         import tritonclient.grpc.aio as grpcclient
 
         tensors = []
@@ -39,7 +40,8 @@ class TritonRanker:
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         try:
-            result = await self._connect().infer(self.model, tensors, model_version=self.version,
+            result = await self._connect().infer(self.model, tensors,
+                                                 model_version=self.version if version is None else version,
                                                  client_timeout=self.timeout_s)
         except Exception:
             await self._drop()

@@ -1,15 +1,24 @@
 """Trained runs shared by the integration tests: one local Ray cluster, the tiny DLRM and two-tower runs."""
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import pytest
 import ray
+from ray import serve
 
+from recsys.cli import main as recsys_main
 from recsys.config import load_config
+from recsys.data.features import META_USER
+from recsys.deploy import server
 from recsys.deploy.server import free_port
 from recsys.training.config import TrainConfig
 from recsys.training.job import run
-from serving.launch import direct_ingress_env
+from serving.config import ServingConfig
+from serving.features import OnlineFeatures
+from serving.launch import direct_ingress_env, direct_ingress_port, run_app
 from tests.conftest import ROOT
 
 TINY_TRAIN = ROOT / "configs" / "train" / "tiny.yaml"
@@ -41,3 +50,56 @@ def dlrm_run(local_ray, tiny_dataset, tmp_path_factory):
 @pytest.fixture(scope="session")
 def two_tower_run(local_ray, tiny_dataset, tmp_path_factory):
     return run("two-tower", tiny_train_config(tiny_dataset, tmp_path_factory.mktemp("train"), batch_size=128))
+
+
+# ---- the serving app on the tiny runs (one per test module that uses it) ----------------------------
+@dataclass
+class App:
+    url: str
+    config: ServingConfig
+    triton: server.ServerInfo
+    work: Path
+    features: OnlineFeatures
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, trust_env=False, timeout=60.0)
+
+
+@pytest.fixture(scope="module")
+def app(local_ray, dlrm_run, two_tower_run, tiny_dataset, schema, tmp_path_factory):
+    work = tmp_path_factory.mktemp("serving")
+    repo = work / "triton_models"
+    for trained in (dlrm_run, two_tower_run):
+        assert recsys_main(["export", str(trained.path), "--out", str(work / trained.task),
+                            "--repository", str(repo)]) == 0
+    triton = server.start(repo, ["dlrm"], run_dir=work / "triton")
+    port = direct_ingress_port()
+    assert port is not None, "the local_ray fixture starts the cluster with direct ingress, as `recsys serve` does"
+    # generous deadline: the shared 2-core machine is busy; the degraded test stops Triton instead
+    config = ServingConfig(dataset=str(tiny_dataset.path), retrieval_export=str(work / two_tower_run.task),
+                           triton_url=triton.grpc_url, event_log=str(work / "events"), port=port,
+                           rollout_file=str(work / "rollout.json"), rollout_poll_s=0.2,
+                           rank_deadline_s=5.0, retrieve_deadline_s=10.0, max_k=50, candidates=100)
+    try:
+        url = run_app(config, "127.0.0.1", proxy_port=free_port())
+        assert url == f"http://127.0.0.1:{port}"
+        yield App(url, config, triton, work, OnlineFeatures(tiny_dataset, schema, config.popular_items))
+    finally:
+        serve.shutdown()
+        server.stop(work / "triton")
+
+
+@pytest.fixture(scope="module")
+def http(app):
+    with app.client() as client:
+        yield client
+
+
+def known_users(app: App, n: int = 5) -> list[int]:
+    return app.features.users[META_USER].head(n).to_list()
+
+
+def recommend(http: httpx.Client, **body) -> dict:
+    r = http.post("/recommend", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()

@@ -10,19 +10,15 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 import numpy as np
 import polars as pl
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
-from ray import serve
 
-from recsys.cli import main as recsys_main
 from recsys.config import IngestConfig
 from recsys.data.features import (
     EVENT_ID,
@@ -37,68 +33,16 @@ from recsys.data.features import (
 )
 from recsys.data.ingest import read_table
 from recsys.deploy import server
-from recsys.deploy.server import free_port
 from recsys.events import EVENTS
 from recsys.export.signature import ModelSignature, serving_inputs
 from recsys.models.inputs import make_batch
 from recsys.training.checkpoint import load_model
-from serving.config import ServingConfig
-from serving.features import OnlineFeatures, model_inputs
+from serving.features import model_inputs
 from serving.feedback import EVENT_GLOB
-from serving.launch import direct_ingress_port, run_app
+from tests.integration.conftest import known_users, recommend
 from tests.integration.test_triton import inputs_for
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class App:
-    url: str
-    config: ServingConfig
-    triton: server.ServerInfo
-    work: Path
-    features: OnlineFeatures
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, trust_env=False, timeout=60.0)
-
-
-@pytest.fixture(scope="module")
-def app(local_ray, dlrm_run, two_tower_run, tiny_dataset, schema, tmp_path_factory):
-    work = tmp_path_factory.mktemp("serving")
-    repo = work / "triton_models"
-    for run in (dlrm_run, two_tower_run):
-        assert recsys_main(["export", str(run.path), "--out", str(work / run.task), "--repository", str(repo)]) == 0
-    triton = server.start(repo, ["dlrm"], run_dir=work / "triton")
-    port = direct_ingress_port()
-    assert port is not None, "the local_ray fixture starts the cluster with direct ingress, as `recsys serve` does"
-    # generous deadline: the shared 2-core machine is busy; the degraded test stops Triton instead
-    config = ServingConfig(dataset=str(tiny_dataset.path), retrieval_export=str(work / two_tower_run.task),
-                           triton_url=triton.grpc_url, event_log=str(work / "events"), port=port,
-                           rank_deadline_s=5.0, retrieve_deadline_s=10.0, max_k=50, candidates=100)
-    try:
-        url = run_app(config, "127.0.0.1", proxy_port=free_port())
-        assert url == f"http://127.0.0.1:{port}"
-        yield App(url, config, triton, work, OnlineFeatures(tiny_dataset, schema, config.popular_items))
-    finally:
-        serve.shutdown()
-        server.stop(work / "triton")
-
-
-@pytest.fixture(scope="module")
-def http(app):
-    with app.client() as client:
-        yield client
-
-
-def known_users(app: App, n: int = 5) -> list[int]:
-    return app.features.users[META_USER].head(n).to_list()
-
-
-def recommend(http: httpx.Client, **body) -> dict:
-    r = http.post("/recommend", json=body)
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def test_top_k_ranked_by_triton(app, http):

@@ -18,7 +18,7 @@ from recsys.export.signature import serving_inputs
 from serving import app as serving_app
 from serving.config import ServingConfig, from_args
 from serving.features import OnlineFeatures, encoded_default, model_inputs
-from serving.feedback import EVENT_GLOB, KEY_ENV, EventLog, RequestIds, request_key
+from serving.feedback import EVENT_GLOB, KEY_ENV, EventLog, RequestIds, request_key, variant_of
 
 
 def test_config_from_application_args(tmp_path):
@@ -91,6 +91,9 @@ def test_request_ids_name_the_user_they_were_issued_to(tmp_path, monkeypatch):
     assert all(ids.issued_to(i, 7) for i in issued)
     assert not any(ids.issued_to(i, 8) for i in issued)  # another user's id
     assert not any(RequestIds(b"another key").issued_to(i, 7) for i in issued)  # another app's id
+    assert {variant_of(i) for i in issued} == {"production"}
+    candidate = ids.issue(7, "candidate")
+    assert variant_of(candidate) == "candidate" and ids.issued_to(candidate, 7)
     rng = random.Random(0)
     assert sum(ids.issued_to(rng.getrandbits(62), 7) for _ in range(20_000)) <= 1  # guesses: 2**-22 each
     monkeypatch.setenv(KEY_ENV, "ab" * 32)

@@ -1,0 +1,139 @@
+"""Traffic between model versions on the running app and a real Triton: canary assignment, per-variant metrics
+and feedback, automatic rollback of a failing candidate, and a promotion under load that fails no request.
+
+Version 1 of the ranking model is the tiny DLRM; version 2 is the same export added again (the mechanics are
+what is tested here; which version is better is the registry's gate)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from recsys.deploy import rollout
+from recsys.deploy.repository import add_version
+from recsys.deploy.rollout import RolloutState, Thresholds
+from serving.feedback import variant_of
+from tests.integration.conftest import recommend
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def two_versions(app):
+    """dlrm versions 1 and 2 in the repository, both loaded; production 1."""
+    add_version(app.triton.repository, app.work / "dlrm" / "dlrm")
+    rollout.apply(app.config.rollout_file, RolloutState(production="1"), "test: start", info=app.triton)
+    rollout.sync_triton(app.triton, "dlrm", ["1", "2"])
+    return app
+
+
+def users(app, n: int) -> list[int]:
+    return app.features.users["_user"].head(n).to_list()
+
+
+def settle(app) -> None:
+    """Give the replica time to notice a new rollout state."""
+    time.sleep(app.config.rollout_poll_s * 3 + 0.2)
+
+
+def test_canary_share_is_sticky_and_split_in_metrics_and_feedback(two_versions, http):
+    app = two_versions
+    rollout.apply(app.config.rollout_file, RolloutState(production="1", candidate="2", candidate_share=0.3),
+                  "test: canary 30%", info=app.triton)
+    settle(app)
+    first = {u: recommend(http, user_id=u, k=3) for u in users(app, 300)}
+    share = sum(a["variant"] == "candidate" for a in first.values()) / len(first)
+    assert 0.22 <= share <= 0.38, share
+    for a in first.values():
+        assert not a["degraded"]
+        assert a["model_versions"]["ranking"] == ("dlrm:2" if a["variant"] == "candidate" else "dlrm:1")
+        assert variant_of(a["request_id"]) == a["variant"]
+    again = {u: recommend(http, user_id=u, k=3)["variant"] for u in users(app, 60)}
+    assert again == {u: first[u]["variant"] for u in again}  # sticky
+    served = next(a for a in first.values() if a["variant"] == "candidate")
+    r = http.post("/feedback", json={"request_id": served["request_id"], "user_id": served["user_id"],
+                                     "events": [{"item_id": served["items"][0]["item_id"], "event_type": "click"}]})
+    assert r.status_code == 200, r.text
+    metrics = http.get("/metrics").text
+    assert 'recsys_variant_requests_total{variant="candidate"}' in metrics
+    assert 'recsys_variant_requests_total{variant="production"}' in metrics
+    assert 'recsys_feedback_events_total{event_type="click",variant="candidate"} 1.0' in metrics
+
+
+def test_a_failing_candidate_is_rolled_back_automatically(two_versions, http):
+    app = two_versions
+    state = RolloutState(production="1", candidate="2", candidate_share=0.5,
+                         thresholds=Thresholds(max_error_rate=0.2, min_requests=10, window=50))
+    rollout.apply(app.config.rollout_file, state, "test: canary 50%", info=app.triton)
+    settle(app)
+    rollout.sync_triton(app.triton, "dlrm", ["1"])  # the candidate's version disappears behind the app's back
+    answers = [recommend(http, user_id=u, k=3) for u in users(app, 80)]
+    assert all(not a["degraded"] and a["variant"] == "production" for a in answers[-20:])
+    assert not any(a["degraded"] for a in answers)  # failed candidate calls were answered by production
+    state = rollout.read(app.config.rollout_file)
+    assert state.candidate is None and state.candidate_share == 0.0
+    assert state.reason.startswith("automatic rollback: candidate 2 failed")
+    event = rollout.history(app.config.rollout_file)[-1]
+    assert event["action"] == "automatic_rollback" and event["rolled_back"] == "2"
+    assert "recsys_automatic_rollbacks_total 1.0" in http.get("/metrics").text
+    rollout.sync_triton(app.triton, "dlrm", ["1", "2"])
+
+
+def test_promotion_and_rollback_under_load_fail_no_request(two_versions):
+    app = two_versions
+    rollout.apply(app.config.rollout_file, RolloutState(production="1", candidate="2", candidate_share=0.2),
+                  "test: canary 20%", info=app.triton)
+    settle(app)
+    outcomes: Counter = Counter()
+    versions: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    async def load() -> None:  # open loop, 25 requests/s, on loopback
+        async with httpx.AsyncClient(base_url=app.url, trust_env=False, timeout=30.0) as client:
+            pending, ids, i = set(), users(app, 200), 0
+
+            async def one(user: int) -> None:
+                try:
+                    r = await client.post("/recommend", json={"user_id": user, "k": 3})
+                except httpx.HTTPError as exc:
+                    outcomes[type(exc).__name__] += 1
+                    return
+                body = r.json() if r.status_code == 200 else {}
+                outcomes["ok" if r.status_code == 200 and not body["degraded"] else f"bad {r.status_code}"] += 1
+                if body:
+                    versions.append((time.monotonic(), body["model_versions"].get("ranking", "")))
+
+            while not stop.is_set():
+                pending.add(asyncio.create_task(one(ids[i % len(ids)])))
+                i += 1
+                await asyncio.sleep(0.04)
+            await asyncio.gather(*pending)
+
+    thread = threading.Thread(target=lambda: asyncio.run(load()))
+    thread.start()
+    try:
+        time.sleep(2)
+        rollout.apply(app.config.rollout_file, RolloutState(production="2"), "test: promote 2", info=app.triton,
+                      grace_s=1.5)  # loads nothing new, switches, then unloads version 1 under load
+        promoted = time.monotonic()
+        time.sleep(2)
+        before_rollback = time.monotonic()
+        rollout.apply(app.config.rollout_file, RolloutState(production="1"), "test: roll back to 1",
+                      info=app.triton, grace_s=1.5)  # loads 1 again beside 2, switches, unloads 2
+        rolled_back = time.monotonic()
+        time.sleep(2)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert set(outcomes) == {"ok"} and outcomes["ok"] > 100, outcomes  # every request answered and ranked
+    assert {v for t, v in versions if promoted < t < before_rollback} == {"dlrm:2"}
+    assert {v for t, v in versions if t > rolled_back} == {"dlrm:1"}
+    assert [e["reason"] for e in rollout.history(app.config.rollout_file)][-2:] == ["test: promote 2",
+                                                                                    "test: roll back to 1"]
+    assert Path(app.config.rollout_file).is_file()
