@@ -21,6 +21,15 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("WANDB_MODE", "offline")  # tests never talk to a W&B server
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory) -> str:
+    """Every test's model registry is a SQLite file in a temp folder, never runs/registry (MLFLOW_TRACKING_URI)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg() -> DataConfig:
     return load_config(DataConfig, TINY)

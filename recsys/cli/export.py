@@ -34,6 +34,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                    help="largest max-abs difference ONNX Runtime vs the trained model that passes (default 1e-5)")
     p.add_argument("--repository", help="also add the exported models as new versions to this Triton model "
                    "repository (e.g. triton_models), refusing any exported for another feature schema")
+    p.add_argument("--no-register", dest="register", action="store_false",
+                   help="do not register the export as a new model version (by default it is: see `recsys models`)")
+    p.add_argument("--registry", metavar="URI", help="MLflow store to register in (default: MLFLOW_TRACKING_URI, "
+                   "else sqlite:///<project>/runs/registry/mlflow.db)")
     p.set_defaults(func=cmd_export)
 
 
@@ -43,6 +47,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     checkpoint = final_checkpoint(args.run)
     out = Path(args.out) if args.out else checkpoint.parents[1] / "export"
     result = export_checkpoint(checkpoint, out, tolerance=args.tolerance)
+    triton_versions: dict[str, Path] = {}
     for name, folder in result.models.items():
         print(f"{name:<12} {folder / 'model.onnx'}  (parity: max abs diff {result.parity[name]:.2g})")
     if args.repository:
@@ -52,9 +57,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         schema_hash = load_schema().hash
         for name, folder in result.models.items():
             version = add_version(args.repository, folder, expected_schema_hash=schema_hash)
+            triton_versions[name] = version
             print(f"{name:<12} added to the Triton repository as {version}")
     if result.index:
         i = result.index
         print(f"{'items':<12} {out / 'items'}  ({i['n_items']:,} items, {i['kind']} index, "
               f"recall@100 vs exact {i['recall_at_100']:.3f} on {i['queries']} users)")
+    if args.register:
+        from recsys.registry import register, registry_uri
+
+        registered = register(out, triton_versions, registry=args.registry)
+        print(f"registered {registered.task} version {registered.version} in {registry_uri(args.registry)} "
+              f"(see `recsys models show {registered.version} --task {registered.task}`)")
     return 0

@@ -1,0 +1,155 @@
+"""Registration, aliases with their history, the promotion gate and rollback, on a real SQLite MLflow store."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from recsys.errors import RecsysError
+from recsys.registry import (
+    GateRefused,
+    get_version,
+    history,
+    list_versions,
+    production_at,
+    promote,
+    register,
+    rollback,
+)
+from recsys.registry.store import client
+from tests.unit.registry.conftest import make_export
+
+
+def test_register_records_lineage_queryable_in_mlflow(registry, tmp_path):
+    v1 = register(make_export(tmp_path, "run-a"), {"dlrm": tmp_path / "repo" / "dlrm" / "1"})
+    v2 = register(make_export(tmp_path, "run-b", dataset_id="ds-b"))
+    assert (v1.version, v2.version) == (1, 2) and v1.source == v1.tags["export_dir"]
+    again = get_version("dlrm", 1)
+    assert again.tags == v1.tags and again.metrics["test/auc"] == 0.75 and again.parity_passed
+    assert again.tags["triton_version.dlrm"] == "1" and again.tags["registered_by"]
+    # the tags are MLflow's own: another client finds a version by its lineage
+    found = client(registry).search_model_versions("name='dlrm' and tags.dataset_id='ds-b'")
+    assert [int(mv.version) for mv in found] == [2] and found[0].tags["training_run"] == "run-b"
+    assert [v.version for v in list_versions("dlrm")] == [1, 2] and list_versions("two-tower") == []
+
+
+def test_alias_history_and_what_served_production_when(registry, tmp_path):
+    for i, auc in enumerate((0.70, 0.72)):
+        register(make_export(tmp_path, f"run-{i}", metric=auc))
+    first = promote("dlrm", 1, "production", reason="launch", who="alice")
+    second = promote("dlrm", 2, "production", reason="better auc", who="bob")
+    events = history("dlrm")
+    assert [(e.alias, e.from_version, e.to_version, e.who, e.reason) for e in events] == [
+        ("production", None, 1, "alice", "launch"), ("production", 1, 2, "bob", "better auc")]
+    assert events[1].comparison["production"] == 0.70 and events[1].comparison["candidate"] == 0.72
+    assert events[1].comparison["source"] == "recorded"
+    assert events[0].when.endswith("Z") and events[0].when < events[1].when
+    before = datetime.fromisoformat(first.when) - timedelta(seconds=1)
+    assert production_at("dlrm", before) is None
+    assert production_at("dlrm", first.when) == 1  # at the instant of a move, the new version
+    assert production_at("dlrm", second.when) == 2
+    assert production_at("dlrm", datetime.now(UTC).replace(tzinfo=None)) == 2  # naive = UTC
+    # the history is registered-model tags in the store itself
+    tags = client(registry).get_registered_model("dlrm").tags
+    assert json.loads(tags[second.key])["who"] == "bob"
+
+
+def test_the_gate_refuses_a_worse_model_with_the_numbers(registry, tmp_path):
+    register(make_export(tmp_path, "good", metric=0.7539, dataset_id="ds-0cfbd8c5c23a"))
+    register(make_export(tmp_path, "worse", metric=0.7412, dataset_id="ds-0cfbd8c5c23a"))
+    promote("dlrm", 1, "production")
+    with pytest.raises(GateRefused, match=r"test/auc 0\.7412 does not beat production v1's 0\.7539 \+ margin 0 "
+                                          r"on dataset ds-0cfbd8c5c23a"):
+        promote("dlrm", 2, "production")
+    assert len(history("dlrm")) == 1  # nothing moved
+    promote("dlrm", 2, "candidate")  # the candidate alias does not compare metrics
+
+
+def test_equal_metrics_and_the_margin(registry, tmp_path):
+    for name, auc in (("a", 0.75), ("same", 0.75), ("slightly", 0.755)):
+        register(make_export(tmp_path, name, metric=auc))
+    promote("dlrm", 1, "production")
+    with pytest.raises(GateRefused, match="does not beat"):  # must be strictly better
+        promote("dlrm", 2, "production")
+    with pytest.raises(GateRefused, match=r"margin 0.01"):
+        promote("dlrm", 3, "production", margin=0.01)
+    assert promote("dlrm", 3, "production", margin=0.001).to_version == 3
+
+
+def test_the_gate_refuses_a_schema_mismatch_and_failed_parity_naming_each(registry, tmp_path):
+    register(make_export(tmp_path, "other-schema", schema_hash="0000000000000000", parity=2e-3))
+    with pytest.raises(GateRefused) as refused:
+        promote("dlrm", 1, "candidate")
+    message = str(refused.value)
+    assert "parity failed: max abs diffs {\"dlrm\": 0.002} exceed tolerance 1e-05" in message
+    assert "schema hash 0000000000000000 != serving schema" in message
+    register(make_export(tmp_path, "ok"))
+    with pytest.raises(GateRefused, match=r"schema hash .* != serving schema ffff"):
+        promote("dlrm", 2, "candidate", serving_schema_hash="ffff")
+
+
+def test_the_gate_accepts_a_better_model_and_force_is_recorded(registry, tmp_path):
+    register(make_export(tmp_path, "a", metric=0.74))
+    register(make_export(tmp_path, "b", metric=0.76))
+    register(make_export(tmp_path, "c", metric=0.70))
+    promote("dlrm", 1, "production")
+    assert promote("dlrm", 2, "production").forced is None
+    event = promote("dlrm", 3, "production", force_reason="hotfix for a data bug", reason="incident 42")
+    assert event.forced == "hotfix for a data bug" and event.to_version == 3
+    assert [c["name"] for c in event.checks if not c["passed"]] == ["metric"]
+    assert history("dlrm")[-1].forced == "hotfix for a data bug"
+    assert get_version("dlrm", 3).aliases == ("production",)
+
+
+def test_different_datasets_are_compared_by_re_evaluating_both_on_the_candidates(registry, tmp_path):
+    register(make_export(tmp_path, "old", metric=0.80, dataset_id="ds-old"))
+    register(make_export(tmp_path, "new", metric=0.70, dataset_id="ds-new"))  # a harder test set
+    promote("dlrm", 1, "production")
+    calls = []
+
+    def evaluate(checkpoint, dataset_path):
+        calls.append((checkpoint.split("/")[-3], dataset_path))
+        return {"test/auc": 0.71 if "/new/" in checkpoint else 0.69}
+
+    event = promote("dlrm", 2, "production", evaluate=evaluate)
+    assert calls == [("new", "/data/ds-new"), ("old", "/data/ds-new")]
+    assert event.comparison["candidate"] == 0.71 and event.comparison["production"] == 0.69
+    assert event.comparison["source"].startswith("re-evaluated") and event.comparison["dataset_id"] == "ds-new"
+
+
+def test_re_evaluation_that_cannot_run_fails_the_check_with_why(registry, tmp_path):
+    register(make_export(tmp_path, "old", dataset_id="ds-old"))
+    register(make_export(tmp_path, "new", dataset_id="ds-new"))
+    promote("dlrm", 1, "production")
+    with pytest.raises(GateRefused, match="could not re-evaluate v2 and production v1 on dataset ds-new"):
+        promote("dlrm", 2, "production")  # the synthetic checkpoints hold no weights
+
+
+def test_rollback_returns_to_the_previous_production_version(registry, tmp_path):
+    for i, auc in enumerate((0.70, 0.71, 0.72)):
+        register(make_export(tmp_path, f"run-{i}", metric=auc))
+    with pytest.raises(GateRefused, match="no production version to roll back"):
+        rollback("dlrm")
+    promote("dlrm", 1, "production")
+    with pytest.raises(GateRefused, match="no earlier production version"):
+        rollback("dlrm")
+    promote("dlrm", 2, "production")
+    promote("dlrm", 3, "production")
+    event = rollback("dlrm", reason="p99 latency regression", who="carol")
+    assert (event.action, event.from_version, event.to_version, event.who) == ("rollback", 3, 2, "carol")
+    assert rollback("dlrm").to_version == 1  # and again: the one before that
+    assert [e.to_version for e in history("dlrm")] == [1, 2, 3, 2, 1]
+    assert production_at("dlrm", event.when) == 2
+
+
+def test_bad_requests_are_clear(registry, tmp_path):
+    register(make_export(tmp_path, "a"))
+    with pytest.raises(RecsysError, match="dlrm has no registered version 7"):
+        promote("dlrm", 7, "production")
+    with pytest.raises(RecsysError, match="unknown alias 'staging'"):
+        promote("dlrm", 1, "staging")
+    with pytest.raises(RecsysError, match="unknown task 'wide-deep'"):
+        history("wide-deep")
+    promote("dlrm", 1, "candidate")
+    with pytest.raises(RecsysError, match="already candidate"):
+        promote("dlrm", 1, "candidate")
