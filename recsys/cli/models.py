@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from serving.config import ServingConfig
+
 TASKS = ("dlrm", "two-tower")
 
 
@@ -39,6 +41,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "history": sub.add_parser("history", help="every alias move: who, when, why, from and to which version",
                                   description="Every move of the task's aliases, oldest first, with the gate's "
                                               "comparison and any override."),
+        "deploy": sub.add_parser("deploy", help="serve the aliases on the running Triton and app, without dropping a "
+                                 "request", description="Make the serving app rank with the registry's aliases: "
+                                 "production for everyone, and the candidate (if another version) for --share of "
+                                 "users, chosen by a stable hash of the user id. Adds missing versions to Triton's "
+                                 "repository, loads them beside the ones serving, moves traffic (the app's replicas "
+                                 "follow the rollout file), then unloads versions no longer named."),
         "register": sub.add_parser("register", help="register an export folder (what `recsys export` does itself)",
                                    description="Register the export in a folder written by `recsys export` (e.g. "
                                                "one made with --no-register) as a new version."),
@@ -53,6 +61,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                          help="production only: how much the metric must beat production by (default 0: strictly "
                               "better)")
     promote.add_argument("--force", metavar="REASON", help="override failed checks; the reason is recorded")
+    deploy = parsers["deploy"]
+    deploy.add_argument("--share", type=float, default=0.1, help="share of users for the candidate (default 0.1)")
+    deploy.add_argument("--triton-run-dir", default="runs/triton", help="the running Triton's run folder "
+                        "(`recsys triton start --run-dir`, default runs/triton)")
+    deploy.add_argument("--rollout-file", default=ServingConfig.rollout_file,
+                        help=f"the app's rollout state (default {ServingConfig.rollout_file})")
+    deploy.add_argument("--grace", type=float, default=3.0,
+                        help="seconds between moving traffic and unloading old versions (default 3)")
     parsers["register"].add_argument("export_dir", help="a folder written by `recsys export` (with export.json)")
     for name in ("promote", "rollback"):
         parsers[name].add_argument("--reason", default="", help="why (recorded with the move)")
@@ -75,6 +91,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from recsys import registry
     from recsys.registry import report as view
 
+    if args.action == "deploy":
+        return _deploy(args)
     if args.action == "register":
         v = registry.register(args.export_dir, registry=args.registry)
         print(f"registered {v.task} version {v.version} in {registry.registry_uri(args.registry)}")
@@ -114,3 +132,24 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"  forced: {event.forced}")
     return 0
 
+
+def _deploy(args: argparse.Namespace) -> int:
+    from recsys.deploy import rollout, server
+
+    info = server.read_state(args.triton_run_dir)
+    if info is None or not server.is_alive(info.pid):
+        print(f"no running Triton in {args.triton_run_dir} (recsys triton start --run-dir {args.triton_run_dir})",
+              file=sys.stderr)
+        return 1
+    current = rollout.read(args.rollout_file)
+    state = rollout.state_from_registry(info, args.share, args.task, registry=args.registry, base=current)
+    reason = f"recsys models deploy: production v{state.registry['production']}" + (
+        f", candidate v{state.registry['candidate']} for {state.candidate_share:.0%} of users"
+        if state.candidate else "")
+    new = rollout.apply(args.rollout_file, state, reason, info=info, grace_s=args.grace,
+                        event={"action": "deploy", "registry": state.registry})
+    print(f"serving {new.model}: production = Triton version {new.production} (registry v{new.registry['production']})"
+          + (f", candidate = Triton version {new.candidate} (registry v{new.registry['candidate']}) for "
+             f"{new.candidate_share:.0%} of users" if new.candidate else ", no candidate")
+          + f"  [{args.rollout_file}, revision {new.revision}]")
+    return 0

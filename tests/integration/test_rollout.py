@@ -137,3 +137,37 @@ def test_promotion_and_rollback_under_load_fail_no_request(two_versions):
     assert [e["reason"] for e in rollout.history(app.config.rollout_file)][-2:] == ["test: promote 2",
                                                                                     "test: roll back to 1"]
     assert Path(app.config.rollout_file).is_file()
+
+
+def test_deploy_serves_the_registry_aliases(two_versions, http):
+    """`recsys models deploy`: production and candidate from the registry; a version never added to this
+    Triton repository is added, loaded beside production, and serves its share."""
+    import tritonclient.http as httpclient
+
+    from recsys import registry
+    from recsys.cli import main as recsys_main
+
+    app = two_versions
+    ours = [v for v in registry.list_versions("dlrm")
+            if v.tags.get("triton_repository.dlrm") == str(Path(app.triton.repository).resolve())]
+    assert len(ours) == 1 and ours[0].tags["triton_version.dlrm"] == "1"
+    registry.promote("dlrm", ours[0].version, "production", force_reason="test: whatever production was")
+    fresh = registry.register(app.work / "dlrm")  # the same export, never added to this repository
+    registry.promote("dlrm", fresh.version, "candidate")
+    triton_dir = str(app.work / "triton")
+    assert recsys_main(["models", "deploy", "--share", "0.5", "--triton-run-dir", triton_dir,
+                        "--rollout-file", app.config.rollout_file, "--grace", "0.5"]) == 0
+    state = rollout.read(app.config.rollout_file)
+    added = registry.get_version("dlrm", fresh.version).tags["triton_version.dlrm"]
+    assert (state.production, state.candidate, state.candidate_share) == ("1", added, 0.5)
+    assert added not in ("1", "2") and (Path(app.triton.repository) / "dlrm" / added).is_dir()
+    assert state.registry == {"production": str(ours[0].version), "candidate": str(fresh.version)}
+    client = httpclient.InferenceServerClient(app.triton.http_url)
+    try:
+        assert client.is_model_ready("dlrm", added) and client.is_model_ready("dlrm", "1")
+        assert not client.is_model_ready("dlrm", "2")  # named by neither alias: unloaded
+    finally:
+        client.close()
+    settle(app)
+    seen = {recommend(http, user_id=u, k=3)["model_versions"]["ranking"] for u in users(app, 40)}
+    assert seen == {"dlrm:1", f"dlrm:{added}"}
