@@ -7,6 +7,7 @@ import argparse
 from recsys.schema import PROJECT_ROOT
 
 DEFAULT_CONFIG = str(PROJECT_ROOT / "serving" / "config.yaml")
+PATH_FIELDS = ("dataset", "retrieval_export", "event_log", "rollout_file")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -56,6 +57,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import sys
     import time
+    from dataclasses import replace
+    from pathlib import Path
 
     import ray
     from ray import serve
@@ -66,6 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app_args, http = serve_args(args.config, args.overrides)
     config = from_args(app_args)
+    # paths relative to where the command runs, whatever the replicas' working directory is
+    config = replace(config, **{name: str(Path(value).resolve()) for name in PATH_FIELDS
+                                if (value := getattr(config, name))})
     given = {o.split("=", 1)[0].strip() for o in args.overrides}  # --set host/port win over the file's http_options
     host = config.host if "host" in given else http.get("host", config.host)
     port = config.port if "port" in given else http.get("port", config.port)
