@@ -34,6 +34,7 @@ from serving.config import ServingConfig, from_args
 from serving.feedback import EventLog, RequestIds, request_key, variant_of
 from serving.metrics import Metrics
 from serving.ranker import TritonRanker
+from serving.requestlog import RequestLog
 from serving.retriever import Retriever
 
 INT64_MAX = 2**63 - 1
@@ -197,9 +198,13 @@ class Ingress:
         self.query_specs = model_inputs(schema, "two_tower.user")
         self.ranking_specs = model_inputs(schema, "dlrm")
         self.log = EventLog(config.event_log)
+        self.requests = RequestLog(config.event_log)
         self.request_ids = RequestIds(request_key(config.event_log))
         self.metrics = module.STATE["metrics"] = Metrics()
         self.versions = {"dataset": dataset.id}
+
+    def __del__(self):
+        self.requests.flush()  # Serve deletes the replica's object when it stops it
 
     async def _retrieval_version(self) -> str:
         if "retrieval" not in self.versions:
@@ -216,6 +221,7 @@ class Ingress:
         exclude, category = set(body.exclude), body.context.category if body.context else None
         versions = {"dataset": self.versions["dataset"]}
         scores: np.ndarray | None = None
+        query: dict[str, np.ndarray] | None = None
         reason, degraded, variant = None, False, "production"
 
         def lap(stage: str, since: float) -> float:
@@ -233,8 +239,8 @@ class Ingress:
             self.metrics.cold_start.inc()
         else:
             try:
-                inputs = self.features.query_inputs(user, self.query_specs)
-                candidates = await asyncio.wait_for(self.retriever.retrieve.remote(inputs), cfg.retrieve_deadline_s)
+                query = self.features.query_inputs(user, self.query_specs)
+                candidates = await asyncio.wait_for(self.retriever.retrieve.remote(query), cfg.retrieve_deadline_s)
                 versions["retrieval"] = await self._retrieval_version()
             except Exception as exc:  # any failure of retrieval degrades to popularity
                 candidates, degraded = self.features.popular_items(), True
@@ -263,9 +269,11 @@ class Ingress:
         timings["total"] = round((time.perf_counter() - start) * 1000, 3)
         self.metrics.stage("total", time.perf_counter() - start)
         scored = [Scored(item_id=i, score=None if scores is None else float(scores[n])) for n, i in enumerate(items)]
-        return RecommendResponse(request_id=self.request_ids.issue(body.user_id, variant), user_id=body.user_id,
-                                 items=scored, cold_start=user is None, degraded=degraded, reason=reason,
-                                 variant=variant, model_versions=versions, timings_ms=timings)
+        request_id = self.request_ids.issue(body.user_id, variant)
+        self.requests.add(request_id, body.user_id, variant, query, items, scores, user is None, degraded)
+        return RecommendResponse(request_id=request_id, user_id=body.user_id, items=scored, cold_start=user is None,
+                                 degraded=degraded, reason=reason, variant=variant, model_versions=versions,
+                                 timings_ms=timings)
 
     async def _rank(self, user_id: int, inputs: dict[str, np.ndarray]) -> tuple[str, np.ndarray | None, str]:
         """(variant, scores, "model:version") with the user's variant; a failed candidate call is retried on

@@ -162,6 +162,26 @@ def test_feedback_is_appended_and_readable_by_ingest(app, http):
     assert shown[1] not in after
 
 
+def test_served_requests_are_logged_with_the_model_inputs(app, http):
+    from serving.requestlog import REQUEST_GLOB
+
+    users = known_users(app, 3)
+    answers = {recommend(http, user_id=u, k=4)["request_id"]: u for u in users}
+    time.sleep(1.5)  # the log is flushed within a second
+    frame = pl.concat([pl.read_ndjson(f) for f in Path(app.config.event_log).glob(REQUEST_GLOB)], how="diagonal")
+    frame = frame.filter(pl.col("request_id").is_in(list(answers)))
+    assert frame.height == len(answers)
+    online = app.features.users.filter(pl.col(META_USER).is_in(users))
+    for row in frame.iter_rows(named=True):
+        expected = online.filter(pl.col(META_USER) == row["user_id"]).row(0, named=True)
+        assert answers[row["request_id"]] == row["user_id"], row
+        assert len(row["items"]) == len(row["scores"]) == 4, row
+        inputs = row["inputs"]
+        for name in ("user_id", "user_country", "user_device", "user_history"):  # encoded, as the model saw them
+            assert inputs[name] == expected[name], name
+        assert inputs["user_views"] == pytest.approx(expected["user_views"])
+
+
 def test_health_readiness_and_metrics(http):
     assert http.get("/healthz").json() == {"status": "ok"}
     r = http.get("/readyz")

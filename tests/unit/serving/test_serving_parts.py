@@ -152,3 +152,27 @@ def test_serve_config_and_rayservice_manifest_are_valid_serve_configs():
         assert {d.name for d in app.deployments} == {"Ingress", "Retriever"}
     args, http = serve_args(str(PROJECT_ROOT / "serving" / "config.yaml"), ["max_k=7"])
     assert from_args(args).max_k == 7 and http["host"] == "127.0.0.1"
+
+
+def test_request_log_writes_what_was_served_for_monitoring(tmp_path):
+    import asyncio
+
+    from serving.requestlog import REQUEST_GLOB, RequestLog
+
+    log = RequestLog(tmp_path, flush_s=0.05)
+    inputs = {"user_country": np.array([[3]]), "user_views": np.array([[1.5]], dtype=np.float32),
+              "user_history": np.array([[4, 9, 0]])}
+
+    async def serve_two():
+        log.add(11, 7, "candidate", inputs, [5, 6], np.array([0.9, 0.4]), cold_start=False, degraded=False)
+        log.add(12, 8, "production", None, [1], None, cold_start=True, degraded=False)
+        assert not log.path.exists()  # buffered ...
+        await asyncio.sleep(0.2)  # ... and written by the timer, with no further request
+
+    asyncio.run(serve_two())
+    frame = pl.read_ndjson(next(tmp_path.glob(REQUEST_GLOB)))
+    assert frame["request_id"].to_list() == [11, 12] and frame["variant"].to_list() == ["candidate", "production"]
+    assert frame["user_id"].to_list() == [7, 8]
+    assert frame["inputs"].to_list() == [{"user_country": 3, "user_views": 1.5, "user_history": [4, 9, 0]}, None]
+    assert frame["items"].to_list() == [[5, 6], [1]] and frame["scores"].to_list()[0] == [0.9, 0.4]
+    assert frame["cold_start"].to_list() == [False, True]

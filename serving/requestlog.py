@@ -1,0 +1,56 @@
+"""What the app served, for monitoring: one JSON line per answer, with the user's model inputs as the model
+saw them (``inputs``: encoded, so drift is measured against the training dataset's profile; absent for a
+cold start), the variant, and the served items with their scores.
+
+Lines are buffered and written at most every ``flush_s`` seconds or ``max_rows`` rows (not fsynced per request:
+this is telemetry, unlike the feedback log), one file per replica:
+``<event_log>/requests/requests-<start>-<id>.jsonl``. `recsys.monitoring` reads them with Polars.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+REQUEST_GLOB = "requests/*.jsonl"
+
+
+class RequestLog:
+    def __init__(self, root: str | Path, flush_s: float = 1.0, max_rows: int = 1000):
+        folder = Path(root) / "requests"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"requests-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}.jsonl"
+        self.flush_s, self.max_rows = flush_s, max_rows
+        self._lines: list[str] = []
+        self._flushed = time.monotonic()
+        self._lock = threading.Lock()
+
+    def add(self, request_id: int, user_id: int, variant: str, inputs: dict[str, np.ndarray] | None,
+            items: list[int], scores: np.ndarray | None, cold_start: bool, degraded: bool) -> None:
+        row = {"timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"), "request_id": request_id,
+               "user_id": user_id, "variant": variant, "cold_start": cold_start, "degraded": degraded,
+               "items": items, "scores": None if scores is None else [round(float(s), 6) for s in scores]}
+        if inputs is not None:  # nested: the encoded `user_id` input is not the shop's user id
+            row["inputs"] = {name: a[0].tolist() if a[0].size > 1 else a[0].item() for name, a in inputs.items()}
+        self._lines.append(json.dumps(row, separators=(",", ":")) + "\n")
+        if len(self._lines) >= self.max_rows or time.monotonic() - self._flushed >= self.flush_s:
+            self.flush()
+        elif len(self._lines) == 1:  # the first line since a flush: make sure it is written soon even if no
+            with contextlib.suppress(RuntimeError):  # other request comes (no running loop: the next add does)
+                asyncio.get_running_loop().call_later(self.flush_s, self.flush)
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+            self._flushed = time.monotonic()
+            if lines:
+                with open(self.path, "a") as f:
+                    f.write("".join(lines))
