@@ -270,7 +270,8 @@ class Ingress:
         self.metrics.stage("total", time.perf_counter() - start)
         scored = [Scored(item_id=i, score=None if scores is None else float(scores[n])) for n, i in enumerate(items)]
         request_id = self.request_ids.issue(body.user_id, variant)
-        self.requests.add(request_id, body.user_id, variant, query, items, scores, user is None, degraded)
+        self.requests.add(request_id, body.user_id, variant, query, items, scores, user is None, degraded,
+                          timings["total"])
         return RecommendResponse(request_id=request_id, user_id=body.user_id, items=scored, cold_start=user is None,
                                  degraded=degraded, reason=reason, variant=variant, model_versions=versions,
                                  timings_ms=timings)

@@ -34,9 +34,10 @@ class RequestLog:
         self._lock = threading.Lock()
 
     def add(self, request_id: int, user_id: int, variant: str, inputs: dict[str, np.ndarray] | None,
-            items: list[int], scores: np.ndarray | None, cold_start: bool, degraded: bool) -> None:
+            items: list[int], scores: np.ndarray | None, cold_start: bool, degraded: bool, total_ms: float) -> None:
         row = {"timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"), "request_id": request_id,
                "user_id": user_id, "variant": variant, "cold_start": cold_start, "degraded": degraded,
+               "total_ms": total_ms,
                "items": items, "scores": None if scores is None else [round(float(s), 6) for s in scores]}
         if inputs is not None:  # nested: the encoded `user_id` input is not the shop's user id
             row["inputs"] = {name: a[0].tolist() if a[0].size > 1 else a[0].item() for name, a in inputs.items()}

@@ -164,8 +164,9 @@ def test_request_log_writes_what_was_served_for_monitoring(tmp_path):
               "user_history": np.array([[4, 9, 0]])}
 
     async def serve_two():
-        log.add(11, 7, "candidate", inputs, [5, 6], np.array([0.9, 0.4]), cold_start=False, degraded=False)
-        log.add(12, 8, "production", None, [1], None, cold_start=True, degraded=False)
+        log.add(11, 7, "candidate", inputs, [5, 6], np.array([0.9, 0.4]), cold_start=False, degraded=False,
+                total_ms=12.5)
+        log.add(12, 8, "production", None, [1], None, cold_start=True, degraded=False, total_ms=1.0)
         assert not log.path.exists()  # buffered ...
         await asyncio.sleep(0.2)  # ... and written by the timer, with no further request
 
