@@ -25,8 +25,6 @@ from typing import Any
 
 from recsys.errors import RecsysError
 
-VARIANTS = ("production", "candidate")
-
 
 @dataclass(frozen=True)
 class Thresholds:

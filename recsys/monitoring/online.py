@@ -13,10 +13,9 @@ from pathlib import Path
 
 import polars as pl
 
-REQUESTS = "requests/*.jsonl"
-FEEDBACK = "events/*.jsonl"
-TAG_BITS, VARIANT_BITS = 22, 2  # as serving.feedback lays out request ids
-VARIANTS = ("production", "candidate")
+from serving.feedback import EVENT_GLOB as FEEDBACK
+from serving.feedback import TAG_BITS, VARIANT_BITS, VARIANT_CODES
+from serving.requestlog import REQUEST_GLOB as REQUESTS
 
 
 def _scan(root: str | Path, pattern: str) -> pl.LazyFrame | None:
@@ -25,9 +24,12 @@ def _scan(root: str | Path, pattern: str) -> pl.LazyFrame | None:
 
 
 def variant_expr(request_id: str = "request_id") -> pl.Expr:
+    """`serving.feedback.variant_of` as a Polars expression."""
     code = (pl.col(request_id) // (2**TAG_BITS)) % (2**VARIANT_BITS)
-    return (pl.when(code == 0).then(pl.lit(VARIANTS[0])).when(code == 1).then(pl.lit(VARIANTS[1]))
-            .otherwise(pl.lit("unknown")).alias("variant"))
+    names = pl.lit("unknown")
+    for n, name in reversed(list(enumerate(VARIANT_CODES))):
+        names = pl.when(code == n).then(pl.lit(name)).otherwise(names)
+    return names.alias("variant")
 
 
 def feedback(root: str | Path) -> pl.LazyFrame | None:
