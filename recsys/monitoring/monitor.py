@@ -24,8 +24,9 @@ from typing import Any
 import polars as pl
 
 from recsys.monitoring import online
-from recsys.monitoring.alerts import AlertManager, Notification, load_alert_config
+from recsys.monitoring.alerts import AlertManager, Notification
 from recsys.monitoring.drift import drift_summary, feature_drift
+from recsys.monitoring.rules import load_alert_config
 
 
 @dataclass

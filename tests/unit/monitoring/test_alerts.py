@@ -12,14 +12,8 @@ import pytest
 import yaml
 
 from recsys.config import ConfigError
-from recsys.monitoring.alerts import (
-    AlertManager,
-    AlertRule,
-    CallbackSink,
-    WebhookSink,
-    load_alert_config,
-    parse_alert_config,
-)
+from recsys.monitoring.alerts import AlertManager, CallbackSink, WebhookSink
+from recsys.monitoring.rules import AlertRule, load_alert_config, parse_alert_config
 
 ROOT = Path(__file__).resolve().parents[3]
 
