@@ -149,20 +149,6 @@ class Naive:
         return [kept[i] for i in np.argsort(-scores, kind="stable")[:k]]
 
 
-def wait_until_up(url: str, timeout_s: float = 120.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2.0, trust_env=False).is_success:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not come up in {timeout_s:.0f} s")
-
-
 def compute_only(naive: Naive, users: list[int], n: int, k: int) -> dict:
     rng = random.Random(0)
     latencies = []
@@ -197,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.deploy import server
     from recsys.deploy.server import free_port
     from serving.config import ServingConfig
-    from serving.launch import direct_ingress_env, run_app
+    from serving.launch import direct_ingress_env, run_app, wait_healthy
 
     work = Path(args.work).resolve()
     repo = work / "triton_models"
@@ -234,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                "--items", str(work / "two-tower" / "items"), "--port", str(port)]
     process = subprocess.Popen(command)
     try:
-        wait_until_up(f"http://127.0.0.1:{port}")
+        wait_healthy(f"http://127.0.0.1:{port}")
         results["naive"] = sweep("naive", f"http://127.0.0.1:{port}", users, rates, args.duration, args.k,
                                  args.slo_ms)
     finally:

@@ -60,15 +60,21 @@ def run_app(config: ServingConfig, host: str, proxy_port: int, timeout_s: float 
 
     serve.start(http_options={"host": host, "port": proxy_port})
     serve.run(build_app(config), name=APP_NAME, route_prefix=config.route_prefix)
-    port = direct_ingress_port() or proxy_port
-    url = f"http://{host}:{port}"
+    url = f"http://{host}:{direct_ingress_port() or proxy_port}"
+    # the replica's own server starts with the replica; make sure it answers before handing it out
+    wait_healthy(f"{url}{config.route_prefix.rstrip('/')}", timeout_s)
+    return url
+
+
+def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
+    """Return once ``<url>/healthz`` answers 2xx; TimeoutError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while True:  # the replica's own server starts with the replica; make sure it answers before handing it out
+    while True:
         try:
-            if httpx.get(f"{url}{config.route_prefix.rstrip('/')}/healthz", timeout=2.0, trust_env=False).is_success:
-                return url
+            if httpx.get(f"{url}/healthz", timeout=2.0, trust_env=False).is_success:
+                return
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the serving app did not answer on {url} within {timeout_s:.0f} s")
+            raise TimeoutError(f"{url} did not answer /healthz within {timeout_s:.0f} s")
         time.sleep(0.2)
