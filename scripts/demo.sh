@@ -7,16 +7,27 @@
 # Extra arguments are passed to the data steps as config overrides, e.g.
 #   ./scripts/demo.sh --set generator.target_events=10000000
 # --keep-serving leaves Triton and the app running at the end (Ctrl-C stops both).
+# --drift runs the other story instead: the self-retraining loop through a preference shift (scripts/drift_demo.py:
+#   train before the shift, serve, simulated shoppers, the shift, the alert, `recsys loop` retrains, canaries and
+#   promotes; runs/drift-demo-*/report.md with the timeline plot). Its further arguments go to that script.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 keep_serving=0
+drift=0
 overrides=()
 for arg in "$@"; do
-  if [ "$arg" = --keep-serving ]; then keep_serving=1; else overrides+=("$arg"); fi
+  case "$arg" in
+    --keep-serving) keep_serving=1 ;;
+    --drift) drift=1 ;;
+    *) overrides+=("$arg") ;;
+  esac
 done
 set -- "${overrides[@]+"${overrides[@]}"}"
 ./scripts/install.sh
 source scripts/env.sh
+if [ "$drift" = 1 ]; then
+  exec python scripts/drift_demo.py "$@"
+fi
 
 config=configs/data/default.yaml
 runs=runs

@@ -17,9 +17,11 @@ ingress wrapper, or it takes them for query parameters.)
 
 import asyncio
 import importlib
+import logging
 import time
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -36,6 +38,11 @@ from serving.metrics import Metrics
 from serving.ranker import TritonRanker
 from serving.requestlog import RequestLog
 from serving.retriever import Retriever
+
+if TYPE_CHECKING:
+    from serving.features import OnlineFeatures
+
+log = logging.getLogger(__name__)
 
 INT64_MAX = 2**63 - 1
 Id = Annotated[int, Field(ge=0, le=INT64_MAX)]
@@ -195,6 +202,8 @@ class Ingress:
         schema = load_schema()
         dataset = Dataset.open(config.dataset or newest_dataset(), schema)
         self.features = OnlineFeatures(dataset, schema, config.popular_items)
+        # ranking features per dataset a rollout variant was trained on (loaded when a rollout state names it)
+        self.ranking_features: dict[str, OnlineFeatures | None] = {str(dataset.path.resolve()): self.features}
         self.query_specs = model_inputs(schema, "two_tower.user")
         self.ranking_specs = model_inputs(schema, "dlrm")
         self.log = EventLog(config.event_log)
@@ -255,10 +264,9 @@ class Ingress:
             t = lap("filter", t)
             items = kept[: body.k]
             if kept and not degraded:
-                inputs = self.features.ranking_inputs(user, kept, self.ranking_specs)
-                variant, ranked, outcome = await self._rank(body.user_id, inputs)
+                variant, ranked, outcome, ranking_dataset = await self._rank(body.user_id, kept)
                 if ranked is not None:
-                    versions["ranking"] = outcome
+                    versions["ranking"], versions["dataset"] = outcome, ranking_dataset
                     order = np.argsort(-ranked, kind="stable")[: body.k]
                     items, scores = [kept[i] for i in order], ranked[order]
                 else:  # Triton down, slow or failing: the retrieval order
@@ -276,15 +284,52 @@ class Ingress:
                                  degraded=degraded, reason=reason, variant=variant, model_versions=versions,
                                  timings_ms=timings)
 
-    async def _rank(self, user_id: int, inputs: dict[str, np.ndarray]) -> tuple[str, np.ndarray | None, str]:
-        """(variant, scores, "model:version") with the user's variant; a failed candidate call is retried on
-        production and counts toward the candidate's automatic rollback. (variant, None, why) when ranking
-        failed."""
+    def _ranking_features(self, variant: str) -> "OnlineFeatures | None":
+        """The online features of the dataset ``variant``'s model was trained on (the app's own when the rollout
+        state names none); None when they cannot be loaded."""
+        from recsys.data.dataset import Dataset
+        from recsys.schema import load_schema
+        from serving.features import OnlineFeatures
+
+        path = self.canary.state.datasets.get(variant)
+        if not path:
+            return self.features
+        key = str(Path(path).resolve())
+        if key not in self.ranking_features:  # once per dataset: a short pause of this replica
+            try:
+                schema = load_schema()
+                self.ranking_features[key] = OnlineFeatures(Dataset.open(key, schema), schema,
+                                                            self.config.popular_items)
+            except Exception as exc:
+                log.error("cannot load dataset %s for the %s ranking model: %s", key, variant, exc)
+                self.ranking_features[key] = None
+        return self.ranking_features[key]
+
+    def _ranking_inputs(self, variant: str, user_id: int, items: list[int]):
+        """(inputs, dataset id) encoded as ``variant``'s model was trained; None if its features lack the user or
+        an item."""
+        features = self._ranking_features(variant)
+        user = features.user(user_id) if features is not None else None
+        if user is None or (features is not self.features and not all(map(features.known_item, items))):
+            return None
+        return features.ranking_inputs(user, items, self.ranking_specs), features.dataset.id
+
+    async def _rank(self, user_id: int, items: list[int]) -> tuple[str, np.ndarray | None, str, str]:
+        """(variant, scores, "model:version", dataset id) with the user's variant; a failed candidate call is
+        retried on production and counts toward the candidate's automatic rollback. (variant, None, why, "") when
+        ranking failed."""
         now = time.monotonic()
         if now - self._rollout_checked >= self.config.rollout_poll_s:
             self._rollout_checked = now
             self.canary.refresh()
         variant, version = self.canary.variant(user_id)
+        encoded = self._ranking_inputs(variant, user_id, items)
+        if encoded is None and variant == "candidate":  # the candidate's dataset is unusable or lacks the user
+            variant, version = "production", self.canary.state.production
+            encoded = self._ranking_inputs(variant, user_id, items)
+        if encoded is None:
+            return variant, None, f"no ranking features for user {user_id} in the {variant} model's dataset", ""
+        inputs, dataset_id = encoded
         while True:
             start = time.perf_counter()
             try:
@@ -305,8 +350,11 @@ class Ingress:
             if ok or variant == "production":
                 if ok:
                     self.metrics.variant.labels(variant=variant).inc()
-                return variant, ranked, outcome
+                return variant, ranked, outcome, dataset_id
             variant, version = "production", self.canary.state.production
+            if (encoded := self._ranking_inputs(variant, user_id, items)) is None:
+                return variant, None, f"no ranking features for user {user_id} in the {variant} model's dataset", ""
+            inputs, dataset_id = encoded
 
     @api.post("/feedback", response_model=FeedbackResponse)
     async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:

@@ -3,7 +3,8 @@ in the shop event format (`recsys.events.EVENTS`) that the data pipeline ingests
 
 Each writer (one per ingress replica) appends JSON lines to its own file ``<root>/events/feedback-<id>.jsonl``
 and flushes and fsyncs before returning, so an accepted event survives a crash or restart. Read them back
-with ``recsys.data.ingest.read_table(root, EVENTS, IngestConfig(events="events/*.jsonl"))``.
+with ``recsys.data.ingest.read_table(root, EVENTS, FEEDBACK_INGEST)``, or validate them with a shop export
+(``recsys.data.validate.validate(..., extra_events=[(root, FEEDBACK_INGEST)])``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+from recsys.config import IngestConfig
 from recsys.events import EVENTS
 
 EVENT_GLOB = "events/*.jsonl"
+FEEDBACK_INGEST = IngestConfig(events=EVENT_GLOB, format="jsonl")  # how the data pipeline reads the event log
 
 
 def new_id() -> int:

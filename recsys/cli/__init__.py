@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from recsys import __version__
-from recsys.cli import data, export, models, monitor, serve, train, triton, tune
+from recsys.cli import data, export, loop, models, monitor, serve, train, triton, tune
 from recsys.errors import RecsysError
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parser(commands)
     serve.add_parser(commands)
     monitor.add_parser(commands)
+    loop.add_parser(commands)
     return parser
 
 

@@ -53,6 +53,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=DEFAULT_VALIDATED, help=f"output folder (default: {DEFAULT_VALIDATED})")
     p.add_argument("--reference", default=None,
                    help="a previous report.json or dataset manifest.json to compare batch statistics with")
+    p.add_argument("--feedback", action="append", default=[], metavar="EVENT_LOG",
+                   help="also validate the serving app's feedback events under this event_log folder "
+                        "(events/*.jsonl; repeatable)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("build", help="build the versioned feature dataset (shards + manifest + online tables)",
@@ -91,7 +94,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = load_config(DataConfig, args.config, args.overrides)
     started = time.perf_counter()
-    report = validate(args.source, args.out, cfg.validation, cfg.ingest, reference=args.reference)
+    from serving.feedback import FEEDBACK_INGEST
+
+    report = validate(args.source, args.out, cfg.validation, cfg.ingest, reference=args.reference,
+                      extra_events=[(log, FEEDBACK_INGEST) for log in args.feedback])
     print(report.summary())
     print(f"\nclean tables, quarantine/ and report.json written to {args.out}  "
           f"({time.perf_counter() - started:.1f}s)")

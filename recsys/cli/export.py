@@ -41,32 +41,46 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def publish(run: str | Path, out: str | Path | None = None, repository: str | Path | None = None,
+            register: bool = True, registry: str | None = None, tolerance: float = 1e-5):
+    """Export a run (ONNX, parity-checked), add its models to a Triton repository and register it.
+
+    Returns (export result, {model: Triton version folder}, registered version or None)."""
     from recsys.export.exporter import export_checkpoint
 
-    checkpoint = final_checkpoint(args.run)
-    out = Path(args.out) if args.out else checkpoint.parents[1] / "export"
-    result = export_checkpoint(checkpoint, out, tolerance=args.tolerance)
+    checkpoint = final_checkpoint(run)
+    out = Path(out) if out else checkpoint.parents[1] / "export"
+    result = export_checkpoint(checkpoint, out, tolerance=tolerance)
     triton_versions: dict[str, Path] = {}
-    for name, folder in result.models.items():
-        print(f"{name:<12} {folder / 'model.onnx'}  (parity: max abs diff {result.parity[name]:.2g})")
-    if args.repository:
+    if repository:
         from recsys.deploy.repository import add_version
         from recsys.schema import load_schema
 
         schema_hash = load_schema().hash
         for name, folder in result.models.items():
-            version = add_version(args.repository, folder, expected_schema_hash=schema_hash)
-            triton_versions[name] = version
-            print(f"{name:<12} added to the Triton repository as {version}")
+            triton_versions[name] = add_version(repository, folder, expected_schema_hash=schema_hash)
+    registered = None
+    if register:
+        from recsys.registry import register as add_to_registry
+
+        registered = add_to_registry(out, triton_versions, registry=registry)
+    return result, triton_versions, registered
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    result, triton_versions, registered = publish(args.run, args.out, args.repository, args.register, args.registry,
+                                                  args.tolerance)
+    for name, folder in result.models.items():
+        print(f"{name:<12} {folder / 'model.onnx'}  (parity: max abs diff {result.parity[name]:.2g})")
+    for name, version in triton_versions.items():
+        print(f"{name:<12} added to the Triton repository as {version}")
     if result.index:
         i = result.index
-        print(f"{'items':<12} {out / 'items'}  ({i['n_items']:,} items, {i['kind']} index, "
+        print(f"{'items':<12} {result.out / 'items'}  ({i['n_items']:,} items, {i['kind']} index, "
               f"recall@100 vs exact {i['recall_at_100']:.3f} on {i['queries']} users)")
-    if args.register:
-        from recsys.registry import register, registry_uri
+    if registered is not None:
+        from recsys.registry import registry_uri
 
-        registered = register(out, triton_versions, registry=args.registry)
         print(f"registered {registered.task} version {registered.version} in {registry_uri(args.registry)} "
               f"(see `recsys models show {registered.version} --task {registered.task}`)")
     return 0

@@ -19,6 +19,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "and the retraining trigger (a JSON line in --trigger). Once, or every --every seconds.")
     p.add_argument("--event-log", default="runs/serving/events", help="the app's event_log folder")
     p.add_argument("--dataset", default="", help="the dataset the served models were trained on (default: newest)")
+    p.add_argument("--reference", choices=("test", "val", "train"), default="test",
+                   help="which of the dataset's ranking splits live inputs are compared with (default test: the "
+                        "most recent days; `train` is the manifest's profile of the whole training window)")
+    p.add_argument("--min-drift-rows", type=int, default=200,
+                   help="logged requests the window needs before drift is computed (default 200)")
+    p.add_argument("--skip-feature", dest="skip_features", action="append", default=[], metavar="NAME",
+                   help="leave a model input out of the drift check (repeatable), e.g. user_recency_hours: served "
+                        "from the dataset's point-in-time snapshot, it differs from training examples by design")
     p.add_argument("--rules", default=DEFAULT_RULES, help=f"alert rules (default {DEFAULT_RULES})")
     p.add_argument("--window", type=float, default=15.0, help="trailing window in minutes (default 15)")
     p.add_argument("--every", type=float, default=0.0, help="seconds between evaluations (default 0: once)")
@@ -49,14 +57,16 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from recsys.data.dataset import Dataset
-    from recsys.monitoring.monitor import Monitor
+    from recsys.monitoring.monitor import Monitor, reference_profile
     from recsys.schema import load_schema
     from recsys.training.job import newest_dataset
 
-    dataset = Dataset.open(args.dataset or newest_dataset(), load_schema())
-    monitor = Monitor(args.event_log, dataset.manifest.profile.get("ranking", {}), args.rules,
+    schema = load_schema()
+    dataset = Dataset.open(args.dataset or newest_dataset(), schema)
+    monitor = Monitor(args.event_log, reference_profile(dataset, schema, args.reference), args.rules,
                       window=timedelta(minutes=args.window), state_file=args.state, trigger_file=args.trigger,
-                      history_file=args.history, webhook_url=args.webhook, min_impressions=args.min_impressions)
+                      history_file=args.history, webhook_url=args.webhook, min_impressions=args.min_impressions,
+                      min_drift_rows=args.min_drift_rows, skip_features=tuple(args.skip_features))
     n = 0
     while True:
         snap = monitor.evaluate()

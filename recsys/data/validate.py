@@ -15,6 +15,7 @@ A stopped run leaves no partial output: everything is written to a temporary fol
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -210,8 +211,12 @@ def load_reference(path: str | Path) -> dict[str, Any]:
 
 
 def validate(source: str | Path, out: str | Path, cfg: ValidationConfig, ingest: IngestConfig,
-             reference: str | Path | None = None, now: datetime | None = None) -> ValidationReport:
+             reference: str | Path | None = None, now: datetime | None = None,
+             extra_events: Sequence[tuple[str | Path, IngestConfig]] = ()) -> ValidationReport:
     """Validate the export under ``source`` and write clean tables, quarantine and report to ``out``.
+
+    ``extra_events``: more event sources (folder, how to read it), checked with the export's events, e.g. the
+    serving app's feedback log (`serving.feedback.FEEDBACK_INGEST`).
 
     Raises IngestSchemaError (schema) or ValidationFailed (too many bad rows / failed statistics);
     in both cases ``out`` is left untouched.
@@ -221,6 +226,9 @@ def validate(source: str | Path, out: str | Path, cfg: ValidationConfig, ingest:
     users_lf, user_files = read_table(source, USERS, ingest)
     items_lf, item_files = read_table(source, ITEMS, ingest)
     events_lf, event_files = read_table(source, EVENTS, ingest)
+    for extra, extra_ingest in extra_events:
+        more, more_files = read_table(Path(extra), EVENTS, extra_ingest)
+        events_lf, event_files = pl.concat([events_lf, more], how="vertical_relaxed"), event_files + more_files
 
     users, bad_users = _split(users_lf, USERS, _parse_checks(USERS) + _user_checks(cfg, now))
     items, bad_items = _split(items_lf.with_columns(pl.col("available").fill_null(True)), ITEMS,

@@ -44,6 +44,9 @@ class RolloutState:
     candidate: str | None = None
     candidate_share: float = 0.0  # of users, by a stable hash of the user id
     registry: dict[str, str] = field(default_factory=dict)  # variant -> registry version (for the record)
+    # variant -> the dataset folder its model was trained on: the app encodes that variant's ranking inputs with
+    # this dataset's online tables and encoders (a retrained model has its own vocabularies); absent = the app's
+    datasets: dict[str, str] = field(default_factory=dict)
     thresholds: Thresholds = field(default_factory=Thresholds)
     revision: int = 0
     updated_at: str = ""
@@ -204,4 +207,7 @@ def state_from_registry(info, share: float, task: str = "dlrm", model: str = "dl
                    candidate=triton_version(candidate, info, model, registry) if candidate else None,
                    candidate_share=share if candidate else 0.0,
                    registry={"production": str(production.version),
-                             **({"candidate": str(candidate.version)} if candidate else {})})
+                             **({"candidate": str(candidate.version)} if candidate else {})},
+                   datasets={variant: v.tags["dataset_path"] for variant, v in
+                             (("production", production), ("candidate", candidate))
+                             if v is not None and v.tags.get("dataset_path")})

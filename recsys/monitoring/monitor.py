@@ -7,7 +7,8 @@ A snapshot of metrics over the trailing window, from the app's logs under its ev
 * ``serving.requests``, ``serving.error_rate`` (answers that lost a stage: degraded, since the app answers
   every request), ``serving.p99_ms`` (the app's own total time per answer);
 * ``drift.*`` (`recsys.monitoring.drift.drift_summary`): the logged model inputs of the window against the
-  training dataset's profile.
+  training dataset's profile (`reference_profile`), once the window holds ``min_drift_rows`` of them (PSI of a
+  handful of rows is noise); ``drift.rows`` says how many there were.
 
 `Monitor.evaluate` takes a snapshot, runs the alert rules on it (log, webhook and the retraining trigger: a JSON
 line appended to ``trigger_file`` for the loop to pick up) and appends the snapshot to ``history_file``.
@@ -36,9 +37,25 @@ class Snapshot:
     notifications: list[Notification]
 
 
-def snapshot(event_log: str | Path, profile: dict[str, dict], window: timedelta, now: datetime,
-             min_impressions: int = 100) -> dict[str, Any]:
-    """The metrics of the window ``(now - window, now]``."""
+def reference_profile(dataset, schema, split: str = "test") -> dict[str, dict]:
+    """The reference live model inputs are compared with: the profile of the dataset's ranking examples of
+    ``split``. ``train`` is the manifest's own profile; ``test`` (the most recent days, the default) is profiled
+    now by the same code. Counts that grow with the shop's history (a user's views so far) sit higher in recent
+    examples than over the whole training window, and live traffic looks like the recent days."""
+    from recsys.data.features import task_features
+    from recsys.data.profile import profile_features
+
+    if split == "train":
+        return dataset.manifest.profile.get("ranking", {})
+    if split not in ("val", "test"):
+        raise ValueError(f"reference split must be train, val or test, got {split!r}")
+    return profile_features(pl.scan_parquet(dataset.shards("ranking", split)), task_features(schema, "ranking"))
+
+
+def snapshot(event_log: str | Path, profile: dict[str, dict], window: timedelta, now: datetime, *,
+             min_impressions: int = 100, min_drift_rows: int = 200,
+             skip_features: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The metrics of the window ``(now - window, now]``; ``skip_features`` are left out of the drift check."""
     metrics: dict[str, Any] = {}
     events = online.feedback(event_log)
     if events is not None:
@@ -57,8 +74,9 @@ def snapshot(event_log: str | Path, profile: dict[str, dict], window: timedelta,
             metrics["serving.error_rate"] = stats["error_rate"]
             metrics["serving.p99_ms"] = stats["p99"]
             live = online.live_inputs(recent)
-            names = [n for n in live.collect_schema().names() if n in profile]
-            if names:
+            names = [n for n in live.collect_schema().names() if n in profile and n not in skip_features]
+            metrics["drift.rows"] = rows = live.select(pl.len()).collect().item() if names else 0
+            if names and rows >= min_drift_rows:
                 metrics |= drift_summary(feature_drift(profile, live, names))
     return metrics
 
@@ -67,8 +85,11 @@ class Monitor:
     def __init__(self, event_log: str | Path, profile: dict[str, dict], rules: str | Path,
                  window: timedelta = timedelta(minutes=15), state_file: str | Path | None = None,
                  trigger_file: str | Path | None = None, history_file: str | Path | None = None,
-                 webhook_url: str | None = None, min_impressions: int = 100):
-        self.event_log, self.profile, self.window, self.min_impressions = event_log, profile, window, min_impressions
+                 webhook_url: str | None = None, min_impressions: int = 100, min_drift_rows: int = 200,
+                 skip_features: tuple[str, ...] = ()):
+        self.event_log, self.profile, self.window = event_log, profile, window
+        self.limits = {"min_impressions": min_impressions, "min_drift_rows": min_drift_rows,
+                       "skip_features": tuple(skip_features)}
         self.trigger_file = Path(trigger_file) if trigger_file else None
         self.history_file = Path(history_file) if history_file else None
         self.alerts = AlertManager.from_config(load_alert_config(rules), retrain=self._trigger,
@@ -85,7 +106,7 @@ class Monitor:
 
     def evaluate(self, now: datetime | None = None) -> Snapshot:
         now = now or datetime.now(UTC)
-        metrics = snapshot(self.event_log, self.profile, self.window, now, self.min_impressions)
+        metrics = snapshot(self.event_log, self.profile, self.window, now, **self.limits)
         notifications = self.alerts.evaluate(metrics, at=now.timestamp())
         if self.history_file is not None:
             self.history_file.parent.mkdir(parents=True, exist_ok=True)

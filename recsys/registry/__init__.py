@@ -7,10 +7,10 @@ One registered model per task (``dlrm``, ``two-tower``); `register` adds a versi
 
 from recsys.registry.aliases import ALIASES, AliasEvent, history, production_at
 from recsys.registry.evaluate import evaluate_checkpoint
-from recsys.registry.gate import GateRefused, promote, rollback
+from recsys.registry.gate import GateRefused, promote, rollback, withdraw_candidate
 from recsys.registry.store import PRIMARY_METRIC, TASKS, registry_uri
 from recsys.registry.versions import ModelVersion, get_version, list_versions, register
 
 __all__ = ["ALIASES", "PRIMARY_METRIC", "TASKS", "AliasEvent", "GateRefused", "ModelVersion", "evaluate_checkpoint",
            "get_version", "history", "list_versions", "production_at", "promote", "register", "registry_uri",
-           "rollback"]
+           "rollback", "withdraw_candidate"]

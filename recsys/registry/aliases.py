@@ -28,9 +28,9 @@ class AliasEvent:
 
     task: str
     alias: str
-    action: str  # promote | rollback
+    action: str  # promote | rollback | withdraw
     from_version: int | None  # what the alias pointed at before (None: nothing)
-    to_version: int
+    to_version: int | None  # None: the alias was withdrawn (a rolled-back candidate)
     who: str
     when: str  # UTC, ISO 8601 with microseconds (…Z)
     reason: str
@@ -55,20 +55,25 @@ def check_alias(alias: str) -> str:
     return alias
 
 
-def record_move(task: str, alias: str, version: int, action: str, reason: str = "", who: str | None = None,
+def record_move(task: str, alias: str, version: int | None, action: str, reason: str = "", who: str | None = None,
                 checks: list[dict[str, Any]] | None = None, comparison: dict[str, Any] | None = None,
                 forced: str | None = None, registry: str | None = None) -> AliasEvent:
-    """Point ``alias`` at ``version`` and record the move as an event (no checks here: see `gate`)."""
+    """Point ``alias`` at ``version`` (None: remove the alias) and record the move as an event (no checks here:
+    see `gate`)."""
     check_task(task)
     check_alias(alias)
     mlflow = client(registry)
     before = current(task, alias, registry)
     ns = time.time_ns() // 1000 * 1000  # microseconds, as `when` shows it
-    event = AliasEvent(task=task, alias=alias, action=action, from_version=before, to_version=int(version),
+    event = AliasEvent(task=task, alias=alias, action=action, from_version=before,
+                       to_version=None if version is None else int(version),
                        who=who or getpass.getuser(), reason=reason or "",
                        when=_iso(ns),
                        checks=list(checks or []), comparison=comparison, forced=forced, key=f"{EVENT_PREFIX}{ns:020d}")
-    mlflow.set_registered_model_alias(task, alias, str(int(version)))
+    if version is None:
+        mlflow.delete_registered_model_alias(task, alias)
+    else:
+        mlflow.set_registered_model_alias(task, alias, str(int(version)))
     body = {k: v for k, v in asdict(event).items() if k not in ("task", "key")}
     mlflow.set_registered_model_tag(task, event.key, json.dumps(body, sort_keys=True))
     return event

@@ -139,3 +139,11 @@ def rollback(task: str, reason: str = "", who: str | None = None, serving_schema
         raise GateRefused(f"{task} rollback to v{target.version} refused: {checks[0]['detail']}", checks)
     return record_move(task, "production", target.version, "rollback", reason=reason, who=who, checks=checks,
                        registry=registry)
+
+
+def withdraw_candidate(task: str, reason: str = "", who: str | None = None, registry: str | None = None) -> AliasEvent:
+    """Take the ``candidate`` alias off its version (a canary that lost or was rolled back), recorded as an event."""
+    check_task(task)
+    if current(task, "candidate", registry) is None:
+        raise RecsysError(f"{task} has no candidate version to withdraw")
+    return record_move(task, "candidate", None, "withdraw", reason=reason, who=who, registry=registry)

@@ -80,8 +80,12 @@ def diff(a: ModelVersion, b: ModelVersion) -> str:
     return table(["", "", f"v{a.version}", f"v{b.version}", "v2 - v1"], rows)
 
 
+def _v(version: int | None) -> str:
+    return "(none)" if version is None else f"v{version}"
+
+
 def event_line(e: AliasEvent) -> str:
-    moved = f"v{e.from_version} -> v{e.to_version}" if e.from_version is not None else f"(none) -> v{e.to_version}"
+    moved = f"{_v(e.from_version)} -> {_v(e.to_version)}"
     why = f": {e.reason}" if e.reason else ""
     return f"{e.when}  {e.task} {e.alias} {moved}  ({e.action} by {e.who}){why}"
 
@@ -93,6 +97,6 @@ def history(events: list[AliasEvent]) -> str:
         compared = (e.comparison or {}).get("detail", "")
         notes = "; ".join(x for x in (compared, f"FORCED: {e.forced}" if e.forced else "") if x)
         rows.append([e.when, e.alias, e.action,
-                     "-" if e.from_version is None else f"v{e.from_version}", f"v{e.to_version}", e.who,
+                     "-" if e.from_version is None else _v(e.from_version), _v(e.to_version), e.who,
                      e.reason or "-", notes or "-"])
     return table(["when (UTC)", "alias", "action", "from", "to", "who", "reason", "gate"], rows)

@@ -214,7 +214,10 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
         worker_shards(len(dataset.manifest.splits[TASK_OF[task]][split]["shards"]), cfg.workers, 0)
     if not ray.is_initialized():
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(num_cpus=max(4, cfg.workers + 2), include_dashboard=False, log_to_driver=True)
+        if os.environ.get("RAY_ADDRESS"):  # a running cluster (e.g. the serving one): its resources, not ours
+            ray.init(log_to_driver=True)
+        else:
+            ray.init(num_cpus=max(4, cfg.workers + 2), include_dashboard=False, log_to_driver=True)
     name = cfg.name or f"{task}-{dataset.id}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output).resolve() / name
     if (run_dir / "metrics.json").is_file():

@@ -84,6 +84,22 @@ def test_stable_traffic_raises_nothing_and_drift_plus_a_ctr_drop_do(tmp_path, pr
     assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 6
 
 
+def test_drift_waits_for_enough_rows_and_skips_the_features_it_is_told_to(tmp_path, profile):
+    log = tmp_path / "log"
+    log_requests(log, T0, _shop(3000, seed=2, device=np.array([0.2, 0.3, 0.5]), price_shift=1.0))
+    now = T0 + timedelta(minutes=11)
+
+    def metrics(**kw):
+        return Monitor(log, profile, RULES, window=timedelta(minutes=15), **kw).evaluate(now).metrics
+
+    drifted = metrics()
+    assert drifted["drift.rows"] == 3000 and set(drifted["drift.drifted_features"]) == {"device", "price"}
+    few = metrics(min_drift_rows=3001)  # a handful of rows gives a noisy PSI: no drift metrics, no drift alert
+    assert few["drift.rows"] == 3000 and "drift.max_psi" not in few
+    kept = metrics(skip_features=("device", "price"))
+    assert kept["drift.n_features"] == drifted["drift.n_features"] - 2 and kept["drift.n_drifted"] == 0
+
+
 def test_the_cli_evaluates_once_on_an_empty_log(tmp_path, tiny_dataset, capsys):
     assert recsys_main(["monitor", "--event-log", str(tmp_path / "none"), "--dataset", str(tiny_dataset.path),
                         "--state", str(tmp_path / "a.json"), "--trigger", str(tmp_path / "t.jsonl"),

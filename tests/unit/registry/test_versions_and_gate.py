@@ -15,7 +15,10 @@ from recsys.registry import (
     promote,
     register,
     rollback,
+    withdraw_candidate,
 )
+from recsys.registry.aliases import current
+from recsys.registry.report import history as history_table
 from recsys.registry.store import client
 from tests.unit.registry.conftest import make_export
 
@@ -153,3 +156,22 @@ def test_bad_requests_are_clear(registry, tmp_path):
     promote("dlrm", 1, "candidate")
     with pytest.raises(RecsysError, match="already candidate"):
         promote("dlrm", 1, "candidate")
+
+
+def test_a_withdrawn_candidate_loses_its_alias_and_the_move_is_recorded(registry, tmp_path):
+    for i in range(2):
+        register(make_export(tmp_path, f"run-{i}"))
+    promote("dlrm", 1, "production")
+    with pytest.raises(RecsysError, match="no candidate version to withdraw"):
+        withdraw_candidate("dlrm")
+    promote("dlrm", 2, "candidate")
+    event = withdraw_candidate("dlrm", reason="lost the canary", who="recsys loop")
+    assert (event.alias, event.action, event.from_version, event.to_version) == ("candidate", "withdraw", 2, None)
+    assert current("dlrm", "candidate") is None and current("dlrm", "production") == 1
+    assert not get_version("dlrm", 2).aliases
+    assert [(e.alias, e.to_version) for e in history("dlrm")] == [("production", 1), ("candidate", 2),
+                                                                   ("candidate", None)]
+    last = history_table(history("dlrm")).splitlines()[-1].split()
+    assert last[1:5] == ["candidate", "withdraw", "v2", "(none)"], last
+    promote("dlrm", 2, "candidate")  # and it can come back
+

@@ -1,0 +1,461 @@
+"""The self-retraining loop (``recsys loop``): monitoring -> data -> training -> registry -> serving, unattended.
+
+A *cycle* starts on a retraining request (a line the monitor's ``retrain`` alert sink appended to the trigger file),
+on a schedule, or by hand, and runs these steps in order:
+
+``validate``      the shop's export plus the app's fed-back events, checked as one batch against the production
+                  model's dataset (`recsys.data.validate.validate` with ``extra_events``);
+``build``         a new dataset version: content-addressed, so from here on the cycle is keyed by the dataset id;
+``train.<model>`` each model on Ray Train as run ``loop-<dataset id>-<model>`` (an interrupted run resumes from
+                  its last checkpoint);
+``register.<model>`` export (ONNX, parity-checked) into the running Triton's repository and register the version;
+``candidate``     the registry's ``candidate`` alias through the gate, for each model;
+``canary``        the new ranker for ``canary.share`` of users on the live app (the rollout state, as
+                  ``recsys models deploy --share`` writes it);
+``judge``         once each variant has ``canary.min_impressions`` impressions since the canary began: the
+                  candidate is promoted to production (registry gate, then the rollout) if its click-through rate
+                  beats production's at ``canary.alpha`` (one-sided z-test, users as the unit: `ctr_test`);
+                  otherwise, or when ``canary.max_wait_minutes`` pass first, it is rolled back and withdrawn.
+
+Every finished step is written to ``<work_dir>/state.json`` (atomically) with what it produced, and every step
+first looks for its own output, so a loop killed at any point continues where it stopped when it is started again,
+without redoing what was finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.config import ConfigError, load_config
+from recsys.errors import RecsysError
+
+log = logging.getLogger(__name__)
+RANKER = "dlrm"  # the model the canary splits traffic for (Triton serves it; the retriever is in the app)
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    share: float = 0.5  # of users who get the candidate ranker
+    min_impressions: int = 5000  # per variant since the canary began, before the verdict
+    alpha: float = 0.05  # significance of "the candidate's CTR is higher" (one-sided z-test)
+    max_wait_minutes: float = 120.0  # no verdict by then: roll back
+    poll_s: float = 10.0  # how often the judge re-reads the feedback log
+    grace_s: float = 3.0  # replicas' time to switch before Triton unloads a version
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Where the loop reads, writes and serves; paths relative to the working directory."""
+
+    source: str = "runs/data/raw/xyzshop"  # the shop's export, read again by every cycle
+    event_log: str = "runs/serving/events"  # the app's event log: its fed-back events join the new data
+    data_config: str = "configs/data/default.yaml"  # ingest, validation and build settings
+    data_overrides: tuple[str, ...] = ()
+    train_config: str = "configs/train/default.yaml"
+    train_overrides: tuple[str, ...] = ()
+    models: tuple[str, ...] = ("dlrm", "two-tower")
+    datasets: str = "runs/datasets"
+    train_output: str = "runs/train"
+    triton_run_dir: str = "runs/triton"  # the running Triton (`recsys triton start --run-dir`)
+    rollout_file: str = "runs/serving/rollout.json"  # the app's rollout state
+    trigger_file: str = "runs/monitor/retrain.jsonl"  # the monitor's retraining requests
+    work_dir: str = "runs/loop"  # state.json and each cycle's validated data
+    schedule_hours: float = 0.0  # also start a cycle this long after the last one began (0: only on requests)
+    cooldown_minutes: float = 0.0  # requests that arrive sooner than this after a cycle ended wait
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.models) - {"dlrm", "two-tower"})
+        if unknown or RANKER not in self.models:
+            raise ConfigError(f"loop config: models must include {RANKER!r} and be among dlrm, two-tower; "
+                              f"got {list(self.models)}")
+        if not 0.0 < self.canary.share < 1.0:
+            raise ConfigError(f"loop config: canary.share must be within (0, 1), got {self.canary.share}")
+        if not 0.0 < self.canary.alpha < 1.0:
+            raise ConfigError(f"loop config: canary.alpha must be within (0, 1), got {self.canary.alpha}")
+        if self.canary.min_impressions < 1:
+            raise ConfigError(f"loop config: canary.min_impressions must be >= 1, got {self.canary.min_impressions}")
+
+
+def load_loop_config(path: str | Path | None = None, overrides: list[str] | None = None) -> LoopConfig:
+    return load_config(LoopConfig, path, overrides)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+# ---- the canary's verdict -------------------------------------------------------------------------------------------
+def _ratio(per_user: np.ndarray) -> tuple[float, float]:
+    """CTR = Σ clicks / Σ impressions over users, and its delta-method variance."""
+    clicks, shown = per_user[:, 0].astype(float), per_user[:, 1].astype(float)
+    ctr = clicks.sum() / shown.sum()
+    if len(per_user) < 2:
+        return ctr, math.inf
+    cov = np.cov(clicks, shown)  # ddof 1
+    return ctr, (cov[0, 0] - 2 * ctr * cov[0, 1] + ctr**2 * cov[1, 1]) / (len(per_user) * shown.mean() ** 2)
+
+
+def ctr_test(candidate: np.ndarray, production: np.ndarray) -> tuple[float, float]:
+    """(z, one-sided p-value) of "the candidate's click-through rate is higher than production's".
+
+    Args:
+        candidate, production: one row per user, ``(clicks, impressions)``. Users, not impressions, are what the
+            canary assigns, and one user's clicks go together, so the rate's variance is the delta method's over
+            users (a ratio metric); treating impressions as independent would overstate the evidence.
+    """
+    (c, var_c), (p, var_p) = _ratio(candidate), _ratio(production)
+    se = math.sqrt(var_c + var_p)
+    if not se > 0:
+        return 0.0, 0.5 if c == p else float(c < p)
+    z = (c - p) / se
+    return z, 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def per_user_counts(event_log: str | Path, since: datetime, now: datetime) -> dict[str, np.ndarray]:
+    """Per variant, one ``(clicks, impressions)`` row per user over ``(since, now]``, from the app's feedback log."""
+    import polars as pl
+
+    from recsys.monitoring import online
+
+    events = online.feedback(event_log)
+    if events is None:
+        return {}
+    rows = (events.filter((pl.col("timestamp") > since) & (pl.col("timestamp") <= now))
+            .group_by("variant", "user_id")
+            .agg((pl.col("event_type") == "click").sum().alias("clicks"),
+                 (pl.col("event_type") == "impression").sum().alias("impressions"))
+            .filter(pl.col("impressions") > 0).collect())
+    return {v: rows.filter(pl.col("variant") == v).select("clicks", "impressions").to_numpy()
+            for v in rows["variant"].unique().to_list()}
+
+
+# ---- state ----------------------------------------------------------------------------------------------------------
+class LoopState:
+    """``<work_dir>/state.json``: the cycle in progress (its finished steps) and the finished cycles."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict[str, Any] = {"current": None, "cycles": [], "triggers_seen": 0}
+        if path.is_file():
+            try:
+                self.data = json.loads(path.read_text())
+            except ValueError as exc:
+                raise RecsysError(f"{path} is not a loop state (fix or remove it): {exc}") from exc
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.with_name(f".{self.path.name}.tmp")
+        staging.write_text(json.dumps(self.data, indent=2, default=str))
+        os.replace(staging, self.path)
+
+    @property
+    def current(self) -> dict[str, Any] | None:
+        return self.data["current"]
+
+    def done(self, step: str) -> dict[str, Any] | None:
+        return (self.current or {}).get("steps", {}).get(step)
+
+    def finish_step(self, step: str, result: dict[str, Any]) -> dict[str, Any]:
+        assert self.current is not None
+        self.current["steps"][step] = {"finished_at": _now(), **result}
+        self.save()
+        return self.current["steps"][step]
+
+    def end_cycle(self, outcome: str, detail: str) -> dict[str, Any]:
+        cycle = self.current
+        assert cycle is not None
+        cycle |= {"outcome": outcome, "detail": detail, "ended_at": _now()}
+        self.data["cycles"].append(cycle)
+        self.data["current"] = None
+        self.save()
+        return cycle
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------------
+class Loop:
+    def __init__(self, cfg: LoopConfig, registry: str | None = None, echo: Callable[[str], None] = print):
+        self.cfg, self.registry, self.echo = cfg, registry, echo
+        self.state = LoopState(Path(cfg.work_dir) / "state.json")
+
+    # -- when to start ---------------------------------------------------------------------------------------------
+    def _new_requests(self) -> list[dict[str, Any]]:
+        path = Path(self.cfg.trigger_file)
+        if not path.is_file():
+            return []
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in lines[self.state.data.get("triggers_seen", 0):]]
+
+    def due(self, now: datetime | None = None) -> str | None:
+        """Why a cycle should start now, or None."""
+        now = now or datetime.now(UTC)
+        cycles = self.state.data["cycles"]
+        last = cycles[-1] if cycles else None
+        cooldown = timedelta(minutes=self.cfg.cooldown_minutes)
+        if last and cooldown and now - datetime.fromisoformat(last["ended_at"]) < cooldown:
+            return None
+        if requests := self._new_requests():
+            return f"alert: {requests[-1].get('reason', 'retraining requested')}" + (
+                f" (+{len(requests) - 1} more request(s))" if len(requests) > 1 else "")
+        if self.cfg.schedule_hours > 0:
+            started = datetime.fromisoformat(last["started_at"]) if last else None
+            if started is None or now - started >= timedelta(hours=self.cfg.schedule_hours):
+                return f"schedule: every {self.cfg.schedule_hours:g} h"
+        return None
+
+    def start(self, reason: str) -> dict[str, Any]:
+        if self.state.current is not None:
+            raise RecsysError(f"cycle {self.state.current['id']} is unfinished; resume it first (recsys loop run)")
+        path = Path(self.cfg.trigger_file)
+        seen = len([x for x in path.read_text().splitlines() if x.strip()]) if path.is_file() else 0
+        cycle_id = f"cycle-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        self.state.data |= {"current": {"id": cycle_id, "reason": reason, "started_at": _now(), "steps": {}},
+                            "triggers_seen": seen}
+        self.state.save()
+        self.echo(f"{cycle_id}: started ({reason})")
+        return self.state.current
+
+    def tick(self, force_reason: str | None = None) -> dict[str, Any] | None:
+        """Resume the unfinished cycle, or start one if asked to or due; the finished cycle, or None."""
+        if self.state.current is None:
+            reason = force_reason or self.due()
+            if reason is None:
+                return None
+            self.start(reason)
+        return self.run_cycle()
+
+    # -- one cycle -------------------------------------------------------------------------------------------------
+    def _step(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if (done := self.state.done(name)) is not None:
+            self.echo(f"  {name}: done before ({done['finished_at']}), skipped")
+            return done
+        started = time.perf_counter()
+        self.echo(f"  {name} ...")
+        result = fn()
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        self.echo(f"  {name}: {result.get('summary', 'done')} ({result['seconds']} s)")
+        return self.state.finish_step(name, result)
+
+    def run_cycle(self) -> dict[str, Any]:
+        from recsys.registry import GateRefused
+
+        cycle = self.state.current
+        assert cycle is not None
+        self.echo(f"{cycle['id']}: {cycle['reason']}")
+        try:
+            built = self._step("validate", self._validate) and self._step("build", self._build)
+            if built.get("same_as_production"):
+                return self._end("no_new_data", built["summary"])
+            for model in self.cfg.models:
+                self._step(f"train.{model}", lambda m=model: self._train(m, built))
+            for model in self.cfg.models:
+                self._step(f"register.{model}", lambda m=model: self._register(m))
+            self._step("candidate", self._candidate)
+            self._step("canary", self._canary)
+            verdict = self._step("judge", self._judge)
+        except GateRefused as exc:
+            return self._end("refused", str(exc))
+        return self._end(verdict["outcome"], verdict["summary"])
+
+    def _end(self, outcome: str, detail: str) -> dict[str, Any]:
+        cycle = self.state.end_cycle(outcome, detail)
+        self.echo(f"{cycle['id']}: {outcome}: {detail}")
+        return cycle
+
+    # -- steps -----------------------------------------------------------------------------------------------------
+    def _data_config(self):
+        from recsys.config import DataConfig
+
+        return load_config(DataConfig, self.cfg.data_config, list(self.cfg.data_overrides))
+
+    def _production(self, model: str):
+        from recsys.registry import get_version
+        from recsys.registry.aliases import current
+
+        version = current(model, "production", self.registry)
+        return None if version is None else get_version(model, version, self.registry)
+
+    def _validate(self) -> dict[str, Any]:
+        from recsys.data.validate import validate
+        from serving.feedback import FEEDBACK_INGEST
+
+        data = self._data_config()
+        out = Path(self.cfg.work_dir) / self.state.current["id"] / "validated"
+        production = self._production(RANKER)
+        reference = None
+        if production is not None and (p := production.tags.get("dataset_path")):
+            reference = Path(p) / "manifest.json"
+        feedback = [(self.cfg.event_log, FEEDBACK_INGEST)] if list(Path(self.cfg.event_log).glob(
+            FEEDBACK_INGEST.events)) else []
+        report = validate(self.cfg.source, out, data.validation, data.ingest,
+                          reference=reference if reference and reference.is_file() else None, extra_events=feedback)
+        events = report.tables["events"]
+        warnings = [c["message"] for c in report.stats_checks]  # (failures raised ValidationFailed)
+        return {"validated": str(out), "events": events.good, "quarantined": events.bad,
+                "feedback_sources": len(feedback), "warnings": warnings,
+                "summary": f"{events.good:,} events kept, {events.bad:,} quarantined"
+                           + (f"; {len(warnings)} batch-statistics warning(s)" if warnings else "")}
+
+    def _build(self) -> dict[str, Any]:
+        from recsys.data.dataset import build_dataset
+        from recsys.schema import load_schema
+
+        validated = self.state.done("validate")["validated"]
+        dataset, built = build_dataset(validated, self.cfg.datasets, load_schema(), self._data_config().build,
+                                       progress=False)
+        production = self._production(RANKER)
+        same = production is not None and production.tags.get("dataset_id") == dataset.id
+        self.state.current["dataset"] = dataset.id
+        return {"dataset": dataset.id, "path": str(dataset.path.resolve()), "built_now": built,
+                "same_as_production": same,
+                "summary": f"dataset {dataset.id}" + (" (production was trained on it already)" if same else "")}
+
+    def _run_name(self, model: str) -> str:
+        return f"loop-{self.state.current['dataset']}-{model}"
+
+    def _train(self, model: str, built: dict[str, Any]) -> dict[str, Any]:
+        from recsys.training.config import TrainConfig
+        from recsys.training.job import run
+
+        name = self._run_name(model)
+        run_dir = Path(self.cfg.train_output).resolve() / name
+        if (run_dir / "metrics.json").is_file():  # finished before the state could say so
+            summary = json.loads((run_dir / "metrics.json").read_text())
+        else:
+            sets = [*self.cfg.train_overrides, f"dataset={built['path']}", f"name={name}",
+                    f"output={self.cfg.train_output}"]
+            run(model, load_config(TrainConfig, self.cfg.train_config, sets))
+            summary = json.loads((run_dir / "metrics.json").read_text())
+        test = {k: v for k, v in summary["metrics"].items() if k.startswith("test/")}
+        return {"run": str(run_dir), "metrics": test,
+                "summary": ", ".join(f"{k} {v:.4f}" for k, v in sorted(test.items())[:3])}
+
+    def _register(self, model: str) -> dict[str, Any]:
+        from recsys.cli.export import publish
+        from recsys.registry import list_versions
+
+        name = self._run_name(model)
+        existing = [v for v in list_versions(model, self.registry) if v.tags.get("training_run") == name]
+        if existing:
+            version = existing[-1]
+        else:
+            info = self._triton()
+            run_dir = Path(self.cfg.train_output).resolve() / name
+            _, _, version = publish(run_dir, run_dir / "export", info.repository if model == RANKER else None,
+                                    registry=self.registry)
+        return {"version": version.version, "summary": f"{model} v{version.version} ({name})"}
+
+    def _triton(self):
+        from recsys.deploy.server import is_alive, read_state
+
+        info = read_state(self.cfg.triton_run_dir)
+        if info is None or not is_alive(info.pid):
+            raise RecsysError(f"no running Triton in {self.cfg.triton_run_dir} (recsys triton start --run-dir "
+                              f"{self.cfg.triton_run_dir}); the loop deploys to it")
+        return info
+
+    def _candidate(self) -> dict[str, Any]:
+        from recsys.registry import promote
+        from recsys.registry.aliases import current
+
+        moved = {}
+        for model in self.cfg.models:
+            version = self.state.done(f"register.{model}")["version"]
+            if current(model, "candidate", self.registry) != version:
+                promote(model, version, "candidate", reason=f"recsys loop {self.state.current['id']}",
+                        who="recsys loop", registry=self.registry)
+            moved[model] = version
+        return {"versions": moved, "summary": ", ".join(f"{m} v{v}" for m, v in moved.items()) + " are candidates"}
+
+    def _canary(self) -> dict[str, Any]:
+        from recsys.deploy import rollout
+
+        info = self._triton()
+        current = rollout.read(self.cfg.rollout_file)
+        state = rollout.state_from_registry(info, self.cfg.canary.share, RANKER, registry=self.registry,
+                                            base=current)
+        version = self.state.done("register." + RANKER)["version"]
+        if state.registry.get("candidate") != str(version):
+            raise RecsysError(f"the registry's {RANKER} candidate is not v{version} any more (moved by hand?)")
+        if not (current and current.candidate == state.candidate
+                and current.candidate_share == state.candidate_share):
+            rollout.apply(self.cfg.rollout_file, state,
+                          f"recsys loop {self.state.current['id']}: canary v{version} for "
+                          f"{state.candidate_share:.0%} of users", info=info, grace_s=self.cfg.canary.grace_s,
+                          event={"action": "canary", "registry": state.registry})
+        return {"since": _now(), "triton_version": state.candidate, "share": state.candidate_share,
+                "summary": f"{RANKER} v{version} (Triton version {state.candidate}) serves "
+                           f"{state.candidate_share:.0%} of users"}
+
+    def _judge(self) -> dict[str, Any]:
+        c = self.cfg.canary
+        since = datetime.fromisoformat(self.state.done("canary")["since"])
+        deadline = since + timedelta(minutes=c.max_wait_minutes)
+        while True:
+            now = datetime.now(UTC)
+            counts = per_user_counts(self.cfg.event_log, since, now)
+            seen = {v: int(x[:, 1].sum()) for v, x in counts.items()}
+            rates = {v: {"users": len(x), "impressions": seen[v], "clicks": int(x[:, 0].sum()),
+                         "ctr": x[:, 0].sum() / seen[v]} for v, x in counts.items()}
+            if min(seen.get("candidate", 0), seen.get("production", 0)) >= c.min_impressions:
+                z, p = ctr_test(counts["candidate"], counts["production"])
+                cand, prod = rates["candidate"], rates["production"]
+                compared = (f"candidate CTR {cand['ctr']:.4f} ({cand['impressions']:,} impressions, {cand['users']} "
+                            f"users) vs production {prod['ctr']:.4f} ({prod['impressions']:,}, {prod['users']}): "
+                            f"z = {z:.2f}, one-sided p = {p:.2g}")
+                if p < c.alpha:
+                    return self._promote(compared) | {"rates": rates, "z": z, "p_value": p}
+                return self._roll_back(f"not better at alpha {c.alpha:g}: {compared}") | {
+                    "rates": rates, "z": z, "p_value": p}
+            if now >= deadline:
+                return self._roll_back(f"no verdict within {c.max_wait_minutes:g} min (impressions {seen}, "
+                                       f"{c.min_impressions:,} needed per variant)") | {"rates": rates}
+            time.sleep(c.poll_s)
+
+    def _deploy(self, reason: str, action: str) -> None:
+        from recsys.deploy import rollout
+
+        info = self._triton()
+        current = rollout.read(self.cfg.rollout_file)
+        state = rollout.state_from_registry(info, 0.0, RANKER, registry=self.registry, base=current)
+        rollout.apply(self.cfg.rollout_file, state, reason, info=info, grace_s=self.cfg.canary.grace_s,
+                      event={"action": action, "registry": state.registry})
+
+    def _promote(self, compared: str) -> dict[str, Any]:
+        from recsys.registry import promote, withdraw_candidate
+        from recsys.registry.aliases import current
+
+        reason = f"recsys loop {self.state.current['id']}: won the canary ({compared})"
+        promoted = {}
+        for model in self.cfg.models:
+            version = self.state.done(f"register.{model}")["version"]
+            if current(model, "production", self.registry) != version:
+                promote(model, version, "production", reason=reason, who="recsys loop", registry=self.registry)
+            if current(model, "candidate", self.registry) is not None:
+                withdraw_candidate(model, reason="promoted to production", who="recsys loop", registry=self.registry)
+            promoted[model] = version
+        self._deploy(reason, "promote")
+        return {"outcome": "promoted", "versions": promoted,
+                "summary": ", ".join(f"{m} v{v}" for m, v in promoted.items()) + f" promoted: {compared}"}
+
+    def _roll_back(self, why: str) -> dict[str, Any]:
+        from recsys.registry import withdraw_candidate
+        from recsys.registry.aliases import current
+
+        reason = f"recsys loop {self.state.current['id']}: {why}"
+        for model in self.cfg.models:
+            if current(model, "candidate", self.registry) is not None:
+                withdraw_candidate(model, reason=reason, who="recsys loop", registry=self.registry)
+        self._deploy(reason, "canary_rollback")
+        return {"outcome": "rolled_back", "summary": f"rolled back: {why}"}
