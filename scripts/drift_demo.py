@@ -110,10 +110,12 @@ def write_report(out: Path, scenario, plot: Path) -> None:
     s = scenario.summary()
     cycle = json.loads((out / "loop" / "state.json").read_text())["cycles"][-1]
     lines = ["# A preference shift, and the loop repairing it", "", f"![timeline]({plot.name})", "",
-             "| phase | impressions | clicks | CTR |", "|---|---|---|---|"]
-    lines += [f"| {phase} | {s[phase]['impressions']:,} | {s[phase]['clicks']:,} | {s[phase]['ctr']:.4f} |"
-              for phase in ("before", "drift", "after")]
-    lines += ["", f"CTR alert floor: {s['ctr_floor']:.4f}. Moments (seconds): {s['moments_s']}", "",
+             "| phase | users | impressions | clicks | CTR |", "|---|---|---|---|---|"]
+    lines += [f"| {phase} | {s[phase]['users']:,} | {s[phase]['impressions']:,} | {s[phase]['clicks']:,} | "
+              f"{s[phase]['ctr']:.4f} |" for phase in ("before", "drift", "after")]
+    moments = ", ".join(f"{k} {v:.0f} s" for k, v in s["moments_s"].items())
+    lines += ["", f"After the loop vs under the shift (users as the unit): z = {s['recovery']['z']:.2f}, one-sided "
+              f"p = {s['recovery']['p_value']:.2g}. CTR alert floor {s['ctr_floor']:.4f}. Moments: {moments}.", "",
               f"## Loop cycle {cycle['id']}: {cycle['outcome']}", "", cycle["detail"], "",
               "| step | seconds | result |", "|---|---|---|"]
     lines += [f"| {name} | {step.get('seconds', '')} | {step.get('summary', '')} |"

@@ -337,9 +337,14 @@ class Loop:
                     f"output={self.cfg.train_output}"]
             run(model, load_config(TrainConfig, self.cfg.train_config, sets))
             summary = json.loads((run_dir / "metrics.json").read_text())
+        from recsys.registry import PRIMARY_METRIC
+
         test = {k: v for k, v in summary["metrics"].items() if k.startswith("test/")}
+        key = PRIMARY_METRIC[model]
+        baseline = summary.get("baselines", {}).get(key.replace("test/", "popularity_"))
         return {"run": str(run_dir), "metrics": test,
-                "summary": ", ".join(f"{k} {v:.4f}" for k, v in sorted(test.items())[:3])}
+                "summary": f"{key} {test.get(key, float('nan')):.4f}"
+                           + (f" (popularity {baseline:.4f})" if baseline is not None else "")}
 
     def _register(self, model: str) -> dict[str, Any]:
         from recsys.cli.export import publish

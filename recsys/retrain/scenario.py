@@ -167,6 +167,7 @@ class DriftScenario:
     moments: dict[str, float] = field(default_factory=dict)  # shift, alert, loop_started, loop_ended
     started: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    outcome: str | None = None  # the loop's verdict (`add_loop_moments`)
 
     def _tick(self, phase: str, monitor) -> Tick:
         visits = self.shoppers.run(self.visits_per_tick)
@@ -222,6 +223,7 @@ class DriftScenario:
         state = json.loads(Path(state_file).read_text())
         cycle = (state["cycles"] or [state["current"]])[-1] or {}
         steps = cycle.get("steps", {})
+        self.outcome = cycle.get("outcome")
         for step, name, key in (("canary", "canary", "since"), ("judge", "verdict", "finished_at")):
             if step in steps:
                 at = datetime.fromisoformat(steps[step][key])
@@ -246,7 +248,7 @@ class DriftScenario:
                                          indent=1))
 
 
-def plot_timeline(scenario: DriftScenario, path: str | Path, psi_threshold: float = 0.2) -> Path:
+def plot_timeline(scenario: DriftScenario, path: str | Path, psi_threshold: float = 0.2, smooth: int = 5) -> Path:
     """CTR per variant and drift score per tick, with the shift, the alert, the canary and the verdict marked."""
     import matplotlib
 
@@ -255,20 +257,30 @@ def plot_timeline(scenario: DriftScenario, path: str | Path, psi_threshold: floa
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, height_ratios=(2, 1))
     xs = [t.at for t in scenario.ticks]
-    top.plot(xs, [t.ctr() for t in scenario.ticks], color="0.3", lw=1.5, label="all traffic")
-    for variant, color in (("production", "tab:blue"), ("candidate", "tab:orange")):
-        points = [(t.at, t.ctr(variant)) for t in scenario.ticks if t.ctr(variant) is not None]
-        if points:
-            top.plot(*zip(*points, strict=True), "o", ms=3.5, color=color, label=variant)
+    for variant, color in ((None, "0.3"), ("production", "tab:blue"), ("candidate", "tab:orange")):
+        # each tick's CTR as a dot, and over the last `smooth` ticks (clicks / impressions) as a line
+        rows = [(t.at, sum(v[3] for v in t.visits if variant in (None, v[1])),
+                 sum(v[2] for v in t.visits if variant in (None, v[1]))) for t in scenario.ticks]
+        rows = [r for r in rows if r[2]]
+        if not rows or (variant == "production" and len(rows) == len(scenario.ticks)
+                        and all(t.ctr("candidate") is None for t in scenario.ticks)):
+            continue  # (production alone is the same as all traffic)
+        at, clicks, shown = (np.array(x, dtype=float) for x in zip(*rows, strict=True))
+        window = np.ones(min(smooth, len(at)))
+        rolling = np.convolve(clicks, window)[: len(at)] / np.convolve(shown, window)[: len(at)]
+        label = variant or "all traffic"
+        if variant is not None:
+            top.plot(at, clicks / shown, "o", ms=2.5, color=color, alpha=0.45)
+        top.plot(at, rolling, color=color, lw=1.8, label=f"{label} (last {len(window)} ticks)")
     top.axhline(scenario.floor, color="tab:red", ls=":", lw=1, label="CTR alert floor")
-    top.set_ylabel("click-through rate per tick")
+    top.set_ylabel("click-through rate")
     bottom.plot(xs, [t.drift if t.drift is not None else np.nan for t in scenario.ticks], color="tab:purple")
     bottom.axhline(psi_threshold, color="tab:red", ls=":", lw=1)
     bottom.set_ylabel("max PSI of model inputs")
     bottom.set_xlabel("seconds")
     moments = scenario.moments
     labels = {"shift": "preference shift", "alert": "CTR alert -> retrain", "canary": "canary starts",
-              "verdict": "promoted / rolled back", "loop_ended": "loop done"}
+              "verdict": scenario.outcome or "verdict", "loop_ended": "loop done"}
     for key, color in zip(labels, ("black", "tab:red", "tab:orange", "tab:green", "0.5"), strict=True):
         if key in moments:
             for ax in (top, bottom):
