@@ -248,13 +248,21 @@ class Loop:
         return self.state.finish_step(name, result)
 
     def run_cycle(self) -> dict[str, Any]:
+        """Run the current cycle's unfinished steps. A refused batch or gate ends the cycle (``data_refused``,
+        ``refused``); any other failure leaves it unfinished, to resume once fixed."""
+        from recsys.data.ingest import IngestSchemaError
+        from recsys.data.validate import ValidationFailed
         from recsys.registry import GateRefused
 
         cycle = self.state.current
         assert cycle is not None
         self.echo(f"{cycle['id']}: {cycle['reason']}")
         try:
-            built = self._step("validate", self._validate) and self._step("build", self._build)
+            self._step("validate", self._validate)
+        except (ValidationFailed, IngestSchemaError) as exc:  # the data, not the machinery: end, with why
+            return self._end("data_refused", str(exc))
+        try:
+            built = self._step("build", self._build)
             if built.get("same_as_production"):
                 return self._end("no_new_data", built["summary"])
             for model in self.cfg.models:

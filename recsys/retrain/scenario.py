@@ -34,7 +34,7 @@ from recsys.retrain.simulate import Shoppers
 # visit, so the monitor reports PSI ~3 for it on any steady traffic (a train/serve skew the batch online tables have
 # by design); user_id: which users happen to visit within a short window is not a distribution to hold steady
 SKIPPED_FEATURES = ("user_recency_hours", "user_id")
-RETRAINING_RULES = ("data_drift_critical", "ctr_drop")  # the shipped rules whose alerts ask for retraining
+RETRAINING_RULES = ("data_drift_critical", "production_ctr_drop")  # the shipped rules that ask for retraining
 
 
 @dataclass
@@ -104,18 +104,16 @@ def write_loop_config(stage: Stage, event_log: str, train_config: Path, canary: 
 
 def monitor_factory(stage: Stage, event_log: str, rules: Path, window_s: float, min_impressions: int,
                     schema) -> Callable[[float | None], Any]:
-    """Monitors with the shipped rules; ``floor`` (set from the steady CTR once it is known) adds the CTR rule,
-    asking for retraining."""
+    """Monitors with the shipped rules, the CTR rules' floor set to ``floor`` (from the steady CTR once it is known;
+    None leaves them out until then)."""
     from recsys.monitoring.monitor import Monitor, reference_profile
 
     shipped = yaml.safe_load(rules.read_text())["rules"]
     profile = reference_profile(stage.dataset, schema)
 
     def monitor(floor: float | None) -> Monitor:
-        kept = [r for r in shipped if r["name"] != "ctr_drop"]
-        if floor is not None:
-            kept.append({"name": "ctr_drop", "metric": "ctr.{variant}", "comparison": "<", "threshold": floor,
-                         "for": 2, "severity": "critical", "sinks": ["log", "retrain"]})
+        kept = [r if not r["metric"].startswith("ctr.") else {**r, "threshold": floor, "for": 2}
+                for r in shipped if floor is not None or not r["metric"].startswith("ctr.")]
         path = stage.work / "rules.yaml"
         path.write_text(yaml.safe_dump({"rules": kept}))
         return Monitor(event_log, profile, path, window=timedelta(seconds=window_s),

@@ -122,7 +122,7 @@ def test_drift_alert_retrain_canary_promote_and_ctr_recovers(stage, schema):
     assert not [a for t in scenario.ticks if t.phase == "before" for a in t.alerts if a in RETRAINING_RULES]
     assert all(t.drift is None or t.drift < 0.2 for t in scenario.ticks if t.phase == "before")
     assert any(t.drift is not None for t in scenario.ticks if t.phase == "before")
-    assert "ctr_drop" in [a for t in scenario.ticks if t.phase == "drift" for a in t.alerts]
+    assert "production_ctr_drop" in [a for t in scenario.ticks if t.phase == "drift" for a in t.alerts]
     # the loop: killed once after training the ranker, resumed without training it again, and promoted
     assert crash, "the loop finished before the ranker's training was recorded: nothing was killed"
     resumed = logs[-1].read_text()

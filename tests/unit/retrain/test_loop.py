@@ -96,6 +96,14 @@ def test_finished_steps_are_not_run_again_after_a_restart(tmp_path):
         restarted.start("another")
 
 
+def test_an_export_that_cannot_be_read_ends_the_cycle_with_why(tmp_path):
+    (tmp_path / "export").mkdir()
+    loop = _loop(tmp_path, source=str(tmp_path / "export"), event_log=str(tmp_path / "events"))
+    cycle = loop.tick(force_reason="by hand")
+    assert cycle["outcome"] == "data_refused" and "no files match" in cycle["detail"]
+    assert loop.state.current is None and loop.tick() is None  # nothing left to resume, nothing due
+
+
 RID = 10**15 + 7  # a request id the generator does not use
 
 
