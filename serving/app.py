@@ -20,8 +20,7 @@ import importlib
 import logging
 import time
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -38,9 +37,6 @@ from serving.metrics import Metrics
 from serving.ranker import TritonRanker
 from serving.requestlog import RequestLog
 from serving.retriever import Retriever
-
-if TYPE_CHECKING:
-    from serving.features import OnlineFeatures
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +182,7 @@ class Ingress:
         from recsys.data.dataset import Dataset
         from recsys.schema import load_schema
         from recsys.training.job import newest_dataset
-        from serving.features import OnlineFeatures, model_inputs
+        from serving.features import FeaturesByDataset, OnlineFeatures, model_inputs
 
         # this class reaches the replica pickled by value (with copies of the module's globals); the middleware
         # reads the module's own dicts, so set those
@@ -202,8 +198,7 @@ class Ingress:
         schema = load_schema()
         dataset = Dataset.open(config.dataset or newest_dataset(), schema)
         self.features = OnlineFeatures(dataset, schema, config.popular_items)
-        # ranking features per dataset a rollout variant was trained on (loaded when a rollout state names it)
-        self.ranking_features: dict[str, OnlineFeatures | None] = {str(dataset.path.resolve()): self.features}
+        self.ranking_features = FeaturesByDataset(self.features)  # each variant's model ranks with its dataset's
         self.query_specs = model_inputs(schema, "two_tower.user")
         self.ranking_specs = model_inputs(schema, "dlrm")
         self.log = EventLog(config.event_log)
@@ -284,35 +279,11 @@ class Ingress:
                                  degraded=degraded, reason=reason, variant=variant, model_versions=versions,
                                  timings_ms=timings)
 
-    def _ranking_features(self, variant: str) -> "OnlineFeatures | None":
-        """The online features of the dataset ``variant``'s model was trained on (the app's own when the rollout
-        state names none); None when they cannot be loaded."""
-        from recsys.data.dataset import Dataset
-        from recsys.schema import load_schema
-        from serving.features import OnlineFeatures
-
-        path = self.canary.state.datasets.get(variant)
-        if not path:
-            return self.features
-        key = str(Path(path).resolve())
-        if key not in self.ranking_features:  # once per dataset: a short pause of this replica
-            try:
-                schema = load_schema()
-                self.ranking_features[key] = OnlineFeatures(Dataset.open(key, schema), schema,
-                                                            self.config.popular_items)
-            except Exception as exc:
-                log.error("cannot load dataset %s for the %s ranking model: %s", key, variant, exc)
-                self.ranking_features[key] = None
-        return self.ranking_features[key]
-
     def _ranking_inputs(self, variant: str, user_id: int, items: list[int]):
-        """(inputs, dataset id) encoded as ``variant``'s model was trained; None if its features lack the user or
-        an item."""
-        features = self._ranking_features(variant)
-        user = features.user(user_id) if features is not None else None
-        if user is None or (features is not self.features and not all(map(features.known_item, items))):
-            return None
-        return features.ranking_inputs(user, items, self.ranking_specs), features.dataset.id
+        """(inputs, dataset id) encoded as ``variant``'s model was trained; None if its dataset lacks the user or an
+        item."""
+        return self.ranking_features.ranking_inputs(self.canary.state.datasets.get(variant), user_id, items,
+                                                    self.ranking_specs)
 
     async def _rank(self, user_id: int, items: list[int]) -> tuple[str, np.ndarray | None, str, str]:
         """(variant, scores, "model:version", dataset id) with the user's variant; a failed candidate call is

@@ -10,11 +10,13 @@ looked up per request and assembled into model inputs.
   that are not available;
 * cold start: items by recent popularity (``item_views_7d``), optionally within one category.
 
-No Ray and no I/O after construction: the skew test and the replicas use the same object.
+No Ray and no I/O after construction: the skew test and the replicas use the same object. `FeaturesByDataset`
+adds the features of the datasets other model versions were trained on, each read once when first named.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from recsys.errors import RecsysError
 from recsys.export.signature import TensorSpec, serving_inputs, tensor_specs
 from recsys.schema import Feature, FeatureSchema, Scope
 
+log = logging.getLogger(__name__)
 POPULARITY = "item_views_7d"  # cold-start ordering (encoded log1p of 7-day views: same order as the counts)
 
 
@@ -173,6 +176,40 @@ class OnlineFeatures:
 
     def _specs(self, scope: Scope) -> tuple[TensorSpec, ...]:
         return tensor_specs(self.schema.by_scope(scope))
+
+
+class FeaturesByDataset:
+    """Online features per dataset folder, each loaded once on first use: a retrained ranker comes with its own
+    dataset (refitted vocabularies, fresher user features), named per variant by the rollout state."""
+
+    def __init__(self, base: OnlineFeatures):
+        self.base = base
+        self._loaded: dict[str, OnlineFeatures | None] = {str(base.dataset.path.resolve()): base}
+
+    def get(self, path: str | None) -> OnlineFeatures | None:
+        """The features of the dataset at ``path`` (the base's when None); None when it cannot be loaded."""
+        if not path:
+            return self.base
+        key = str(Path(path).resolve())
+        if key not in self._loaded:  # once per dataset: a short pause of the replica
+            try:
+                # (its popular items are not used: cold start and retrieval stay on the base dataset)
+                self._loaded[key] = OnlineFeatures(Dataset.open(key, self.base.schema), self.base.schema,
+                                                   max(1, len(self.base.popular)))
+            except Exception as exc:
+                log.error("cannot load dataset %s for ranking: %s", key, exc)
+                self._loaded[key] = None
+        return self._loaded[key]
+
+    def ranking_inputs(self, path: str | None, user_id: int, items: list[int],
+                       specs: tuple[TensorSpec, ...]) -> tuple[dict[str, np.ndarray], str] | None:
+        """(inputs, dataset id) from the dataset at ``path``; None if it lacks the user or (another dataset than
+        the base, which serves the candidates) an item."""
+        features = self.get(path)
+        user = features.user(user_id) if features is not None else None
+        if user is None or (features is not self.base and not all(map(features.known_item, items))):
+            return None
+        return features.ranking_inputs(user, items, specs), features.dataset.id
 
 
 def model_inputs(schema: FeatureSchema, part: str) -> tuple[TensorSpec, ...]:

@@ -52,7 +52,8 @@ def _status(loop) -> int:
 def cmd_loop(args: argparse.Namespace) -> int:
     import time
 
-    from recsys.retrain.loop import Loop, load_loop_config
+    from recsys.retrain.config import load_loop_config
+    from recsys.retrain.loop import Loop
 
     loop = Loop(load_loop_config(args.config, args.overrides), registry=args.registry)
     if args.loop_command == "status":

@@ -14,7 +14,7 @@ on a schedule, or by hand, and runs these steps in order:
                   ``recsys models deploy --share`` writes it);
 ``judge``         once each variant has ``canary.min_impressions`` impressions since the canary began: the
                   candidate is promoted to production (registry gate, then the rollout) if its click-through rate
-                  beats production's at ``canary.alpha`` (one-sided z-test, users as the unit: `ctr_test`);
+                  beats production's at ``canary.alpha`` (`recsys.retrain.verdict`: users as the unit);
                   otherwise, or when ``canary.max_wait_minutes`` pass first, it is rolled back and withdrawn.
 
 Every finished step is written to ``<work_dir>/state.json`` (atomically) with what it produced, and every step
@@ -26,119 +26,23 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from recsys.config import ConfigError, load_config
+from recsys.config import load_config
 from recsys.errors import RecsysError
+from recsys.retrain.config import RANKER, LoopConfig
+from recsys.retrain.verdict import ctr_test, per_user_counts
 
 log = logging.getLogger(__name__)
-RANKER = "dlrm"  # the model the canary splits traffic for (Triton serves it; the retriever is in the app)
-
-
-@dataclass(frozen=True)
-class CanaryConfig:
-    share: float = 0.5  # of users who get the candidate ranker
-    min_impressions: int = 5000  # per variant since the canary began, before the verdict
-    alpha: float = 0.05  # significance of "the candidate's CTR is higher" (one-sided z-test)
-    max_wait_minutes: float = 120.0  # no verdict by then: roll back
-    poll_s: float = 10.0  # how often the judge re-reads the feedback log
-    grace_s: float = 3.0  # replicas' time to switch before Triton unloads a version
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """Where the loop reads, writes and serves; paths relative to the working directory."""
-
-    source: str = "runs/data/raw/xyzshop"  # the shop's export, read again by every cycle
-    event_log: str = "runs/serving/events"  # the app's event log: its fed-back events join the new data
-    data_config: str = "configs/data/default.yaml"  # ingest, validation and build settings
-    data_overrides: tuple[str, ...] = ()
-    train_config: str = "configs/train/default.yaml"
-    train_overrides: tuple[str, ...] = ()
-    models: tuple[str, ...] = ("dlrm", "two-tower")
-    datasets: str = "runs/datasets"
-    train_output: str = "runs/train"
-    triton_run_dir: str = "runs/triton"  # the running Triton (`recsys triton start --run-dir`)
-    rollout_file: str = "runs/serving/rollout.json"  # the app's rollout state
-    trigger_file: str = "runs/monitor/retrain.jsonl"  # the monitor's retraining requests
-    work_dir: str = "runs/loop"  # state.json and each cycle's validated data
-    schedule_hours: float = 0.0  # also start a cycle this long after the last one began (0: only on requests)
-    cooldown_minutes: float = 0.0  # requests that arrive sooner than this after a cycle ended wait
-    canary: CanaryConfig = field(default_factory=CanaryConfig)
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.models) - {"dlrm", "two-tower"})
-        if unknown or RANKER not in self.models:
-            raise ConfigError(f"loop config: models must include {RANKER!r} and be among dlrm, two-tower; "
-                              f"got {list(self.models)}")
-        if not 0.0 < self.canary.share < 1.0:
-            raise ConfigError(f"loop config: canary.share must be within (0, 1), got {self.canary.share}")
-        if not 0.0 < self.canary.alpha < 1.0:
-            raise ConfigError(f"loop config: canary.alpha must be within (0, 1), got {self.canary.alpha}")
-        if self.canary.min_impressions < 1:
-            raise ConfigError(f"loop config: canary.min_impressions must be >= 1, got {self.canary.min_impressions}")
-
-
-def load_loop_config(path: str | Path | None = None, overrides: list[str] | None = None) -> LoopConfig:
-    return load_config(LoopConfig, path, overrides)
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-# ---- the canary's verdict -------------------------------------------------------------------------------------------
-def _ratio(per_user: np.ndarray) -> tuple[float, float]:
-    """CTR = Σ clicks / Σ impressions over users, and its delta-method variance."""
-    clicks, shown = per_user[:, 0].astype(float), per_user[:, 1].astype(float)
-    ctr = clicks.sum() / shown.sum()
-    if len(per_user) < 2:
-        return ctr, math.inf
-    cov = np.cov(clicks, shown)  # ddof 1
-    return ctr, (cov[0, 0] - 2 * ctr * cov[0, 1] + ctr**2 * cov[1, 1]) / (len(per_user) * shown.mean() ** 2)
-
-
-def ctr_test(candidate: np.ndarray, production: np.ndarray) -> tuple[float, float]:
-    """(z, one-sided p-value) of "the candidate's click-through rate is higher than production's".
-
-    Args:
-        candidate, production: one row per user, ``(clicks, impressions)``. Users, not impressions, are what the
-            canary assigns, and one user's clicks go together, so the rate's variance is the delta method's over
-            users (a ratio metric); treating impressions as independent would overstate the evidence.
-    """
-    (c, var_c), (p, var_p) = _ratio(candidate), _ratio(production)
-    se = math.sqrt(var_c + var_p)
-    if not se > 0:
-        return 0.0, 0.5 if c == p else float(c < p)
-    z = (c - p) / se
-    return z, 0.5 * math.erfc(z / math.sqrt(2))
-
-
-def per_user_counts(event_log: str | Path, since: datetime, now: datetime) -> dict[str, np.ndarray]:
-    """Per variant, one ``(clicks, impressions)`` row per user over ``(since, now]``, from the app's feedback log."""
-    import polars as pl
-
-    from recsys.monitoring import online
-
-    events = online.feedback(event_log)
-    if events is None:
-        return {}
-    rows = (events.filter((pl.col("timestamp") > since) & (pl.col("timestamp") <= now))
-            .group_by("variant", "user_id")
-            .agg((pl.col("event_type") == "click").sum().alias("clicks"),
-                 (pl.col("event_type") == "impression").sum().alias("impressions"))
-            .filter(pl.col("impressions") > 0).collect())
-    return {v: rows.filter(pl.col("variant") == v).select("clicks", "impressions").to_numpy()
-            for v in rows["variant"].unique().to_list()}
 
 
 # ---- state ----------------------------------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ import numpy as np
 import yaml
 
 from recsys.errors import RecsysError
-from recsys.retrain.loop import ctr_test
 from recsys.retrain.simulate import Shoppers
+from recsys.retrain.verdict import ctr_test
 
 # left out of the live drift check: user_recency_hours is served from the dataset's snapshot (time since the user's
 # last event at the snapshot) while a training example has the time since the previous event, often within the same
@@ -139,7 +139,7 @@ class Tick:
 
 
 def per_user(ticks: list[Tick], phase: str) -> np.ndarray:
-    """One ``(clicks, impressions)`` row per user over a phase's ticks (`recsys.retrain.loop.ctr_test`'s input)."""
+    """One ``(clicks, impressions)`` row per user over a phase's ticks (`recsys.retrain.verdict.ctr_test`'s input)."""
     totals: dict[int, list[int]] = {}
     for t in ticks:
         if t.phase == phase:

@@ -11,7 +11,9 @@ import pytest
 
 from recsys.config import ConfigError
 from recsys.data.validate import validate
-from recsys.retrain.loop import CanaryConfig, Loop, LoopConfig, ctr_test, load_loop_config
+from recsys.retrain.config import CanaryConfig, LoopConfig, load_loop_config
+from recsys.retrain.loop import Loop
+from recsys.retrain.verdict import ctr_test
 from recsys.schema import PROJECT_ROOT
 from serving.feedback import FEEDBACK_INGEST, EventLog
 

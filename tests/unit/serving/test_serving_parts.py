@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 
 import numpy as np
 import polars as pl
@@ -10,15 +11,15 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from recsys.config import ConfigError, IngestConfig
+from recsys.config import ConfigError
 from recsys.data.features import META_CATEGORY, META_USER
 from recsys.data.ingest import read_table
 from recsys.events import EVENTS
 from recsys.export.signature import serving_inputs
 from serving import app as serving_app
 from serving.config import ServingConfig, from_args
-from serving.features import OnlineFeatures, encoded_default, model_inputs
-from serving.feedback import EVENT_GLOB, KEY_ENV, EventLog, RequestIds, request_key, variant_of
+from serving.features import FeaturesByDataset, OnlineFeatures, encoded_default, model_inputs
+from serving.feedback import FEEDBACK_INGEST, KEY_ENV, EventLog, RequestIds, request_key, variant_of
 
 
 def test_config_from_application_args(tmp_path):
@@ -80,6 +81,23 @@ def test_ranking_inputs_gather_the_online_tables(features, schema):
     assert all(a.shape[0] == 1 for a in query.values())
 
 
+def test_each_model_version_ranks_with_its_own_datasets_features(features, schema, tiny_dataset, tmp_path):
+    by_dataset = FeaturesByDataset(features)
+    assert by_dataset.get(None) is features and by_dataset.get(str(tiny_dataset.path)) is features
+    retrained = tmp_path / tiny_dataset.path.name  # another dataset folder (a copy: the same rows)
+    shutil.copytree(tiny_dataset.path, retrained)
+    other = by_dataset.get(str(retrained))
+    assert other is not features and other is by_dataset.get(str(retrained))  # loaded once
+    specs = model_inputs(schema, "dlrm")
+    user, items = features.users[META_USER][0], features.items["_item"].head(5).to_list()
+    inputs, dataset_id = by_dataset.ranking_inputs(str(retrained), user, items, specs)
+    expected = features.ranking_inputs(features.user(user), items, specs)
+    assert dataset_id == tiny_dataset.id and all(np.array_equal(inputs[k], expected[k]) for k in expected)
+    assert by_dataset.ranking_inputs(str(retrained), 10**12, items, specs) is None  # a user it does not know
+    assert by_dataset.ranking_inputs(str(retrained), user, [*items, 10**12], specs) is None  # nor an item
+    assert by_dataset.get(str(tmp_path / "gone")) is None  # unloadable: the caller falls back to production
+
+
 def test_request_ids_name_the_user_they_were_issued_to(tmp_path, monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     key = request_key(tmp_path)
@@ -107,7 +125,7 @@ def test_event_log_appends_in_the_shop_format(tmp_path):
             {"user_id": 7, "item_id": 3, "event_type": "click", "session_id": 11, "request_id": 11, "position": 0}]
     assert log.append(rows) == 2
     assert EventLog(tmp_path).append(rows[:1]) == 1  # a second writer (replica, restart) has its own file
-    frame, files = read_table(tmp_path, EVENTS, IngestConfig(events=EVENT_GLOB))
+    frame, files = read_table(tmp_path, EVENTS, FEEDBACK_INGEST)
     frame = frame.collect()
     assert len(files) == 2 and frame.height == 3
     assert frame["event_type"].to_list().count("click") == 1
