@@ -154,6 +154,18 @@ def versions(repo_root: str | Path, name: str) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def version_of_run(repo_root: str | Path, name: str, training_run: str) -> Path | None:
+    """The newest version folder of ``name`` exported from ``training_run`` (by its model.json), or None."""
+    for v in reversed(versions(repo_root, name)):
+        folder = Path(repo_root) / name / str(v)
+        try:
+            if ModelSignature.read(folder).metadata.get("training_run") == training_run:
+                return folder
+        except RecsysError:  # a version folder without a signature: not ours to judge here
+            continue
+    return None
+
+
 def models(repo_root: str | Path) -> list[str]:
     """The models in the repository that have a config and at least one version."""
     root = Path(repo_root)

@@ -260,17 +260,20 @@ class Loop:
 
     def _register(self, model: str) -> dict[str, Any]:
         from recsys.cli.export import publish
-        from recsys.registry import list_versions
+        from recsys.deploy.repository import version_of_run
+        from recsys.registry import list_versions, register
 
         name = self._run_name(model)
         existing = [v for v in list_versions(model, self.registry) if v.tags.get("training_run") == name]
+        export = Path(self.cfg.train_output).resolve() / name / "export"
+        repository = self._triton().repository if model == RANKER else None
+        added = version_of_run(repository, RANKER, name) if repository else None
         if existing:
             version = existing[-1]
+        elif added is not None and (export / "export.json").is_file():  # exported and added before a crash
+            version = register(export, {RANKER: added}, registry=self.registry)
         else:
-            info = self._triton()
-            run_dir = Path(self.cfg.train_output).resolve() / name
-            _, _, version = publish(run_dir, run_dir / "export", info.repository if model == RANKER else None,
-                                    registry=self.registry)
+            _, _, version = publish(export.parent, export, repository, registry=self.registry)
         return {"version": version.version, "summary": f"{model} v{version.version} ({name})"}
 
     def _triton(self):

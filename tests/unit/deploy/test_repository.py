@@ -15,6 +15,7 @@ from recsys.deploy.repository import (
     add_version,
     models,
     parse_config,
+    version_of_run,
     versions,
 )
 from recsys.errors import RecsysError
@@ -116,6 +117,14 @@ def test_versions_are_numbered_and_complete(exported, repo):
         add_version(repo, exported, version=2)
     with pytest.raises(RecsysError, match="must be >= 1"):
         add_version(repo, exported, version=0)
+
+
+def test_the_version_a_training_run_was_added_as_is_found(exported, repo, tmp_path):
+    for run in ("run-a", "run-b"):
+        add_version(repo, _with_json(exported, tmp_path / run, **{"metadata.training_run": run}))
+    assert version_of_run(repo, "ranker", "run-a") == repo / "ranker" / "1"
+    assert version_of_run(repo, "ranker", "run-b") == repo / "ranker" / "2"
+    assert version_of_run(repo, "ranker", "run-c") is None and version_of_run(repo, "other", "run-a") is None
 
 
 def test_a_model_for_another_schema_is_refused(exported, repo):
