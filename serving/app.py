@@ -294,14 +294,13 @@ class Ingress:
             self._rollout_checked = now
             self.canary.refresh()
         variant, version = self.canary.variant(user_id)
-        encoded = self._ranking_inputs(variant, user_id, items)
-        if encoded is None and variant == "candidate":  # the candidate's dataset is unusable or lacks the user
-            variant, version = "production", self.canary.state.production
-            encoded = self._ranking_inputs(variant, user_id, items)
-        if encoded is None:
-            return variant, None, f"no ranking features for user {user_id} in the {variant} model's dataset", ""
-        inputs, dataset_id = encoded
         while True:
+            if (encoded := self._ranking_inputs(variant, user_id, items)) is None:
+                if variant == "candidate":  # the candidate's dataset is unusable or lacks the user: production
+                    variant, version = "production", self.canary.state.production
+                    continue
+                return variant, None, f"no ranking features for user {user_id} in the {variant} model's dataset", ""
+            inputs, dataset_id = encoded
             start = time.perf_counter()
             try:
                 ranked, outcome = await asyncio.wait_for(self.ranker.rank(inputs, version),
@@ -323,9 +322,6 @@ class Ingress:
                     self.metrics.variant.labels(variant=variant).inc()
                 return variant, ranked, outcome, dataset_id
             variant, version = "production", self.canary.state.production
-            if (encoded := self._ranking_inputs(variant, user_id, items)) is None:
-                return variant, None, f"no ranking features for user {user_id} in the {variant} model's dataset", ""
-            inputs, dataset_id = encoded
 
     @api.post("/feedback", response_model=FeedbackResponse)
     async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:
