@@ -237,20 +237,17 @@ class Loop:
         return f"loop-{self.state.current['dataset']}-{model}"
 
     def _train(self, model: str, built: dict[str, Any]) -> dict[str, Any]:
+        from recsys.registry import PRIMARY_METRIC
         from recsys.training.config import TrainConfig
         from recsys.training.job import run
 
         name = self._run_name(model)
         run_dir = Path(self.cfg.train_output).resolve() / name
-        if (run_dir / "metrics.json").is_file():  # finished before the state could say so
-            summary = json.loads((run_dir / "metrics.json").read_text())
-        else:
+        if not (run_dir / "metrics.json").is_file():  # (present: finished before the state could say so)
             sets = [*self.cfg.train_overrides, f"dataset={built['path']}", f"name={name}",
                     f"output={self.cfg.train_output}"]
             run(model, load_config(TrainConfig, self.cfg.train_config, sets))
-            summary = json.loads((run_dir / "metrics.json").read_text())
-        from recsys.registry import PRIMARY_METRIC
-
+        summary = json.loads((run_dir / "metrics.json").read_text())
         test = {k: v for k, v in summary["metrics"].items() if k.startswith("test/")}
         key = PRIMARY_METRIC[model]
         baseline = summary.get("baselines", {}).get(key.replace("test/", "popularity_"))
@@ -298,22 +295,26 @@ class Loop:
             moved[model] = version
         return {"versions": moved, "summary": ", ".join(f"{m} v{v}" for m, v in moved.items()) + " are candidates"}
 
-    def _canary(self) -> dict[str, Any]:
+    def _rollout(self, share: float, reason: str, action: str):
+        """Serve the registry's aliases, the candidate (if any) for ``share`` of users (applying the same state
+        again, as a resumed step may, changes nothing but the revision)."""
         from recsys.deploy import rollout
 
         info = self._triton()
-        current = rollout.read(self.cfg.rollout_file)
-        state = rollout.state_from_registry(info, self.cfg.canary.share, RANKER, registry=self.registry,
-                                            base=current)
+        state = rollout.state_from_registry(info, share, RANKER, registry=self.registry,
+                                            base=rollout.read(self.cfg.rollout_file))
+        rollout.apply(self.cfg.rollout_file, state, reason, info=info, grace_s=self.cfg.canary.grace_s,
+                      event={"action": action, "registry": state.registry})
+        return state
+
+    def _canary(self) -> dict[str, Any]:
+        from recsys.registry.aliases import current
+
         version = self.state.done("register." + RANKER)["version"]
-        if state.registry.get("candidate") != str(version):
+        if current(RANKER, "candidate", self.registry) != version:
             raise RecsysError(f"the registry's {RANKER} candidate is not v{version} any more (moved by hand?)")
-        if not (current and current.candidate == state.candidate
-                and current.candidate_share == state.candidate_share):
-            rollout.apply(self.cfg.rollout_file, state,
-                          f"recsys loop {self.state.current['id']}: canary v{version} for "
-                          f"{state.candidate_share:.0%} of users", info=info, grace_s=self.cfg.canary.grace_s,
-                          event={"action": "canary", "registry": state.registry})
+        state = self._rollout(self.cfg.canary.share, f"recsys loop {self.state.current['id']}: canary v{version} "
+                              f"for {self.cfg.canary.share:.0%} of users", "canary")
         return {"since": _now(), "triton_version": state.candidate, "share": state.candidate_share,
                 "summary": f"{RANKER} v{version} (Triton version {state.candidate}) serves "
                            f"{state.candidate_share:.0%} of users"}
@@ -343,15 +344,6 @@ class Loop:
                                        f"{c.min_impressions:,} needed per variant)") | {"rates": rates}
             time.sleep(c.poll_s)
 
-    def _deploy(self, reason: str, action: str) -> None:
-        from recsys.deploy import rollout
-
-        info = self._triton()
-        current = rollout.read(self.cfg.rollout_file)
-        state = rollout.state_from_registry(info, 0.0, RANKER, registry=self.registry, base=current)
-        rollout.apply(self.cfg.rollout_file, state, reason, info=info, grace_s=self.cfg.canary.grace_s,
-                      event={"action": action, "registry": state.registry})
-
     def _promote(self, compared: str) -> dict[str, Any]:
         from recsys.registry import promote, withdraw_candidate
         from recsys.registry.aliases import current
@@ -365,7 +357,7 @@ class Loop:
             if current(model, "candidate", self.registry) is not None:
                 withdraw_candidate(model, reason="promoted to production", who="recsys loop", registry=self.registry)
             promoted[model] = version
-        self._deploy(reason, "promote")
+        self._rollout(0.0, reason, "promote")
         return {"outcome": "promoted", "versions": promoted,
                 "summary": ", ".join(f"{m} v{v}" for m, v in promoted.items()) + f" promoted: {compared}"}
 
@@ -377,5 +369,5 @@ class Loop:
         for model in self.cfg.models:
             if current(model, "candidate", self.registry) is not None:
                 withdraw_candidate(model, reason=reason, who="recsys loop", registry=self.registry)
-        self._deploy(reason, "canary_rollback")
+        self._rollout(0.0, reason, "canary_rollback")
         return {"outcome": "rolled_back", "summary": f"rolled back: {why}"}
