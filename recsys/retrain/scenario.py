@@ -2,7 +2,8 @@
 
 `prepare` sets the stage: a shop export as of the day before the shift and one up to today (the same world,
 `recsys.data.generate.ShopWorld`, whose users' tastes shift on ``drift.start_day``), both models trained on the
-first and promoted to production, Triton serving the ranker, and a loop config for the second.
+first and promoted to production, and Triton serving the ranker; `write_loop_config` points ``recsys loop`` at the
+second.
 
 `DriftScenario` then runs the story in ticks (a batch of `recsys.retrain.simulate.Shoppers` visits, then one
 `recsys.monitoring.monitor.Monitor` evaluation): steady traffic -> the preference shift -> until the retraining alert
@@ -132,10 +133,14 @@ class Tick:
     drift: float | None  # the monitor's drift.max_psi over its window
     alerts: list[str] = field(default_factory=list)  # alerts that fired at this tick
 
+    def totals(self, variant: str | None = None) -> tuple[int, int]:
+        """(clicks, impressions) of this tick's visits (of one variant's)."""
+        rows = [(clicks, shown) for _, v, shown, clicks in self.visits if variant in (None, v)]
+        return sum(r[0] for r in rows), sum(r[1] for r in rows)
+
     def ctr(self, variant: str | None = None) -> float | None:
-        rows = [(shown, clicks) for _, v, shown, clicks in self.visits if variant is None or v == variant]
-        shown = sum(r[0] for r in rows)
-        return sum(r[1] for r in rows) / shown if shown else None
+        clicks, shown = self.totals(variant)
+        return clicks / shown if shown else None
 
 
 def per_user(ticks: list[Tick], phase: str) -> np.ndarray:
@@ -166,6 +171,7 @@ class DriftScenario:
     started: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     outcome: str | None = None  # the loop's verdict (`add_loop_moments`)
+    floor: float | None = None  # the CTR rules' threshold, set from the steady CTR (`run`)
 
     def _tick(self, phase: str, monitor) -> Tick:
         visits = self.shoppers.run(self.visits_per_tick)
@@ -257,9 +263,7 @@ def plot_timeline(scenario: DriftScenario, path: str | Path, psi_threshold: floa
     xs = [t.at for t in scenario.ticks]
     for variant, color in ((None, "0.3"), ("production", "tab:blue"), ("candidate", "tab:orange")):
         # each tick's CTR as a dot, and over the last `smooth` ticks (clicks / impressions) as a line
-        rows = [(t.at, sum(v[3] for v in t.visits if variant in (None, v[1])),
-                 sum(v[2] for v in t.visits if variant in (None, v[1]))) for t in scenario.ticks]
-        rows = [r for r in rows if r[2]]
+        rows = [r for r in ((t.at, *t.totals(variant)) for t in scenario.ticks) if r[2]]
         if not rows or (variant == "production" and len(rows) == len(scenario.ticks)
                         and all(t.ctr("candidate") is None for t in scenario.ticks)):
             continue  # (production alone is the same as all traffic)
