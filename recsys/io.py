@@ -32,3 +32,24 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(path: str | Path, text: str, fsync: bool = False) -> Path:
+    """Replace ``path`` with ``text`` in one step: a reader sees the old content or the new, never a part.
+
+    ``fsync`` makes the new content durable before it replaces the old (for state a crash must not lose).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        with open(staging, "w") as f:
+            f.write(text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    return path

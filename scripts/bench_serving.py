@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.cli.export import final_checkpoint
     from recsys.deploy import server
     from recsys.deploy.server import free_port
-    from serving.config import ServingConfig
+    from recsys.serving_config import ServingConfig
     from serving.launch import direct_ingress_env, run_app, wait_healthy
 
     work = Path(args.work).resolve()

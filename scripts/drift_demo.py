@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     from recsys.retrain.simulate import Shoppers
     from recsys.schema import load_schema
+    from recsys.serving_config import ServingConfig
     from recsys.training.config import TrainConfig
     from recsys.training.job import run
-    from serving.config import ServingConfig
     from serving.features import OnlineFeatures
     from serving.launch import direct_ingress_env, direct_ingress_port, run_app
 

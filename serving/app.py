@@ -30,12 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from recsys.eventlog.feedback import FeedbackLog, event_id_for
+from recsys.eventlog.request_ids import RequestIds, request_key, variant_of
+from recsys.eventlog.requests import RequestLog
+from recsys.serving_config import ServingConfig, from_args
 from serving.canary import Canary
-from serving.config import ServingConfig, from_args
-from serving.feedback import EventLog, RequestIds, request_key, variant_of
 from serving.metrics import Metrics
 from serving.ranker import TritonRanker
-from serving.requestlog import RequestLog
 from serving.retriever import Retriever
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class Ingress:
         self.ranking_features = FeaturesByDataset(self.features)  # each variant's model ranks with its dataset's
         self.query_specs = model_inputs(schema, "two_tower.user")
         self.ranking_specs = model_inputs(schema, "dlrm")
-        self.log = EventLog(config.event_log)
+        self.log = FeedbackLog(config.event_log)
         self.requests = RequestLog(config.event_log)
         self.request_ids = RequestIds(request_key(config.event_log))
         self.metrics = module.STATE["metrics"] = Metrics()
@@ -335,8 +336,11 @@ class Ingress:
                  "item_id": e.item_id, "event_type": e.event_type,
                  "session_id": body.session_id if body.session_id is not None else body.request_id,
                  "request_id": body.request_id, "position": e.position} for e in body.events]
+        for row in rows:
+            row["event_id"] = event_id_for(body.request_id, row["item_id"], row["event_type"], row["position"],
+                                           row["timestamp"])
         try:
-            accepted = await asyncio.to_thread(self.log.append, rows)
+            accepted, _ = await asyncio.to_thread(self.log.append, rows, variant_of(body.request_id))
         except OSError as exc:
             self.metrics.errors.labels(stage="feedback").inc()
             raise HTTPException(503, f"the event log could not be written ({exc}); nothing was accepted") from exc

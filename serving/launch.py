@@ -19,7 +19,7 @@ import time
 
 import httpx
 
-from serving.config import ServingConfig
+from recsys.serving_config import ServingConfig
 
 APP_NAME = "recsys"
 

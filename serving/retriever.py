@@ -13,7 +13,7 @@ from ray import serve
 
 from recsys.errors import RecsysError
 from recsys.export.signature import ModelSignature
-from serving.config import ServingConfig
+from recsys.serving_config import ServingConfig
 
 
 class QueryRetriever:

@@ -94,7 +94,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = load_config(DataConfig, args.config, args.overrides)
     started = time.perf_counter()
-    from serving.feedback import FEEDBACK_INGEST
+    from recsys.eventlog.feedback import FEEDBACK_INGEST
 
     report = validate(args.source, args.out, cfg.validation, cfg.ingest, reference=args.reference,
                       extra_events=[(log, FEEDBACK_INGEST) for log in args.feedback])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from serving.config import ServingConfig
+from recsys.serving_config import ServingConfig
 
 TASKS = ("dlrm", "two-tower")
 
@@ -136,11 +136,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _deploy(args: argparse.Namespace) -> int:
     from recsys.deploy import rollout, server
 
-    info = server.read_state(args.triton_run_dir)
-    if info is None or not server.is_alive(info.pid):
-        print(f"no running Triton in {args.triton_run_dir} (recsys triton start --run-dir {args.triton_run_dir})",
-              file=sys.stderr)
-        return 1
+    info = server.running(args.triton_run_dir)
     current = rollout.read(args.rollout_file)
     state = rollout.state_from_registry(info, args.share, args.task, registry=args.registry, base=current)
     reason = f"recsys models deploy: production v{state.registry['production']}" + (

@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from recsys.deploy.server import free_port
-    from serving.config import from_args
+    from recsys.serving_config import from_args
     from serving.launch import direct_ingress_env, run_app
 
     app_args, http = serve_args(args.config, args.overrides)

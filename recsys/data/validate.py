@@ -216,7 +216,7 @@ def validate(source: str | Path, out: str | Path, cfg: ValidationConfig, ingest:
     """Validate the export under ``source`` and write clean tables, quarantine and report to ``out``.
 
     ``extra_events``: more event sources (folder, how to read it), checked with the export's events, e.g. the
-    serving app's feedback log (`serving.feedback.FEEDBACK_INGEST`).
+    serving app's feedback log (`recsys.eventlog.feedback.FEEDBACK_INGEST`).
 
     Raises IngestSchemaError (schema) or ValidationFailed (too many bad rows / failed statistics);
     in both cases ``out`` is left untouched.

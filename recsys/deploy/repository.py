@@ -30,6 +30,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from recsys.errors import RecsysError
 from recsys.export.signature import SIGNATURE_FILE, ModelSignature, TensorSpec
+from recsys.io import atomic_write_text
 
 ONNX_FILE = "model.onnx"
 PYTHON_MODEL_FILE = "model.py"
@@ -210,21 +211,13 @@ def _check_graph(graph, sig: ModelSignature, path: Path) -> None:
                                   f"[batch, {', '.join(map(str, spec.shape))}]")
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Replace ``path`` atomically (a reader sees the old or the new file, never half of one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_configs(repo_root: str | Path, sig: ModelSignature,
                   settings: TritonModelSettings = TritonModelSettings()) -> tuple[Path, Path]:
     """(Re)write a model's ``config.pbtxt`` and ``configs/cpu.pbtxt`` from its signature."""
     folder = Path(repo_root) / sig.name
     gpu, cpu = folder / CONFIG_FILE, folder / CPU_CONFIG_FILE
-    _write_text(gpu, render(gpu_config(sig, settings)))
-    _write_text(cpu, render(cpu_config(sig, settings)))
+    atomic_write_text(gpu, render(gpu_config(sig, settings)))
+    atomic_write_text(cpu, render(cpu_config(sig, settings)))
     return gpu, cpu
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from recsys.deploy.repository import CPU_CONFIG_NAME, models
 from recsys.errors import RecsysError
+from recsys.io import atomic_write_text
 
 HOST = "127.0.0.1"
 STATE_FILE = "server.json"
@@ -252,10 +253,7 @@ def read_state(run_dir: str | Path) -> ServerInfo | None:
 
 
 def _write_state(info: ServerInfo) -> None:
-    path = Path(info.run_dir) / STATE_FILE
-    tmp = path.with_name(f".{STATE_FILE}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(asdict(info), indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(Path(info.run_dir) / STATE_FILE, json.dumps(asdict(info), indent=2))
 
 
 # ---------------------------------------------------------------- start / status / stop
@@ -336,6 +334,14 @@ def start(repository: str | Path, model_names: list[str] | None = None, run_dir:
                     else f"was not ready after {ready_timeout_s:.0f} s")
             raise RecsysError(f"tritonserver {what}: {reason} (log: {log})")
     raise AssertionError("unreachable")
+
+
+def running(run_dir: str | Path = "runs/triton") -> ServerInfo:
+    """The server started from ``run_dir``; `RecsysError` naming the command to start one if none runs."""
+    info = read_state(run_dir)
+    if info is None or not (is_alive(info.pid) and _is_tritonserver(info.pid)):
+        raise RecsysError(f"no running Triton in {run_dir} (start one: recsys triton start --run-dir {run_dir})")
+    return info
 
 
 def status(run_dir: str | Path = "runs/triton") -> ServerStatus | None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from recsys.io import atomic_write_text
 from recsys.monitoring.rules import AlertConfig, AlertRule, WebhookSettings
 
 logger = logging.getLogger("recsys.alerts")
@@ -200,10 +200,8 @@ class AlertManager:
     def _save(self) -> None:
         if self.state_path is None:
             return
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps({"version": 1, "alerts": self.state}, indent=1, sort_keys=True))
-        os.replace(tmp, self.state_path)
+        atomic_write_text(self.state_path, json.dumps({"version": 1, "alerts": self.state}, indent=1,
+                                                      sort_keys=True))
 
     @property
     def firing(self) -> list[str]:

@@ -29,6 +29,8 @@ from recsys.monitoring.alerts import AlertManager, Notification
 from recsys.monitoring.drift import drift_summary, feature_drift
 from recsys.monitoring.rules import load_alert_config
 
+MAX_DRIFT_ROWS = 100_000  # logged answers kept for the drift check: the newest, however long the window
+
 
 @dataclass
 class Snapshot:
@@ -52,21 +54,20 @@ def reference_profile(dataset, schema, split: str = "test") -> dict[str, dict]:
     return profile_features(pl.scan_parquet(dataset.shards("ranking", split)), task_features(schema, "ranking"))
 
 
-def snapshot(event_log: str | Path, profile: dict[str, dict], window: timedelta, now: datetime, *,
-             min_impressions: int = 100, min_drift_rows: int = 200,
+def snapshot(events: pl.DataFrame | None, logged: pl.DataFrame | None, profile: dict[str, dict], start: datetime,
+             now: datetime, *, min_impressions: int = 100, min_drift_rows: int = 200,
              skip_features: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The metrics of the window ``(now - window, now]``; ``skip_features`` are left out of the drift check."""
+    """The metrics of ``(start, now]`` from fed-back events and logged answers (`online.LiveLog` frames);
+    ``skip_features`` are left out of the drift check."""
     metrics: dict[str, Any] = {}
-    events = online.feedback(event_log)
     if events is not None:
-        for row in online.rates_by_variant(events, window, now).iter_rows(named=True):
+        for row in online.rates_by_variant(events.lazy(), now - start, now).iter_rows(named=True):
             metrics[f"impressions.{row['variant']}"] = row["impressions"]
             if row["impressions"] >= min_impressions:
                 metrics[f"ctr.{row['variant']}"] = row["ctr"]
                 metrics[f"purchase_rate.{row['variant']}"] = row["purchase_rate"]
-    logged = online.requests(event_log)
     if logged is not None:
-        recent = logged.filter((pl.col("timestamp") > now - window) & (pl.col("timestamp") <= now))
+        recent = logged.lazy().filter((pl.col("timestamp") > start) & (pl.col("timestamp") <= now))
         stats = recent.select(pl.len().alias("n"), pl.col("degraded").mean().alias("error_rate"),
                               pl.col("total_ms").quantile(0.99).alias("p99")).collect().row(0, named=True)
         metrics["serving.requests"] = stats["n"]
@@ -88,6 +89,9 @@ class Monitor:
                  webhook_url: str | None = None, min_impressions: int = 100, min_drift_rows: int = 200,
                  skip_features: tuple[str, ...] = ()):
         self.event_log, self.profile, self.window = event_log, profile, window
+        # each log followed incrementally, its window's rows in memory (drift looks at the newest max_drift_rows)
+        self.feedback = online.feedback_log(event_log, window)
+        self.requests = online.request_log(event_log, window, max_rows=MAX_DRIFT_ROWS)
         self.limits = {"min_impressions": min_impressions, "min_drift_rows": min_drift_rows,
                        "skip_features": tuple(skip_features)}
         self.trigger_file = Path(trigger_file) if trigger_file else None
@@ -104,9 +108,15 @@ class Monitor:
             f.write(json.dumps({"at": notification.at, "reason": notification.summary,
                                 "alert": notification.to_dict()}) + "\n")
 
-    def evaluate(self, now: datetime | None = None) -> Snapshot:
+    def evaluate(self, now: datetime | None = None, since: datetime | None = None) -> Snapshot:
+        """One snapshot over ``(since, now]`` (default: the trailing window), the rules run on it.
+
+        A caller that knows what it sent (a test, a simulation) passes ``since`` to judge exactly that traffic.
+        """
         now = now or datetime.now(UTC)
-        metrics = snapshot(self.event_log, self.profile, self.window, now, **self.limits)
+        start = max(since, now - self.window) if since is not None else now - self.window
+        metrics = snapshot(self.feedback.refresh(now), self.requests.refresh(now), self.profile, start, now,
+                           **self.limits)
         notifications = self.alerts.evaluate(metrics, at=now.timestamp())
         if self.history_file is not None:
             self.history_file.parent.mkdir(parents=True, exist_ok=True)

@@ -1,49 +1,90 @@
 """Model metrics from what the serving app logged: click-through and purchase rates per variant over sliding
-windows (from /feedback), the served score distribution per variant and the live model inputs (from the
-request log), with Polars over the JSON lines the app writes under its event log folder.
+windows (from /feedback), the served score distribution per variant and the live model inputs (from the request
+log), with Polars over the JSON lines the app writes under its event-log folder (`recsys.eventlog`).
 
-The variant of a fed-back event is read from its request id (`serving.feedback.variant_of`: two bits of the
-id), so no join with the request log is needed.
+`LiveLog` follows one of those logs and keeps only its trailing window in memory, reading each appended byte once
+(a monitor that polls every few seconds does not rescan the log). Torn or unparseable lines are set aside with
+their file and line (``bad``) and logged, never fail a read. Fed-back events are counted once per ``event_id``: a
+client's retry carries the same id.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 
-from serving.feedback import EVENT_GLOB as FEEDBACK
-from serving.feedback import TAG_BITS, VARIANT_BITS, VARIANT_CODES
-from serving.requestlog import REQUEST_GLOB as REQUESTS
+from recsys.eventlog.feedback import FEEDBACK_GLOB
+from recsys.eventlog.jsonl import LINE, BadLine, JsonlTail
+from recsys.eventlog.requests import REQUEST_GLOB
+
+log = logging.getLogger(__name__)
+MAX_BAD_KEPT = 1000
 
 
-def _scan(root: str | Path, pattern: str) -> pl.LazyFrame | None:
-    files = sorted(Path(root).glob(pattern))
-    return pl.scan_ndjson(files, infer_schema_length=10_000) if files else None
+def _timestamps(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.drop(LINE).with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC", time_unit="us"))
 
 
-def variant_expr(request_id: str = "request_id") -> pl.Expr:
-    """`serving.feedback.variant_of` as a Polars expression."""
-    code = (pl.col(request_id) // (2**TAG_BITS)) % (2**VARIANT_BITS)
-    names = pl.lit("unknown")
-    for n, name in reversed(list(enumerate(VARIANT_CODES))):
-        names = pl.when(code == n).then(pl.lit(name)).otherwise(names)
-    return names.alias("variant")
+def once_per_event(frame: pl.DataFrame) -> pl.DataFrame:
+    """Fed-back events without repeats: the first row of each ``event_id`` (rows without one are all kept)."""
+    if "event_id" not in frame.columns:
+        return frame
+    return frame.filter(pl.col("event_id").is_null() | pl.col("event_id").is_first_distinct())
+
+
+class LiveLog:
+    """The rows of one of the app's logs whose timestamp lies within ``horizon`` of the latest `refresh` (all rows
+    when ``horizon`` is None), at most ``max_rows`` of them (the newest)."""
+
+    def __init__(self, root: str | Path, pattern: str, prepare: Callable[[pl.DataFrame], pl.DataFrame],
+                 horizon: timedelta | None = None, max_rows: int | None = None):
+        self._tail = JsonlTail(Path(root), pattern)
+        self._prepare, self.horizon, self.max_rows = prepare, horizon, max_rows
+        self.frame: pl.DataFrame | None = None
+        self.rows_read = 0  # rows read since the start (the window may have dropped them since)
+        self.bad: list[BadLine] = []  # the first MAX_BAD_KEPT lines that could not be read
+
+    def refresh(self, now: datetime | None = None) -> pl.DataFrame | None:
+        new, bad = self._tail.poll()
+        for b in bad:
+            log.warning("%s line %d set aside: %s", b.file, b.line, b.reason)
+        self.bad += bad[: MAX_BAD_KEPT - len(self.bad)]
+        if new is not None:
+            new = self._prepare(new)
+            self.rows_read += new.height
+            self.frame = new if self.frame is None else pl.concat([self.frame, new], how="diagonal_relaxed")
+        if self.frame is not None:
+            if self.horizon is not None and now is not None:
+                self.frame = self.frame.filter(pl.col("timestamp") > now - self.horizon)
+            if self.max_rows is not None and self.frame.height > self.max_rows:
+                self.frame = self.frame.tail(self.max_rows)
+        return self.frame
+
+
+def feedback_log(root: str | Path, horizon: timedelta | None = None) -> LiveLog:
+    """Fed-back events (timestamp parsed, once per event id)."""
+    return LiveLog(root, FEEDBACK_GLOB, lambda f: once_per_event(_timestamps(f)), horizon)
+
+
+def request_log(root: str | Path, horizon: timedelta | None = None, max_rows: int | None = None) -> LiveLog:
+    """Logged answers (timestamp parsed)."""
+    return LiveLog(root, REQUEST_GLOB, _timestamps, horizon, max_rows)
 
 
 def feedback(root: str | Path) -> pl.LazyFrame | None:
-    """Fed-back events with their time and variant; None before the first."""
-    frame = _scan(root, FEEDBACK)
-    if frame is None:
-        return None
-    return frame.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC"), variant_expr())
+    """Every fed-back event, with its time and variant; None before the first."""
+    frame = feedback_log(root).refresh()
+    return None if frame is None else once_per_event(frame).lazy()
 
 
 def requests(root: str | Path) -> pl.LazyFrame | None:
-    """Logged answers (one row each) with their time; None before the first."""
-    frame = _scan(root, REQUESTS)
-    return None if frame is None else frame.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC"))
+    """Every logged answer (one row each) with its time; None before the first."""
+    frame = request_log(root).refresh()
+    return None if frame is None else frame.lazy()
 
 
 def rates_by_variant(events: pl.LazyFrame, window: timedelta, now: datetime) -> pl.DataFrame:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -35,8 +34,9 @@ from typing import Any
 
 from recsys.config import load_config
 from recsys.errors import RecsysError
+from recsys.io import atomic_write_text
 from recsys.retrain.config import RANKER, LoopConfig
-from recsys.retrain.verdict import ctr_test, per_user_counts
+from recsys.retrain.verdict import CanaryCounts, ctr_test
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,7 @@ class LoopState:
                 raise RecsysError(f"{path} is not a loop state (fix or remove it): {exc}") from exc
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_name(f".{self.path.name}.tmp")
-        staging.write_text(json.dumps(self.data, indent=2, default=str))
-        os.replace(staging, self.path)
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str), fsync=True)
 
     @property
     def current(self) -> dict[str, Any] | None:
@@ -200,7 +197,7 @@ class Loop:
 
     def _validate(self) -> dict[str, Any]:
         from recsys.data.validate import validate
-        from serving.feedback import FEEDBACK_INGEST
+        from recsys.eventlog.feedback import FEEDBACK_INGEST
 
         data = self._data_config()
         out = Path(self.cfg.work_dir) / self.state.current["id"] / "validated"
@@ -274,13 +271,9 @@ class Loop:
         return {"version": version.version, "summary": f"{model} v{version.version} ({name})"}
 
     def _triton(self):
-        from recsys.deploy.server import is_alive, read_state
+        from recsys.deploy.server import running
 
-        info = read_state(self.cfg.triton_run_dir)
-        if info is None or not is_alive(info.pid):
-            raise RecsysError(f"no running Triton in {self.cfg.triton_run_dir} (recsys triton start --run-dir "
-                              f"{self.cfg.triton_run_dir}); the loop deploys to it")
-        return info
+        return running(self.cfg.triton_run_dir)
 
     def _candidate(self) -> dict[str, Any]:
         from recsys.registry import promote
@@ -323,9 +316,10 @@ class Loop:
         c = self.cfg.canary
         since = datetime.fromisoformat(self.state.done("canary")["since"])
         deadline = since + timedelta(minutes=c.max_wait_minutes)
+        canary = CanaryCounts(self.cfg.event_log, since)
         while True:
             now = datetime.now(UTC)
-            counts = per_user_counts(self.cfg.event_log, since, now)
+            counts = canary.update()
             seen = {v: int(x[:, 1].sum()) for v, x in counts.items()}
             rates = {v: {"users": len(x), "impressions": seen[v], "clicks": int(x[:, 0].sum()),
                          "ctr": x[:, 0].sum() / seen[v]} for v, x in counts.items()}

@@ -8,6 +8,7 @@ as independent would overstate the evidence.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 
@@ -38,19 +39,51 @@ def ctr_test(candidate: np.ndarray, production: np.ndarray) -> tuple[float, floa
     return z, 0.5 * math.erfc(z / math.sqrt(2))
 
 
-def per_user_counts(event_log: str | Path, since: datetime, now: datetime) -> dict[str, np.ndarray]:
-    """Per variant, one ``(clicks, impressions)`` row per user over ``(since, now]``, from the app's feedback log."""
-    import polars as pl
+class CanaryCounts:
+    """Per variant, one ``(clicks, impressions)`` row per user over the fed-back events after ``since``, kept
+    current by reading only what the app appended since the last `update` (memory: one row per user, and the
+    newest ``remember`` event ids, against which a client's retry is counted once)."""
 
-    from recsys.monitoring import online
+    def __init__(self, event_log: str | Path, since: datetime, remember: int = 200_000):
+        from recsys.eventlog.feedback import FEEDBACK_GLOB
+        from recsys.eventlog.jsonl import JsonlTail
 
-    events = online.feedback(event_log)
-    if events is None:
-        return {}
-    rows = (events.filter((pl.col("timestamp") > since) & (pl.col("timestamp") <= now))
-            .group_by("variant", "user_id")
-            .agg((pl.col("event_type") == "click").sum().alias("clicks"),
-                 (pl.col("event_type") == "impression").sum().alias("impressions"))
-            .filter(pl.col("impressions") > 0).collect())
-    return {v: rows.filter(pl.col("variant") == v).select("clicks", "impressions").to_numpy()
-            for v in rows["variant"].unique().to_list()}
+        self._tail = JsonlTail(Path(event_log), FEEDBACK_GLOB)
+        self.since = since
+        self._totals: dict[tuple[str, int], list[int]] = {}
+        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._remember = remember
+
+    def _fresh(self, ids: list[int | None]) -> list[bool]:
+        keep = []
+        for event_id in ids:
+            if event_id is None:
+                keep.append(True)
+                continue
+            keep.append(event_id not in self._seen)
+            self._seen[event_id] = None
+        while len(self._seen) > self._remember:
+            self._seen.popitem(last=False)
+        return keep
+
+    def update(self) -> dict[str, np.ndarray]:
+        import polars as pl
+
+        new, _ = self._tail.poll()  # (torn lines are the monitor's to report)
+        if new is not None and new.height and {"variant", "user_id", "event_type"} <= set(new.columns):
+            ts = pl.col("timestamp").str.to_datetime(time_zone="UTC", time_unit="us")
+            new = new.filter(ts > self.since)
+            if "event_id" in new.columns:
+                new = new.filter(pl.Series(self._fresh(new["event_id"].to_list()), dtype=pl.Boolean))
+            rows = (new.group_by("variant", "user_id")
+                    .agg((pl.col("event_type") == "click").sum().alias("clicks"),
+                         (pl.col("event_type") == "impression").sum().alias("impressions")))
+            for variant, user, clicks, shown in rows.iter_rows():
+                total = self._totals.setdefault((variant, user), [0, 0])
+                total[0] += clicks
+                total[1] += shown
+        out: dict[str, list[list[int]]] = {}
+        for (variant, _), total in self._totals.items():
+            if total[1] > 0:
+                out.setdefault(variant, []).append(total)
+        return {v: np.array(rows, dtype=np.int64).reshape(-1, 2) for v, rows in out.items()}

@@ -14,9 +14,9 @@ from recsys.config import load_config
 from recsys.data.features import META_USER
 from recsys.deploy import server
 from recsys.deploy.server import free_port
+from recsys.serving_config import ServingConfig
 from recsys.training.config import TrainConfig
 from recsys.training.job import run
-from serving.config import ServingConfig
 from serving.features import OnlineFeatures
 from serving.launch import direct_ingress_env, direct_ingress_port, run_app
 from tests.conftest import ROOT

@@ -33,8 +33,8 @@ from recsys.retrain.scenario import (
     write_loop_config,
 )
 from recsys.retrain.simulate import Shoppers
+from recsys.serving_config import ServingConfig
 from recsys.training.job import run
-from serving.config import ServingConfig
 from serving.features import OnlineFeatures
 from serving.launch import direct_ingress_port, run_app
 from tests.conftest import ROOT

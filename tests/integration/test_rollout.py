@@ -18,7 +18,7 @@ import pytest
 from recsys.deploy import rollout
 from recsys.deploy.repository import add_version
 from recsys.deploy.rollout import RolloutState, Thresholds
-from serving.feedback import variant_of
+from recsys.eventlog.request_ids import variant_of
 from tests.integration.conftest import recommend
 
 pytestmark = pytest.mark.integration

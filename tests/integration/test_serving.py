@@ -33,12 +33,12 @@ from recsys.data.features import (
 )
 from recsys.data.ingest import read_table
 from recsys.deploy import server
+from recsys.eventlog.feedback import FEEDBACK_GLOB as EVENT_GLOB
 from recsys.events import EVENTS
 from recsys.export.signature import ModelSignature, serving_inputs
 from recsys.models.inputs import make_batch
 from recsys.training.checkpoint import load_model
 from serving.features import model_inputs
-from serving.feedback import EVENT_GLOB
 from tests.integration.conftest import known_users, recommend
 from tests.integration.test_triton import inputs_for
 
@@ -163,7 +163,7 @@ def test_feedback_is_appended_and_readable_by_ingest(app, http):
 
 
 def test_served_requests_are_logged_with_the_model_inputs(app, http):
-    from serving.requestlog import REQUEST_GLOB
+    from recsys.eventlog.requests import REQUEST_GLOB
 
     users = known_users(app, 3)
     answers = {recommend(http, user_id=u, k=4)["request_id"]: u for u in users}

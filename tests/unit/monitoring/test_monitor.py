@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -10,14 +11,15 @@ import pytest
 
 from recsys.cli import main as recsys_main
 from recsys.data.profile import profile_features
+from recsys.eventlog.request_ids import RequestIds
 from recsys.monitoring.monitor import Monitor
-from serving.feedback import RequestIds
 from tests.conftest import ROOT
 from tests.unit.monitoring.test_drift import FEATURES, _shop
 
 RULES = ROOT / "configs" / "monitoring" / "alerts.yaml"
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 IDS = RequestIds(b"k" * 32)
+EVENT_IDS = itertools.count(1)
 
 
 def log_requests(root, start: datetime, frame, variant="production"):
@@ -39,13 +41,10 @@ def log_feedback(root, start: datetime, variant: str, impressions: int, clicks: 
     rid = IDS.issue(1, variant)
     with open(folder / "feedback-a.jsonl", "a") as f:
         for n in range(impressions):
-            event = "click" if n < clicks else "impression"
             at = (start + timedelta(seconds=n % 600)).isoformat()
-            f.write(json.dumps({"timestamp": at, "request_id": rid, "user_id": 1, "item_id": 1,
-                                "event_type": "impression"}) + "\n")
-            if event == "click":
-                f.write(json.dumps({"timestamp": at, "request_id": rid, "user_id": 1, "item_id": 1,
-                                    "event_type": "click"}) + "\n")
+            for event in ("impression", "click") if n < clicks else ("impression",):
+                f.write(json.dumps({"event_id": next(EVENT_IDS), "timestamp": at, "request_id": rid, "user_id": 1,
+                                    "item_id": 1, "event_type": event, "variant": variant}) + "\n")
 
 
 @pytest.fixture(scope="module")

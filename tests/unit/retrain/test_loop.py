@@ -11,11 +11,11 @@ import pytest
 
 from recsys.config import ConfigError
 from recsys.data.validate import validate
+from recsys.eventlog.feedback import FEEDBACK_INGEST, FeedbackLog, event_id_for
 from recsys.retrain.config import CanaryConfig, LoopConfig, load_loop_config
 from recsys.retrain.loop import Loop
 from recsys.retrain.verdict import ctr_test
 from recsys.schema import PROJECT_ROOT
-from serving.feedback import FEEDBACK_INGEST, EventLog
 
 
 def test_ctr_test_against_a_hand_worked_example():
@@ -112,11 +112,10 @@ RID = 10**15 + 7  # a request id the generator does not use
 def test_feedback_events_are_validated_with_the_export(tiny_raw, tiny_cfg, tmp_path):
     events = pl.read_parquet(tiny_raw / "events" / "*.parquet")
     user, item = events["user_id"][0], events["item_id"][0]
-    log = EventLog(tmp_path / "served")
-    log.append([{"user_id": user, "item_id": item, "event_type": "impression", "session_id": RID, "request_id": RID,
-                 "position": 0},
-                {"user_id": user, "item_id": item, "event_type": "click", "session_id": RID, "request_id": RID},
-                {"user_id": user, "item_id": 10**9, "event_type": "click", "session_id": RID, "request_id": RID}])
+    log = FeedbackLog(tmp_path / "served")
+    log.append([{"user_id": user, "item_id": i, "event_type": t, "session_id": RID, "request_id": RID,
+                 "position": 0, "event_id": event_id_for(RID, i, t)}
+                for i, t in ((item, "impression"), (item, "click"), (10**9, "click"))], "production")
     plain = validate(tiny_raw, tmp_path / "plain", tiny_cfg.validation, tiny_cfg.ingest)
     both = validate(tiny_raw, tmp_path / "both", tiny_cfg.validation, tiny_cfg.ingest,
                     extra_events=[(tmp_path / "served", FEEDBACK_INGEST)])

@@ -14,12 +14,13 @@ from fastapi.testclient import TestClient
 from recsys.config import ConfigError
 from recsys.data.features import META_CATEGORY, META_USER
 from recsys.data.ingest import read_table
+from recsys.eventlog.feedback import FEEDBACK_INGEST, FeedbackLog, event_id_for
+from recsys.eventlog.request_ids import KEY_ENV, RequestIds, request_key, variant_of
 from recsys.events import EVENTS
 from recsys.export.signature import serving_inputs
+from recsys.serving_config import ServingConfig, from_args
 from serving import app as serving_app
-from serving.config import ServingConfig, from_args
 from serving.features import FeaturesByDataset, OnlineFeatures, encoded_default, model_inputs
-from serving.feedback import FEEDBACK_INGEST, KEY_ENV, EventLog, RequestIds, request_key, variant_of
 
 
 def test_config_from_application_args(tmp_path):
@@ -118,18 +119,19 @@ def test_request_ids_name_the_user_they_were_issued_to(tmp_path, monkeypatch):
     assert request_key(tmp_path) == bytes.fromhex("ab" * 32)
 
 
-def test_event_log_appends_in_the_shop_format(tmp_path):
-    log = EventLog(tmp_path)
-    rows = [{"user_id": 7, "item_id": 3, "event_type": "impression", "session_id": 11, "request_id": 11,
-             "position": 0},
-            {"user_id": 7, "item_id": 3, "event_type": "click", "session_id": 11, "request_id": 11, "position": 0}]
-    assert log.append(rows) == 2
-    assert EventLog(tmp_path).append(rows[:1]) == 1  # a second writer (replica, restart) has its own file
+def test_feedback_log_appends_in_the_shop_format_once_per_event(tmp_path):
+    log = FeedbackLog(tmp_path)
+    rows = [{"user_id": 7, "item_id": 3, "event_type": t, "session_id": 11, "request_id": 11, "position": 0,
+             "event_id": event_id_for(11, 3, t, 0, None)} for t in ("impression", "click")]
+    assert log.append(rows, "candidate") == (2, 0)
+    assert log.append(rows, "candidate") == (0, 2)  # a retry: this writer wrote those ids already
+    assert FeedbackLog(tmp_path).append(rows[:1], "candidate") == (1, 0)  # another writer has its own file
     frame, files = read_table(tmp_path, EVENTS, FEEDBACK_INGEST)
     frame = frame.collect()
     assert len(files) == 2 and frame.height == 3
     assert frame["event_type"].to_list().count("click") == 1
-    assert frame["event_id"].n_unique() == 3 and frame["timestamp"].null_count() == 0
+    assert frame["event_id"].n_unique() == 2 and frame["timestamp"].null_count() == 0  # same ids across writers
+    assert event_id_for(11, 3, "click", 0, None) != event_id_for(11, 3, "click", 1, None)
 
 
 def test_body_limit_refuses_large_bodies(monkeypatch):
@@ -175,7 +177,7 @@ def test_serve_config_and_rayservice_manifest_are_valid_serve_configs():
 def test_request_log_writes_what_was_served_for_monitoring(tmp_path):
     import asyncio
 
-    from serving.requestlog import REQUEST_GLOB, RequestLog
+    from recsys.eventlog.requests import REQUEST_GLOB, RequestLog
 
     log = RequestLog(tmp_path, flush_s=0.05)
     inputs = {"user_country": np.array([[3]]), "user_views": np.array([[1.5]], dtype=np.float32),

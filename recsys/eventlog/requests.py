@@ -1,10 +1,11 @@
-"""What the app served, for monitoring: one JSON line per answer, with the user's model inputs as the model
-saw them (``inputs``: encoded, so drift is measured against the training dataset's profile; absent for a
+"""The request log: what the app served, for monitoring. One JSON line per answer, with the user's model inputs as
+the model saw them (``inputs``: encoded, so drift is measured against the training dataset's profile; absent for a
 cold start), the variant, and the served items with their scores.
 
 Lines are buffered and written at most every ``flush_s`` seconds or ``max_rows`` rows (not fsynced per request:
-this is telemetry, unlike the feedback log), one file per replica:
-``<event_log>/requests/requests-<start>-<id>.jsonl``. `recsys.monitoring` reads them with Polars.
+this is telemetry, unlike the feedback log), one file per replica: ``<event_log>/requests/requests-<start>-<id>.jsonl``.
+A write that fails drops those lines (counted in ``dropped``, logged) and never fails the answer it was logging.
+`recsys.monitoring` reads the files with `recsys.eventlog.jsonl`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import threading
 import time
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 REQUEST_GLOB = "requests/*.jsonl"
 
 
@@ -29,6 +32,7 @@ class RequestLog:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"requests-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}.jsonl"
         self.flush_s, self.max_rows = flush_s, max_rows
+        self.dropped = 0  # lines lost to failed writes
         self._lines: list[str] = []
         self._flushed = time.monotonic()
         self._lock = threading.Lock()
@@ -52,6 +56,11 @@ class RequestLog:
         with self._lock:
             lines, self._lines = self._lines, []
             self._flushed = time.monotonic()
-            if lines:
+            if not lines:
+                return
+            try:
                 with open(self.path, "a") as f:
                     f.write("".join(lines))
+            except OSError as exc:  # telemetry: lose these lines, not the answers
+                self.dropped += len(lines)
+                log.error("request log %s: %d line(s) dropped (%s)", self.path, len(lines), exc)

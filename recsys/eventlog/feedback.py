@@ -1,0 +1,88 @@
+"""The feedback log: impressions, clicks and purchases on served lists, appended by the serving app in the shop
+event format (`recsys.events.EVENTS`) that the data pipeline ingests, plus the ``variant`` that served the list.
+
+Each writer (one per ingress replica) appends JSON lines to its own file ``<root>/events/feedback-<id>.jsonl`` and
+flushes and fsyncs before returning, so an accepted event survives a crash or restart. Read them back with
+``recsys.data.ingest.read_table(root, EVENTS, FEEDBACK_INGEST)``, validate them with a shop export
+(``recsys.data.validate.validate(..., extra_events=[(root, FEEDBACK_INGEST)])``), or follow them live with
+`recsys.eventlog.jsonl.JsonlTail`.
+
+Retries are safe. Every event's id is the client's, or derived from what identifies it (`event_id_for`), so an
+event sent twice, to the same replica or another, carries the same ``event_id``: a writer skips ids it wrote
+recently, and every reader keeps one row per ``event_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from recsys.config import IngestConfig
+from recsys.events import EVENTS
+
+FEEDBACK_GLOB = "events/*.jsonl"
+FEEDBACK_INGEST = IngestConfig(events=FEEDBACK_GLOB, format="jsonl")  # how the data pipeline reads the log
+VARIANT = "variant"  # beside the EVENTS columns: the variant whose list the event is about
+INT63 = (1 << 63) - 1
+
+
+def event_id_for(request_id: int, *identity: object) -> int:
+    """A positive int64 that names one event: the same ``(request_id, *identity)`` always gives the same id.
+
+    ``identity`` is the client's idempotency key and the event's place in its request, or (without a key) what
+    the event says: user, item, type, position and time as sent.
+    """
+    digest = hashlib.blake2b(repr((request_id, *identity)).encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") & INT63) or 1
+
+
+class FeedbackWriteError(OSError):
+    """The log could not be written; some of the events may be in it (a retry with the same ids is safe)."""
+
+
+class FeedbackLog:
+    def __init__(self, root: str | Path, remember: int = 100_000):
+        self.root = Path(root)
+        (self.root / "events").mkdir(parents=True, exist_ok=True)
+        self.path = self.root / "events" / f"feedback-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}.jsonl"
+        self._lock = threading.Lock()
+        self._written: OrderedDict[int, None] = OrderedDict()  # ids this writer wrote, the newest `remember`
+        self._remember = remember
+
+    def append(self, events: list[dict], variant: str) -> tuple[int, int]:
+        """Write ``events`` (EVENTS columns, ``event_id`` set; a missing timestamp is now) durably.
+
+        Returns (events written, events skipped because this writer wrote their id recently). Raises
+        `FeedbackWriteError` when the write or the fsync failed.
+        """
+        now = datetime.now(UTC).isoformat()
+        with self._lock:
+            fresh, ids = [], set()
+            for e in events:  # (the same event twice in one request is one event too)
+                if e["event_id"] not in self._written and e["event_id"] not in ids:
+                    fresh.append(e)
+                    ids.add(e["event_id"])
+            lines = []
+            for e in fresh:
+                row = {c: e.get(c) for c in EVENTS.names}
+                row["timestamp"] = row["timestamp"] or now
+                row[VARIANT] = variant
+                lines.append(json.dumps(row, separators=(",", ":")) + "\n")
+            try:
+                with open(self.path, "ab") as f:
+                    f.write("".join(lines).encode())
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                raise FeedbackWriteError(exc.errno, f"{self.path}: {exc.strerror or exc}") from exc
+            for event_id in ids:
+                self._written[event_id] = None
+            while len(self._written) > self._remember:
+                self._written.popitem(last=False)
+        return len(lines), len(events) - len(lines)
