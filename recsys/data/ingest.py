@@ -4,8 +4,10 @@ A column mapping in config (``ingest.columns``) renames their columns to ours, `
 renames their event types, and timestamps may be ISO text, a strptime format or epoch numbers.
 
 Reading never drops a row. Each parsed column keeps its raw text beside it so validation can
-quarantine a row whose value does not parse, with the value as it was. Problems with the *table*
-(a required column missing, a column of an incompatible type) raise `IngestSchemaError` instead.
+quarantine a row whose value does not parse, with the value as it was. A JSON line that is not a JSON object
+(torn by a writer killed mid-append, or garbled) is a row too, with every column null and its text in
+``raw_line``; the other lines of its file are read as usual. Problems with the *table* (a required column
+missing, a column of an incompatible type, a file that cannot be read) raise `IngestSchemaError` instead.
 """
 
 from __future__ import annotations
@@ -18,18 +20,28 @@ import polars as pl
 
 from recsys.config import IngestConfig
 from recsys.errors import RecsysError
+from recsys.eventlog.jsonl import LINE, read_jsonl
 from recsys.events import EventType, Table
 from recsys.hashing import file_sha256
 
 RAW = "__raw_"  # prefix of the raw-text twin of every parsed column
-SOURCE_FILE = "source_file"
-SOURCE_ROW = "source_row"
+SOURCE_FILE = "source_file"  # the file a row was read from
+SOURCE_ROW = "source_row"  # where in that file: the 0-based row (Parquet; CSV not counting the header), or the
+#                            1-based line number (JSON lines)
+RAW_LINE = "raw_line"  # the text of a JSON line that could not be read as a row; null on every other row
+_BAD_LINE = "__bad_line"  # RAW_LINE while the files are read, apart from any field the files have
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".json": "jsonl"}
 
 
 class IngestSchemaError(RecsysError, ValueError):
-    """A source table cannot be read as the canonical table (missing or mistyped columns)."""
+    """A source table cannot be read as the canonical table (missing or mistyped columns, unreadable files)."""
+
+    @classmethod
+    def reading(cls, what: str, exc: Exception) -> IngestSchemaError:
+        """``what`` failed with ``exc`` (a Polars or OS error): one line, the first of the reader's message."""
+        lines = str(exc).strip().splitlines()
+        return cls(f"{what}: {lines[0] if lines else type(exc).__name__}")
 
 
 @dataclass(frozen=True)
@@ -66,17 +78,36 @@ def _format(paths: list[Path], cfg: IngestConfig) -> str:
     return kinds.pop()  # type: ignore[return-value]
 
 
+def _scan_jsonl(paths: list[Path]) -> pl.LazyFrame:
+    """Every line of ``paths`` as a row: its fields, or for a line that is not a JSON object only its text."""
+    frames = []
+    for path in paths:
+        try:
+            rows, bad = read_jsonl(path, max_text=None)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise IngestSchemaError.reading(f"{path}: cannot be read as JSON lines", exc) from exc
+        rows = rows.drop(SOURCE_FILE, SOURCE_ROW, _BAD_LINE, strict=False)  # (names of ours, not fields of theirs)
+        torn = pl.DataFrame({LINE: [b.line for b in bad], _BAD_LINE: [b.text for b in bad]},
+                            schema={LINE: pl.Int64, _BAD_LINE: pl.String})
+        frame = pl.concat([rows, torn], how="diagonal").sort(LINE) if bad else rows
+        frames.append(frame.rename({LINE: SOURCE_ROW}).with_columns(pl.lit(str(path)).alias(SOURCE_FILE)))
+    try:
+        return pl.concat(frames, how="diagonal_relaxed").lazy()
+    except pl.exceptions.PolarsError as exc:  # a field holding e.g. objects in one file and numbers in another
+        raise IngestSchemaError.reading(f"the JSON-lines files {[p.name for p in paths[:3]]} disagree on a "
+                                        "field's type", exc) from exc
+
+
 def _scan(paths: list[Path], fmt: str) -> pl.LazyFrame:
     source = [str(p) for p in paths]
+    if fmt == "jsonl":  # read line by line, so that one torn line costs only itself
+        return _scan_jsonl(paths)
     if fmt == "parquet":
         lf = pl.scan_parquet(source, include_file_paths=SOURCE_FILE)
-    elif fmt == "csv":
+    else:
         # everything as text: a bad value then fails on its own row instead of failing the file
         lf = pl.scan_csv(source, infer_schema=False, include_file_paths=SOURCE_FILE)
-    else:
-        lf = pl.concat([pl.scan_ndjson(p, infer_schema_length=None).with_columns(
-            pl.lit(p).alias(SOURCE_FILE)) for p in source], how="diagonal_relaxed")
-    return lf.with_row_index(SOURCE_ROW)
+    return lf.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over(SOURCE_FILE).alias(SOURCE_ROW))
 
 
 def _compatible(target: pl.DataType, found: pl.DataType) -> bool:
@@ -135,12 +166,19 @@ def read_table(source: Path, table: Table, cfg: IngestConfig) -> tuple[pl.LazyFr
     """Read one canonical table from ``source`` with the column mapping applied.
 
     Returns a lazy frame with every canonical column parsed, its raw text in ``__raw_<column>``,
-    and ``source_file`` / ``source_row`` for tracing a row back; plus the files read.
-    Raises IngestSchemaError when a required column is missing or a column's type cannot hold ours.
+    ``source_file`` / ``source_row`` for tracing a row back (``source_row`` is the 0-based row in a Parquet or
+    CSV file, the 1-based line number in a JSON-lines file) and ``raw_line``, the text of a JSON line that is not
+    a JSON object (its row has every column null; null on every other row); plus the files read.
+    Raises IngestSchemaError when a required column is missing, a column's type cannot hold ours, or a file
+    cannot be read.
     """
     paths = find_files(source, getattr(cfg, table.name), table.name)
     lf = _scan(paths, _format(paths, cfg))
-    found = lf.collect_schema()
+    try:
+        found = lf.collect_schema()
+    except pl.exceptions.PolarsError as exc:  # e.g. a file that is not Parquet
+        raise IngestSchemaError.reading(f"{table.name}: cannot read {[p.name for p in paths[:3]]}", exc) from exc
+    fields = [c for c in found if c not in (SOURCE_FILE, SOURCE_ROW, _BAD_LINE)]
     mapping = cfg.columns.get(table.name, {})
     unknown_targets = sorted(set(mapping) - set(table.names))
     if unknown_targets:
@@ -148,21 +186,22 @@ def read_table(source: Path, table: Table, cfg: IngestConfig) -> tuple[pl.LazyFr
                                 f"{table.name}; expected keys among {table.names}")
     theirs = {ours: mapping.get(ours, ours) for ours in table.names}
     missing = [f"{ours}" + (f" (mapped from {col!r})" if col != ours else "")
-               for ours, col in theirs.items() if col not in found and ours in table.required]
-    if missing:
+               for ours, col in theirs.items() if col not in fields and ours in table.required]
+    if missing and fields:  # (JSON lines none of which could be read have no fields: each is quarantined)
         raise IngestSchemaError(
             f"{table.name}: required column(s) missing: {', '.join(missing)}; the files "
-            f"({', '.join(p.name for p in paths[:3])}) have {[c for c in found if c not in (SOURCE_FILE, SOURCE_ROW)]}."
+            f"({', '.join(p.name for p in paths[:3])}) have {fields}."
             f" Map their names with ingest.columns.{table.name}.")
     mistyped = [f"{ours} ({theirs[ours]!r} is {found[theirs[ours]]}, expected {target})"
                 for ours, target in table.schema.items()
-                if theirs[ours] in found and not _compatible(target, found[theirs[ours]])]
+                if theirs[ours] in fields and not _compatible(target, found[theirs[ours]])]
     if mistyped:
         raise IngestSchemaError(f"{table.name}: column type(s) changed: {'; '.join(mistyped)}")
-    exprs = [pl.col(SOURCE_FILE), pl.col(SOURCE_ROW)]
+    exprs = [pl.col(SOURCE_FILE), pl.col(SOURCE_ROW),
+             (pl.col(_BAD_LINE) if _BAD_LINE in found else pl.lit(None, dtype=pl.String)).alias(RAW_LINE)]
     for ours, target in table.schema.items():
         col = theirs[ours]
-        if col in found:
+        if col in fields:
             exprs.append(_parse(col, target, found[col], cfg).alias(ours))
             exprs.append(pl.col(col).cast(pl.String).alias(RAW + ours))
         else:  # optional column the source does not have

@@ -3,8 +3,12 @@
 * Schema checks (a required column missing, a column of the wrong type) stop the run before anything
   is written (`recsys.data.ingest.IngestSchemaError`).
 * Row checks never drop a row silently: every bad row goes to ``quarantine/<table>.parquet`` with its
-  raw values, where it came from and every reason it failed. Good rows are kept whatever their
-  neighbours look like. Too many bad rows (``validation.max_bad_row_share``) stop the run.
+  raw values, where it came from and every reason it failed; a JSON line that could not be read at all
+  (torn by a writer killed mid-append) as ``unparseable line``, with its text. Good rows are kept whatever
+  their neighbours look like. Too many bad rows (``validation.max_bad_row_share``) stop the run.
+* Exact copies of an event (the same ``event_id`` and the same value in every column, e.g. a retried
+  ``/feedback`` written again) are one event: one is kept, the others are counted as ``deduplicated``.
+  Events that share an ``event_id`` but differ are quarantined as ``duplicate event_id``.
 * Batch statistics (volume per day, null rates, unseen categories) are compared with a reference
   profile — a previous validation report or dataset manifest — and reported; with
   ``on_stats_violation: fail`` a violation stops the run.
@@ -24,12 +28,13 @@ from typing import Any
 import polars as pl
 
 from recsys.config import IngestConfig, ValidationConfig
-from recsys.data.ingest import RAW, SOURCE_FILE, SOURCE_ROW, read_table
+from recsys.data.ingest import RAW, RAW_LINE, SOURCE_FILE, SOURCE_ROW, IngestSchemaError, read_table
 from recsys.errors import RecsysError
 from recsys.events import EVENTS, ITEMS, USERS, Table
 from recsys.io import atomic_dir
 
 REASON = "reason"
+UNPARSEABLE_LINE = "unparseable line"  # the reason for a JSON line that is not a JSON object
 CATEGORICAL_COLUMNS = {"events": ["event_type"], "users": ["country", "device"], "items": ["category", "brand"]}
 MAX_PROFILE_VALUES = 10_000
 
@@ -40,11 +45,15 @@ class ValidationFailed(RecsysError):
 
 @dataclass
 class TableReport:
+    """One table's counts: ``rows`` read (lines, for JSON lines) = ``good`` + ``bad`` (quarantined, by reason in
+    ``reasons``) + ``deduplicated`` (exact copies of a kept or quarantined row, dropped)."""
+
     rows: int
     good: int
     bad: int
     reasons: dict[str, int]
     files: list[dict[str, Any]]
+    deduplicated: int = 0
 
     @property
     def bad_share(self) -> float:
@@ -71,7 +80,7 @@ class ValidationReport:
         lines = [f"validation of {self.source}"]
         for name, t in self.tables.items():
             lines.append(f"  {name:<7} {t.rows:>12,} rows  {t.good:>12,} good  {t.bad:>9,} quarantined "
-                         f"({t.bad_share:.2%})")
+                         f"({t.bad_share:.2%})" + (f"  {t.deduplicated:,} deduplicated" if t.deduplicated else ""))
             for reason, n in sorted(t.reasons.items(), key=lambda kv: -kv[1]):
                 lines.append(f"            {n:>12,}  {reason}")
         if self.reference:
@@ -132,12 +141,34 @@ def _event_checks(cfg: ValidationConfig, now: datetime, users: pl.Series,
     ]
 
 
-def _split(lf: pl.LazyFrame, table: Table, checks: list[tuple[pl.Expr, str]]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    marked = lf.with_columns(_reasons(checks)).collect()
+def _exact_copies(table: Table) -> pl.Expr:
+    """True on a row that repeats an earlier row with the same key: every column's value the same but the time,
+    and where a value (the time too) did not parse, the same raw text (rows without a key are never copies).
+
+    The time is left out: an event the app received twice (a client's retry, perhaps to another replica) carries
+    the same ``event_id`` and the same content, but each copy the time it was received; the first is kept."""
+    values = [pl.col(c) for c in table.names if c != "timestamp"]
+    unparsed = [pl.when(pl.col(c).is_null()).then(pl.col(RAW + c)).alias(RAW + c) for c in table.names]
+    return pl.col(table.key).is_not_null() & ~pl.struct(*values, *unparsed).is_first_distinct()
+
+
+def _split(lf: pl.LazyFrame, table: Table, checks: list[tuple[pl.Expr, str]],
+           dedupe: bool = False) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """(good rows, quarantined rows, exact copies dropped: only with ``dedupe``)."""
+    try:
+        rows = lf.collect()
+    except pl.exceptions.PolarsError as exc:  # e.g. a CSV line with too many fields
+        raise IngestSchemaError.reading(f"{table.name}: the files cannot be read", exc) from exc
+    read = rows.height
+    if dedupe:
+        rows = rows.filter(~_exact_copies(table))
+    unreadable = pl.col(RAW_LINE).is_not_null()  # a torn JSON line: its columns are null, but not "missing"
+    marked = rows.with_columns(pl.when(unreadable).then(pl.lit(UNPARSEABLE_LINE)).otherwise(_reasons(checks))
+                               .alias(REASON))
     good = marked.filter(pl.col(REASON).is_null()).select(table.names)
     bad = marked.filter(pl.col(REASON).is_not_null()).select(
-        SOURCE_FILE, SOURCE_ROW, REASON, *[pl.col(RAW + c).alias(c) for c in table.names])
-    return good, bad
+        SOURCE_FILE, SOURCE_ROW, REASON, *[pl.col(RAW + c).alias(c) for c in table.names], RAW_LINE)
+    return good, bad, read - rows.height
 
 
 def _count_reasons(bad: pl.DataFrame) -> dict[str, int]:
@@ -230,23 +261,24 @@ def validate(source: str | Path, out: str | Path, cfg: ValidationConfig, ingest:
         more, more_files = read_table(Path(extra), EVENTS, extra_ingest)
         events_lf, event_files = pl.concat([events_lf, more], how="vertical_relaxed"), event_files + more_files
 
-    users, bad_users = _split(users_lf, USERS, _parse_checks(USERS) + _user_checks(cfg, now))
-    items, bad_items = _split(items_lf.with_columns(pl.col("available").fill_null(True)), ITEMS,
-                              _parse_checks(ITEMS) + _item_checks())
+    users, bad_users, _ = _split(users_lf, USERS, _parse_checks(USERS) + _user_checks(cfg, now))
+    items, bad_items, _ = _split(items_lf.with_columns(pl.col("available").fill_null(True)), ITEMS,
+                                 _parse_checks(ITEMS) + _item_checks())
     # an event is kept when its user / item is in the tables at all, even if that row itself was
     # quarantined: a bad attribute row must not cost the good events that mention it
     known_users = pl.concat([users["user_id"], bad_users["user_id"].cast(pl.Int64, strict=False)]).drop_nulls()
     known_items = pl.concat([items["item_id"], bad_items["item_id"].cast(pl.Int64, strict=False)]).drop_nulls()
-    events, bad_events = _split(events_lf, EVENTS, _parse_checks(EVENTS) + _event_checks(
-        cfg, now, known_users, known_items))
+    events, bad_events, copies = _split(events_lf, EVENTS, _parse_checks(EVENTS) + _event_checks(
+        cfg, now, known_users, known_items), dedupe=True)
     events = events.sort("timestamp", "event_id")
 
     tables = {}
-    for name, good, bad, files in (("events", events, bad_events, event_files),
-                                   ("users", users, bad_users, user_files),
-                                   ("items", items, bad_items, item_files)):
-        tables[name] = TableReport(rows=good.height + bad.height, good=good.height, bad=bad.height,
-                                   reasons=_count_reasons(bad), files=[f.to_dict() for f in files])
+    for name, good, bad, dropped, files in (("events", events, bad_events, copies, event_files),
+                                            ("users", users, bad_users, 0, user_files),
+                                            ("items", items, bad_items, 0, item_files)):
+        tables[name] = TableReport(rows=good.height + bad.height + dropped, good=good.height, bad=bad.height,
+                                   reasons=_count_reasons(bad), files=[f.to_dict() for f in files],
+                                   deduplicated=dropped)
     over = [f"{name}: {t.bad:,} of {t.rows:,} rows bad ({t.bad_share:.1%}; most common: "
             f"{max(t.reasons, key=t.reasons.__getitem__)})"
             for name, t in tables.items() if t.bad_share > cfg.max_bad_row_share]

@@ -3,7 +3,8 @@
 A replica killed in the middle of an append leaves a torn line: the rest of the file is fine, but one line is not
 JSON (or has no newline yet). Polars' own NDJSON reader fails the whole file on it. Here every complete, parseable
 line becomes a row (with its 1-based line number in ``LINE``) and every other line a `BadLine` naming its file and
-line, so a caller can quarantine it and keep the rest.
+line, so a caller can quarantine it and keep the rest. A field whose lines disagree on its JSON type (a number in
+one line, an array or a string in another) is kept as each value's JSON text rather than nulled.
 
 `read_jsonl` reads whole files (batch ingest). `JsonlTail` follows a folder of logs and returns, per poll, only
 the lines completed since the last one: a monitor polling every few seconds reads each byte once, not the whole
@@ -27,11 +28,26 @@ MAX_TEXT = 500  # characters of a bad line kept for the report
 class BadLine:
     file: str
     line: int  # 1-based
-    text: str  # the line as found (cut at MAX_TEXT characters)
+    text: str  # the line as found (cut at MAX_TEXT characters unless the reader asked for all of it)
     reason: str
 
     def to_dict(self) -> dict:
         return {"file": self.file, "line": self.line, "text": self.text, "reason": self.reason}
+
+
+_KINDS = {bool: "boolean", int: "number", float: "number", str: "string", dict: "object", list: "array"}
+
+
+def _column(name: str, values: list) -> pl.Series:
+    """One field of many JSON objects as a Series. Where the lines disagree on the field's JSON type (a number
+    here, a string or an array there), every value becomes its JSON text instead: nothing is nulled or coerced,
+    and a reader that parses the text row by row can tell the bad value from the good ones."""
+    if len({_KINDS.get(type(v)) for v in values if v is not None}) <= 1:
+        try:
+            return pl.Series(name, values, strict=False)
+        except (pl.exceptions.PolarsError, TypeError, ValueError, OverflowError):
+            pass  # e.g. an integer beyond int128, or nested values of different types
+    return pl.Series(name, [v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pl.String)
 
 
 def _rows(lines: list[tuple[int, bytes]]) -> pl.DataFrame:
@@ -42,18 +58,23 @@ def _rows(lines: list[tuple[int, bytes]]) -> pl.DataFrame:
     data = b"\n".join(text for _, text in lines)
     try:
         frame = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
-    except pl.exceptions.PolarsError:  # values of different types in one field: let Polars pick a supertype
-        frame = pl.from_dicts([json.loads(text) for _, text in lines], infer_schema_length=None, strict=False)
+        if frame.height != len(lines):
+            raise ValueError("not one row per line")
+    except (pl.exceptions.PolarsError, ValueError):  # e.g. values of different types in one field
+        objects = [json.loads(text) for _, text in lines]
+        names = dict.fromkeys(name for obj in objects for name in obj)
+        frame = pl.DataFrame([_column(name, [obj.get(name) for obj in objects]) for name in names])
     return frame.with_columns(numbers)
 
 
-def parse_jsonl(data: bytes, file: str, first_line: int = 1, final: bool = True) -> tuple[pl.DataFrame, list[BadLine],
-                                                                                           int]:
+def parse_jsonl(data: bytes, file: str, first_line: int = 1, final: bool = True,
+                max_text: int | None = MAX_TEXT) -> tuple[pl.DataFrame, list[BadLine], int]:
     """Rows and bad lines of ``data`` (the bytes of ``file`` from line ``first_line`` on).
 
     Args:
         final: the data is the whole rest of the file, so a last line without a newline is read too (a bad line if
             it does not parse: its writer was interrupted). Otherwise that line is left for when it is finished.
+        max_text: characters of a bad line's text kept in `BadLine.text`; None keeps the whole line.
     Returns:
         (rows with a ``LINE`` column, bad lines, how many bytes of ``data`` were consumed).
     """
@@ -76,21 +97,22 @@ def parse_jsonl(data: bytes, file: str, first_line: int = 1, final: bool = True)
                 value = json.loads(text)
             except ValueError as exc:
                 torn = " (the file's last line, without a newline: its writer was interrupted)" if n == last else ""
-                bad.append(BadLine(file, n, text.decode(errors="replace")[:MAX_TEXT], f"not JSON{torn}: {exc}"))
+                bad.append(BadLine(file, n, text.decode(errors="replace")[:max_text], f"not JSON{torn}: {exc}"))
                 continue
             if isinstance(value, dict):
                 good.append((n, text))
             else:
-                bad.append(BadLine(file, n, text.decode(errors="replace")[:MAX_TEXT],
+                bad.append(BadLine(file, n, text.decode(errors="replace")[:max_text],
                                    f"not a JSON object (a {type(value).__name__})"))
         frame = _rows(good)
     return frame, sorted(bad, key=lambda b: b.line), end
 
 
-def read_jsonl(path: str | Path) -> tuple[pl.DataFrame, list[BadLine]]:
-    """Every complete line of one file as a row (``LINE``: its line number), and the lines that are not."""
+def read_jsonl(path: str | Path, max_text: int | None = MAX_TEXT) -> tuple[pl.DataFrame, list[BadLine]]:
+    """Every line of one file that is a JSON object as a row (``LINE``: its line number), and the lines that are
+    not, with ``max_text`` characters of their text (None: all). A last line without a newline is read too."""
     path = Path(path)
-    frame, bad, _ = parse_jsonl(path.read_bytes(), str(path))
+    frame, bad, _ = parse_jsonl(path.read_bytes(), str(path), max_text=max_text)
     return frame, bad
 
 

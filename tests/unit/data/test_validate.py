@@ -36,7 +36,7 @@ BAD_EVENTS = {
     "timestamp in the future": lambda r: r.with_columns(pl.lit(NOW + timedelta(days=2)).alias("timestamp")),
     "timestamp before the shop opened": lambda r: r.with_columns(
         pl.lit(datetime(2019, 5, 1, tzinfo=UTC)).alias("timestamp")),
-    "duplicate event_id": lambda r: r,  # an exact copy of an existing event
+    "duplicate event_id": lambda r: r.with_columns(pl.col("session_id") + 1),  # an existing id, another event
     "unknown user_id": lambda r: r.with_columns(pl.lit(987654321).alias("user_id")),
     "unknown item_id": lambda r: r.with_columns(pl.lit(987654321).alias("item_id")),
     "negative position": lambda r: r.with_columns(pl.lit(-3, pl.Int32).alias("position")),
@@ -54,7 +54,8 @@ def dirty(tmp_path, tiny_raw):
         if reason != "duplicate event_id":
             row = row.with_columns(pl.lit(next_id + i).alias("event_id"))
         bad.append(row.select(events.columns).cast(events.schema))
-    dirty_events = pl.concat([events, *bad])
+    exact_copy = events.slice(3, 1)  # a retry: the same event again, which is no bad row
+    dirty_events = pl.concat([events, *bad, exact_copy])
     dup_user = users.head(1)
     future_user = users.slice(1, 1).with_columns(pl.lit(987654300, pl.Int64).alias("user_id"),
                                                   (pl.lit(NOW.date()) + timedelta(days=30)).alias("signup_date"))
@@ -71,6 +72,9 @@ def test_every_bad_row_is_quarantined_with_its_reason_and_good_rows_survive(tmp_
     quarantine = pl.read_parquet(out / "quarantine" / "events.parquet")
     assert sorted(quarantine["reason"]) == sorted(BAD_EVENTS)
     assert report.tables["events"].reasons == dict.fromkeys(BAD_EVENTS, 1)
+    assert report.tables["events"].deduplicated == 1  # the exact copy: dropped, counted, not quarantined
+    assert report.tables["events"].rows == events.height + len(BAD_EVENTS) + 1
+    assert report.tables["users"].deduplicated == report.tables["items"].deduplicated == 0
     # the quarantine keeps the raw values and says where each row came from
     assert quarantine.filter(pl.col("reason") == "unknown event_type")["event_type"].to_list() == ["like"]
     assert quarantine["source_file"].str.ends_with("part-00000.parquet").all()
@@ -84,6 +88,7 @@ def test_every_bad_row_is_quarantined_with_its_reason_and_good_rows_survive(tmp_
     assert report.tables["items"].reasons == {"negative price": 1}
     assert pl.read_parquet(out / "users.parquet").height == users.height
     assert (out / "report.txt").read_text().count("quarantined") == 3
+    assert "1 deduplicated" in (out / "report.txt").read_text()
 
 
 def test_multiple_reasons_on_one_row(tmp_path, tiny_raw):
