@@ -6,8 +6,9 @@ A dataset lives in ``<root>/<dataset_id>/``::
     encoders.json                   vocabularies and bucket boundaries (shared by online encoding)
     shards/<task>/<split>/part-00000-of-00002.parquet
     online/users.parquet            latest user features and history, for serving
-    online/items.parquet            latest item features and availability
+    online/items.parquet            latest item features, availability and category
     online/user_category.parquet    latest user x category features
+    online/purchases.parquet        (user, item) pairs bought so far: serving's purchase filter
 
 The id is a content hash of the validated inputs, the schema and the build config: the same inputs
 give the same id (and the build is skipped), any change gives a new one.
@@ -40,9 +41,9 @@ from recsys.data.profile import profile_features
 from recsys.errors import RecsysError
 from recsys.hashing import file_sha256, stable_hash
 from recsys.io import atomic_dir
-from recsys.schema import FeatureSchema, Kind
+from recsys.schema import PROJECT_ROOT, FeatureSchema, Kind
 
-PIPELINE_VERSION = 3  # bump when feature logic changes what a build writes
+PIPELINE_VERSION = 4  # bump when feature logic changes what a build writes
 TASKS = ("ranking", "retrieval")
 SPLITS = ("train", "val", "test")
 VALIDATED_TABLES = ("events", "users", "items")
@@ -171,15 +172,29 @@ def _fit_values(schema: FeatureSchema, users: pl.DataFrame, items: pl.DataFrame)
     return values
 
 
-def load_builder(validated: Path, schema: FeatureSchema) -> FeatureBuilder:
-    """A feature builder over a validated export, with encoders fitted on its tables."""
+def load_builder(validated: Path, schema: FeatureSchema, encoders: Encoders | None = None) -> FeatureBuilder:
+    """A feature builder over a validated export, with encoders fitted on its tables (or the given ``encoders``:
+    another dataset's, to encode these events as a model trained on that dataset reads them)."""
     events = sorted_events(pl.read_parquet(validated / "events.parquet"))
     if events.is_empty():
         raise DatasetError(f"{validated}: no valid events to build from")
     users = pl.read_parquet(validated / "users.parquet")
     items = pl.read_parquet(validated / "items.parquet")
-    encoders = fit_encoders(schema, _fit_values(schema, users, items))
+    if encoders is None:
+        encoders = fit_encoders(schema, _fit_values(schema, users, items))
     return FeatureBuilder(schema, events, users, items, encoders)
+
+
+def in_split(bounds: dict[str, datetime], split: str) -> pl.Expr:
+    """Whether an example row (by its timestamp) belongs to ``split`` under the split boundaries ``bounds``."""
+    ts = pl.col(TS)
+    if split == "train":
+        return ts < bounds["val_start"]
+    if split == "val":
+        return (ts >= bounds["val_start"]) & (ts < bounds["test_start"])
+    if split == "test":
+        return ts >= bounds["test_start"]
+    raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
 
 
 SHARD = "__shard"
@@ -195,10 +210,7 @@ def write_examples(builder: FeatureBuilder, task: str, bounds: dict[str, datetim
     build with an unchunked one row for row.)
     """
     rows = example_rows(builder, task).collect()
-    ts = pl.col(TS)
-    splits = {"train": rows.filter(ts < bounds["val_start"]),
-              "val": rows.filter((ts >= bounds["val_start"]) & (ts < bounds["test_start"])),
-              "test": rows.filter(ts >= bounds["test_start"])}
+    splits = {split: rows.filter(in_split(bounds, split)) for split in SPLITS}
     del rows
     schema = encode_examples(builder, splits["train"].head(0).lazy(), task).collect_schema()
     n = cfg.shards
@@ -313,3 +325,54 @@ def build_dataset(validated: str | Path, root: str | Path, schema: FeatureSchema
         steps.update(1)
     steps.close()
     return Dataset(final, manifest), True
+
+
+# ---- a dataset's events encoded with another dataset's encoders ---------------------------------------------
+def validated_source(dataset: Dataset) -> Path:
+    """The validated export ``dataset`` was built from, refused unless its tables are the ones the build hashed."""
+    folders = set()
+    for table in VALIDATED_TABLES:
+        recorded = dataset.manifest.sources["validated"][table]
+        path = Path(recorded["path"])
+        if not path.is_absolute():  # built from a relative path: relative to where the build ran
+            path = next((p for p in (Path.cwd() / path, PROJECT_ROOT / path) if p.is_file()), path)
+        if not path.is_file():
+            raise DatasetError(f"dataset {dataset.id} was built from {recorded['path']}, which is gone: its events "
+                               "cannot be encoded again")
+        if (digest := file_sha256(path)) != recorded["sha256"]:
+            raise DatasetError(f"dataset {dataset.id} was built from {path} with sha256 {recorded['sha256']}, but "
+                               f"that file now has sha256 {digest}: its events cannot be encoded again")
+        folders.add(path.parent)
+    if len(folders) != 1:
+        raise DatasetError(f"dataset {dataset.id}: its validated tables lie in several folders {sorted(folders)}")
+    return folders.pop()
+
+
+def builder_with(dataset: Dataset, schema: FeatureSchema, encoders: Encoders) -> FeatureBuilder:
+    """A feature builder over the events, users and items ``dataset`` was built from (the whole history, so every
+    point-in-time feature is what the build computed), encoding with ``encoders`` (e.g. another dataset's)."""
+    return load_builder(validated_source(dataset), schema, encoders)
+
+
+def split_boundaries_of(dataset: Dataset) -> dict[str, datetime]:
+    """The split boundaries ``dataset`` was built with."""
+    return {k: datetime.fromisoformat(v) for k, v in dataset.manifest.splits["boundaries"].items()}
+
+
+def encoded_split(builder: FeatureBuilder, dataset: Dataset, task: str, split: str) -> pl.DataFrame:
+    """The examples of ``dataset``'s ``task`` / ``split`` (the same events, in event order) with ``builder``'s
+    encoders; with the dataset's own builder these are its shards' rows."""
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    rows = example_rows(builder, task).filter(in_split(split_boundaries_of(dataset), split)).collect()
+    step = max(int(dataset.manifest.config.get("chunk_rows") or rows.height), 1)
+    chunks = [encode_examples(builder, rows.slice(start, step).lazy(), task).collect()
+              for start in range(0, rows.height, step)]
+    return pl.concat(chunks) if chunks else encode_examples(builder, rows.lazy(), task).collect()
+
+
+def encoded_at_test_start(builder: FeatureBuilder, dataset: Dataset) -> dict[str, pl.DataFrame]:
+    """The ``users`` and ``items`` tables as of ``dataset``'s test start (`Dataset.at_test_start`), encoded with
+    ``builder``'s encoders."""
+    tables = online_tables(builder, split_boundaries_of(dataset)["test_start"])
+    return {name: tables[name].collect(engine="streaming") for name in ("users", "items")}

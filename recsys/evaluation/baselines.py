@@ -30,12 +30,13 @@ def ground_truth_dir(dataset: Dataset) -> Path | None:
 
 
 def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "test") -> dict[str, float]:
-    """AUC (and log-loss where there are probabilities) of the baselines on a ranking split."""
+    """AUC (and log-loss where there are probabilities) of the baselines on every row of a ranking split, and
+    ``rows``, how many rows that is (the oracle is left out unless the ground truth covers every row)."""
     label = schema.label("dlrm")
     popularity = next(f for f in schema.features if f.op == "item_event_count")  # item views in a window
     df = dataset.read("ranking", split).select(META_EVENT_ID, label.name, popularity.name)
     y = df[label.name].to_numpy()
-    out = {"popularity_auc": auc(y, df[popularity.name].to_numpy())}
+    out = {"popularity_auc": auc(y, df[popularity.name].to_numpy()), "rows": float(df.height)}
     truth = ground_truth_dir(dataset)
     if truth is not None:
         p = pl.read_parquet(truth / "impressions" / "*.parquet", columns=["event_id", "p_click"])

@@ -39,6 +39,23 @@ class RetrievalTask:
     relevant: list[np.ndarray]  # per user, candidates viewed in the test period (and not before)
     exclude: list[np.ndarray]  # per user, candidates viewed before the test period
 
+    def encoded_with(self, users: pl.DataFrame, items: pl.DataFrame) -> RetrievalTask:
+        """The same users, candidates (in the same order) and relevant items, with the model inputs taken from
+        ``users`` and ``items`` (tables keyed by ``_user`` / ``_item``, encoded with another dataset's encoders).
+
+        Raises ValueError naming the users or items those tables lack.
+        """
+        def rows(own: pl.DataFrame, other: pl.DataFrame, key: str) -> pl.DataFrame:
+            found = own.select(key).join(other, on=key, how="left", maintain_order="left", coalesce=True)
+            missing = own.select(key).join(other.select(key), on=key, how="anti")[key]
+            if len(missing):
+                raise ValueError(f"{len(missing)} of the task's {own.height} {key} rows are not in the table to "
+                                 f"encode them with (first: {missing.head(5).to_list()})")
+            return found
+
+        return RetrievalTask(users=rows(self.users, users, META_USER), items=rows(self.items, items, META_ITEM),
+                             relevant=self.relevant, exclude=self.exclude)
+
 
 def _per_user(pairs: pl.DataFrame, users: pl.Series) -> list[np.ndarray]:
     grouped = pairs.group_by(META_USER).agg(pl.col(CANDIDATE).unique())
@@ -119,12 +136,20 @@ def oracle_scorer(dataset: Dataset, task: RetrievalTask) -> Callable[[np.ndarray
     return lambda rows: log_pop[None, :] + scale * (u[torch.from_numpy(rows)] @ v.T)
 
 
-def retrieval_report(model, dataset: Dataset, max_users: int | None = None) -> tuple[dict, dict]:
-    """The model's test metrics (``test/recall@K`` …) and the baselines' (``popularity_recall@K`` …)."""
-    task = retrieval_task(dataset, max_users)
+def model_metrics(model, task: RetrievalTask) -> dict[str, float]:
+    """A two-tower model's ``test/recall@K``, ``test/ndcg@K`` and ``test/retrieval_users`` on ``task``."""
     metrics = {f"test/{k}": v for k, v in evaluate(task, two_tower_scorer(model, task)).items()}
     metrics["test/retrieval_users"] = float(task.users.height)
+    return metrics
+
+
+def retrieval_report(model, dataset: Dataset, max_users: int | None = None) -> tuple[dict, dict]:
+    """The model's test metrics (``test/recall@K`` …) and the baselines' (``popularity_recall@K`` …), on the same
+    users (``retrieval_users`` in both)."""
+    task = retrieval_task(dataset, max_users)
+    metrics = model_metrics(model, task)
     baselines = {f"popularity_{k}": v for k, v in evaluate(task, popularity_scorer(dataset, task)).items()}
+    baselines["retrieval_users"] = float(task.users.height)
     oracle = oracle_scorer(dataset, task)
     if oracle is not None:
         baselines |= {f"oracle_{k}": v for k, v in evaluate(task, oracle).items()}

@@ -3,7 +3,8 @@
 To ``candidate``: export parity passed and the schema hash equals the serving schema's. To ``production``:
 the same, and its offline metric (`PRIMARY_METRIC`) beats the current production version's by more than
 ``margin`` on the same test set: the recorded metrics when both were evaluated on the same dataset, else both
-checkpoints re-evaluated on the candidate's dataset. ``force_reason`` overrides failed checks, on the record.
+checkpoints re-evaluated on the candidate dataset's test events, each encoded with the encoders of the dataset
+the model was trained on (`recsys.registry.evaluate`). ``force_reason`` overrides failed checks, on the record.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ class GateRefused(RecsysError):
     def __init__(self, message: str, checks: list[dict[str, Any]]):
         super().__init__(message)
         self.checks = checks
+
+
+# how many test rows (ranking) or users (retrieval) a re-evaluation scored: the same for both, or not the same test
+ROWS_METRIC = {"dlrm": "test/rows", "two-tower": "test/retrieval_users"}
 
 
 def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
@@ -68,13 +73,24 @@ def compare_with_production(version: ModelVersion, production: ModelVersion | No
             from recsys.registry.evaluate import evaluate_checkpoint as evaluate
         path = version.tags.get("dataset_path", "")
         try:
-            mine = evaluate(version.tags["checkpoint"], path).get(key)
-            theirs = evaluate(production.tags["checkpoint"], path).get(key)
+            candidate_metrics = evaluate(version.tags["checkpoint"], path)
+            production_metrics = evaluate(production.tags["checkpoint"], path)
         except Exception as exc:  # a missing checkpoint or dataset: the check fails, with why
             return out | {"source": "re-evaluated", "candidate": None, "production": None, "passed": False,
                           "detail": f"could not re-evaluate v{version.version} and production v{production.version} "
                                     f"on dataset {dataset} ({path}): {exc}"}
-        source = f"re-evaluated (production was evaluated on {production.tags.get('dataset_id')})"
+        mine, theirs = candidate_metrics.get(key), production_metrics.get(key)
+        source = (f"re-evaluated: both on dataset {dataset}'s test events, each with its own dataset's encoders "
+                  f"(production v{production.version} was trained on {production.tags.get('dataset_id')})")
+        rows = ROWS_METRIC[version.task]
+        counted = {"candidate": candidate_metrics.get(rows), "production": production_metrics.get(rows)}
+        if None not in counted.values():
+            out["rows"] = counted
+            if counted["candidate"] != counted["production"]:
+                return out | {"candidate": mine, "production": theirs, "source": source, "passed": False,
+                              "detail": f"v{version.version} was scored on {counted['candidate']:g} {rows} and "
+                                        f"production v{production.version} on {counted['production']:g}: not the "
+                                        f"same test set of dataset {dataset}"}
     out |= {"candidate": mine, "production": theirs, "source": source}
     if mine is None or theirs is None:
         which = f"v{version.version}" if mine is None else f"production v{production.version}"

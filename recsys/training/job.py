@@ -52,6 +52,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
     from torch.utils.data import DataLoader
 
+    from recsys.evaluation.ranking import ranking_report
     from recsys.evaluation.retrieval import retrieval_report
     from recsys.models.dlrm import DLRMTrain, Ranker
     from recsys.models.two_tower import TwoTower, TwoTowerTrain
@@ -130,9 +131,13 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if rank == 0:
         final = ray.train.get_all_reported_checkpoints()[-1]
         model_path = Path(final.checkpoint.path) / RayTrainReportCallback.CHECKPOINT_NAME
-        # evaluated like every later consumer will use it: rebuilt, unsharded, from the checkpoint alone
+        # evaluated like every later consumer will use it: rebuilt, unsharded, from the checkpoint alone, on every
+        # test row the baselines see (the per-epoch test metrics saw the rows the workers could split into batches)
         trained, _ = load_model(model_path)
         if task == "dlrm":
+            metrics.pop("test/auc", None)  # (a split of one class has none)
+            metrics |= ranking_report(trained, dataset.read("ranking", "test"), schema.label("dlrm").name,
+                                      batch_size=cfg.eval_batch_size)
             baselines = ranking_baselines(dataset, schema)
         else:
             retrieval, baselines = retrieval_report(trained, dataset, cfg.eval_users or None)
@@ -186,7 +191,9 @@ class TrainResult:
     dataset_id: str
     metrics: dict[str, float]
     baselines: dict[str, float]  # popularity and (on generated data) the oracle, on the test split
-    # metrics: val/ and test/ loss; ranking: auc, logloss; retrieval: recall@K, ndcg@K against every item
+    # (``rows`` / ``retrieval_users``: how many test rows / users they were scored on, as the model's test/ metrics)
+    # metrics: val/ and test/ loss; ranking: test/auc, test/logloss and test/rows over every row of the test split
+    # (the checkpoint rebuilt and scored after training); retrieval: recall@K, ndcg@K against every item
     epoch_losses: list[float]  # mean training loss per epoch
     sharding: dict[str, str]  # embedding table -> how TorchRec's planner sharded it
     path: str  # the run folder

@@ -5,10 +5,21 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
 
 from recsys.cli import main
+from recsys.data.features import META_ITEM
+from recsys.evaluation.retrieval import KS, RetrievalTask, evaluate, retrieval_task, two_tower_scorer
+from recsys.models.inputs import make_batch
 from recsys.registry import GateRefused, evaluate_checkpoint, get_version, list_versions, promote
+from recsys.training.checkpoint import load_model
+from recsys.training.job import run
+from tests.integration.conftest import tiny_train_config
+from tests.unit.registry.conftest import grown_dataset_of
 
 pytestmark = pytest.mark.integration
 
@@ -85,8 +96,92 @@ def test_the_gate_on_real_runs_refuses_worse_and_re_evaluates_across_datasets(dl
     other = _copy_run(dlrm_run.path, out, tmp_path / "other", dataset_id="ds-elsewhere")
     assert main(["models", "register", str(other)]) == 0
     with pytest.raises(GateRefused, match=r"does not beat production v1's .* on dataset ds-elsewhere "
-                                          r"\(re-evaluated \(production was evaluated on ds-"):
+                                          r"\(re-evaluated: both on dataset ds-elsewhere's test events, each with "
+                                          r"its own dataset's encoders \(production v1 was trained on ds-"):
         promote("dlrm", 3, "production")
     event = promote("dlrm", 3, "production", force_reason="same weights, checking the override")
     assert event.comparison["candidate"] == event.comparison["production"]  # identical weights, identical AUC
     assert event.comparison["source"].startswith("re-evaluated")
+
+
+# ---- two datasets of one shop whose encoders differ -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def grown_dataset(tiny_raw, tiny_cfg, schema, tmp_path_factory):
+    """The tiny shop with 600 more users and 400 more items, none with events (`grow_shop`): the same test
+    events as ``tiny_dataset``, but reordered country / device / category / brand vocabularies, other price
+    buckets and a longer catalogue."""
+    return grown_dataset_of(tiny_raw, tmp_path_factory.mktemp("grown"), tiny_cfg, schema)
+
+
+def _own_test_scores(checkpoint: str, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and the checkpoint's click probabilities on every test row of the dataset it was trained on, scored
+    in one batch from that dataset's own shards."""
+    model, _ = load_model(checkpoint)
+    rows = dataset.read("ranking", "test")
+    with torch.no_grad():
+        scores = torch.sigmoid(model(make_batch(rows, model.spec))).numpy().reshape(-1)
+    return rows[model.spec.label.name].to_numpy(), scores
+
+
+def test_production_re_evaluated_on_another_datasets_test_events_scores_them_as_on_its_own(
+        dlrm_run, tiny_dataset, grown_dataset):
+    labels, scores = _own_test_scores(dlrm_run.checkpoint, tiny_dataset)
+    metrics = evaluate_checkpoint(dlrm_run.checkpoint, grown_dataset.path)
+    # the grown shop's test events are the tiny shop's: read with the tiny shop's encoders, the same scores
+    assert metrics["test/auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9), (
+        f"production re-evaluated on {grown_dataset.id}: AUC {metrics['test/auc']:.6f}, on its own test rows "
+        f"{roc_auc_score(labels, scores):.6f}")
+    assert metrics["test/logloss"] == pytest.approx(log_loss(labels, scores), abs=1e-6)
+    assert metrics["test/rows"] == len(labels) == grown_dataset.manifest.splits["ranking"]["test"]["rows"]
+    # and so it reproduces the test AUC its training run recorded
+    assert metrics["test/auc"] == pytest.approx(dlrm_run.metrics["test/auc"], abs=1e-9)
+
+
+def test_a_two_tower_re_evaluated_on_another_dataset_meets_its_new_items_as_unknown(two_tower_run, tiny_dataset,
+                                                                                    grown_dataset):
+    model, _ = load_model(two_tower_run.checkpoint)
+    metrics = evaluate_checkpoint(two_tower_run.checkpoint, grown_dataset.path)
+    # the expected task, built without the re-encoding: the tiny dataset's own users, items and relevant sets
+    # (the events are the same), plus the new items encoded by hand with the tiny dataset's encoders
+    own = retrieval_task(tiny_dataset)
+    fitted = json.loads((tiny_dataset.path / "encoders.json").read_text())["fitted"]
+    validated = Path(grown_dataset.manifest.sources["validated"]["items"]["path"])
+    new = pl.read_parquet(validated).filter(~pl.col("item_id").is_in(own.items[META_ITEM].implode())).sort("item_id")
+    by_hand = {META_ITEM: new["item_id"].to_list(),
+               "item_id": [0] * new.height,  # not in its catalogue: unknown
+               "item_category": [fitted["item_category"]["vocab"].index(c) + 1 for c in new["category"]],
+               "item_brand": [fitted["item_brand"]["vocab"].index(b) + 1 for b in new["brand"]],
+               "item_price_bucket": (np.searchsorted(fitted["item_price_bucket"]["boundaries"], new["price"].to_numpy(),
+                                                     side="right") + 1).tolist(),
+               "item_views_7d": [0.0] * new.height}  # log1p of no views
+    assert set(model.item_spec.columns) == set(by_hand) - {META_ITEM}, "the item tower's inputs changed"
+    columns = list(by_hand)
+    items = pl.concat([own.items.select(columns),
+                       pl.DataFrame(by_hand).select(pl.col(c).cast(own.items.schema[c]) for c in columns)])
+    task = RetrievalTask(users=own.users, items=items, relevant=own.relevant, exclude=own.exclude)
+    expected = evaluate(task, two_tower_scorer(model, task))
+    assert metrics["test/retrieval_users"] == own.users.height
+    for k in KS:
+        assert metrics[f"test/recall@{k}"] == pytest.approx(expected[f"recall@{k}"], abs=1e-12), k
+        assert metrics[f"test/ndcg@{k}"] == pytest.approx(expected[f"ndcg@{k}"], abs=1e-12), k
+
+
+def test_the_gate_compares_models_of_two_datasets_on_the_candidates_test_events(local_ray, dlrm_run, tiny_dataset,
+                                                                                 grown_dataset, tmp_path, store):
+    candidate = run("dlrm", tiny_train_config(grown_dataset, tmp_path / "train", epochs=1))
+    for trained, out in ((dlrm_run, "production"), (candidate, "candidate")):
+        assert main(["export", trained.path, "--out", str(tmp_path / out)]) == 0
+    assert [get_version("dlrm", v).tags["dataset_id"] for v in (1, 2)] == [tiny_dataset.id, grown_dataset.id]
+    promote("dlrm", 1, "production")
+    event = promote("dlrm", 2, "production", force_reason="the comparison is under test, not the verdict")
+    compared = event.comparison
+    labels, scores = _own_test_scores(dlrm_run.checkpoint, tiny_dataset)
+    assert compared["production"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9), (
+        f"production's re-evaluated AUC {compared['production']:.6f}, on its own test rows "
+        f"{roc_auc_score(labels, scores):.6f}")
+    assert compared["candidate"] == pytest.approx(candidate.metrics["test/auc"], abs=1e-9)  # its own test set
+    rows = grown_dataset.manifest.splits["ranking"]["test"]["rows"]
+    assert compared["rows"] == {"candidate": rows, "production": rows}
+    assert compared["source"] == (f"re-evaluated: both on dataset {grown_dataset.id}'s test events, each with its "
+                                  f"own dataset's encoders (production v1 was trained on {tiny_dataset.id})")
+    assert compared["source"] in next(c["detail"] for c in event.checks if c["name"] == "metric")

@@ -57,6 +57,26 @@ def test_the_checkpoint_alone_rebuilds_the_model_with_the_same_scores(dlrm_run, 
     np.testing.assert_allclose(scores, probe, atol=1e-5)  # the sharded model's scores, from the unsharded one
 
 
+def test_the_recorded_test_auc_is_the_checkpoints_over_every_test_row(dlrm_run, tiny_dataset):
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    model, _ = load_model(dlrm_run.checkpoint)
+    rows = tiny_dataset.read("ranking", "test")  # every shard, every row
+    with torch.no_grad():  # in one batch, unlike training's evaluation
+        scores = torch.sigmoid(model(make_batch(rows, model.spec))).numpy().reshape(-1)
+    labels = rows[model.spec.label.name].to_numpy()
+    expected_rows = tiny_dataset.manifest.splits["ranking"]["test"]["rows"]
+    assert rows.height == expected_rows
+    summary = json.loads((Path(dlrm_run.path) / "metrics.json").read_text())
+    recorded = summary["metrics"]
+    assert recorded["test/auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9), (
+        f"recorded test/auc {recorded['test/auc']:.6f}; the checkpoint over all {expected_rows} test rows "
+        f"{roc_auc_score(labels, scores):.6f}")
+    assert recorded["test/logloss"] == pytest.approx(log_loss(labels, scores), abs=1e-6)
+    # the model and the baselines were scored on the same rows: all of the split's
+    assert recorded.get("test/rows") == expected_rows and summary["baselines"].get("rows") == expected_rows
+
+
 def _registered_checkpoints(run_dir: Path) -> int:
     """How many checkpoints Ray Train has registered for the run (what a restart resumes from)."""
     try:

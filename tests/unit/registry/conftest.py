@@ -68,3 +68,58 @@ def make_export(root: Path, name: str, task: str = "dlrm", metric: float = 0.75,
         "models": {m: str(export / m) for m in models}, "parity_max_abs_diff": diffs, "tolerance": 1e-5,
         "index": index}))
     return export
+
+
+# ---- a second dataset of the same shop whose encoders differ: the catalogue and the user base grew ---------
+GROWN_USERS, GROWN_ITEMS = 600, 400
+
+
+def _rarest(values) -> str:
+    """The least frequent value (ties: the smallest), which the added rows then make the most frequent."""
+    counts = values.value_counts(name="n").sort(["n", values.name])
+    return counts[values.name][0]
+
+
+def grow_shop(raw: Path, out: Path) -> Path:
+    """A copy of the generated export ``raw`` with the same events but more users and items: 600 users of its
+    rarest country and device, 400 items of its rarest category and brand priced above every item it had.
+
+    A dataset built from it has the same test events and history as one built from ``raw``, but every
+    frequency-ordered vocabulary (country, device, category, brand) is reordered, the price buckets move and the
+    item catalogue (the item-id vocabulary) is longer. The new users and items have no events. Returns ``out``.
+    """
+    import polars as pl
+
+    shutil.copytree(raw, out)
+    users, items = pl.read_parquet(raw / "users.parquet"), pl.read_parquet(raw / "items.parquet")
+    new_users = pl.DataFrame({
+        "user_id": range(users["user_id"].max() + 1, users["user_id"].max() + 1 + GROWN_USERS),
+        "signup_date": [users["signup_date"].min()] * GROWN_USERS,
+        "country": [_rarest(users["country"])] * GROWN_USERS,
+        "device": [_rarest(users["device"])] * GROWN_USERS}, schema=users.schema)
+    top = float(items["price"].max())
+    new_items = pl.DataFrame({
+        "item_id": range(items["item_id"].max() + 1, items["item_id"].max() + 1 + GROWN_ITEMS),
+        "category": [_rarest(items["category"])] * GROWN_ITEMS,
+        "brand": [_rarest(items["brand"])] * GROWN_ITEMS,
+        "price": [round(2 * top + k, 2) for k in range(GROWN_ITEMS)],
+        "available": [True] * GROWN_ITEMS}, schema=items.schema)
+    pl.concat([users, new_users]).write_parquet(out / "users.parquet")
+    pl.concat([items, new_items]).write_parquet(out / "items.parquet")
+    return out
+
+
+def grown_dataset_of(raw: Path, work: Path, cfg, schema):
+    """`grow_shop` of ``raw``, validated and built with the data config ``cfg`` (a `DataConfig`)."""
+    from recsys.data.dataset import build_dataset
+    from recsys.data.validate import validate
+
+    validate(grow_shop(raw, work / "raw" / "shop"), work / "validated" / "shop", cfg.validation, cfg.ingest)
+    dataset, _ = build_dataset(work / "validated" / "shop", work / "datasets", schema, cfg.build, progress=False)
+    return dataset
+
+
+@pytest.fixture(scope="session")
+def grown_dataset(tiny_raw, tiny_cfg, schema, tmp_path_factory):
+    """The tiny shop grown (`grow_shop`), built: the same test events as ``tiny_dataset``, other encoders."""
+    return grown_dataset_of(tiny_raw, tmp_path_factory.mktemp("grown"), tiny_cfg, schema)

@@ -118,6 +118,22 @@ def test_different_datasets_are_compared_by_re_evaluating_both_on_the_candidates
     assert calls == [("new", "/data/ds-new"), ("old", "/data/ds-new")]
     assert event.comparison["candidate"] == 0.71 and event.comparison["production"] == 0.69
     assert event.comparison["source"].startswith("re-evaluated") and event.comparison["dataset_id"] == "ds-new"
+    assert "both on dataset ds-new's test events, each with its own dataset's encoders" in event.comparison["source"]
+
+
+def test_re_evaluations_that_scored_different_rows_fail_the_check(registry, tmp_path):
+    register(make_export(tmp_path, "old", metric=0.80, dataset_id="ds-old"))
+    register(make_export(tmp_path, "new", metric=0.70, dataset_id="ds-new"))
+    promote("dlrm", 1, "production")
+
+    def evaluate(checkpoint, dataset_path):  # the candidate would win, but not on the same test set
+        new = "/new/" in checkpoint
+        return {"test/auc": 0.71 if new else 0.69, "test/rows": 100.0 if new else 90.0}
+
+    with pytest.raises(GateRefused, match=r"v2 was scored on 100 test/rows and production v1 on 90: not the same "
+                                          r"test set of dataset ds-new") as refused:
+        promote("dlrm", 2, "production", evaluate=evaluate)
+    assert [c["name"] for c in refused.value.checks if not c["passed"]] == ["metric"]
 
 
 def test_re_evaluation_that_cannot_run_fails_the_check_with_why(registry, tmp_path):

@@ -1,0 +1,50 @@
+"""Ranking evaluation: an unsharded DLRM scored on every row of a split, with nothing dropped.
+
+Training's per-epoch evaluation runs on the sharded model, where every worker must take the same number of
+steps, so it sees the rows its workers can split into whole batches. The metrics a run records and the
+registry compares come from here instead: the model rebuilt from its checkpoint, every row of every shard,
+so the model and the baselines (`recsys.evaluation.baselines`) are scored on the same rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from recsys.evaluation.metrics import auc, log_loss
+
+
+def ranking_scores(model, rows: pl.DataFrame, batch_size: int = 8192) -> np.ndarray:
+    """Click probabilities of an unsharded `recsys.models.dlrm.Ranker` (eval mode) for every row of ``rows``."""
+    import torch
+
+    from recsys.models.inputs import make_batch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = []
+    with torch.no_grad():
+        for start in range(0, rows.height, batch_size):
+            batch = make_batch(rows.slice(start, batch_size), model.spec)
+            out.append(torch.sigmoid(model(batch)).numpy().reshape(-1))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def ranking_metrics(labels: np.ndarray, probs: np.ndarray, prefix: str = "test") -> dict[str, float]:
+    """``<prefix>/auc`` (when both classes occur), ``<prefix>/logloss`` and ``<prefix>/rows``, the rows scored."""
+    labels = np.asarray(labels)
+    if len(labels) != len(probs):
+        raise ValueError(f"{len(labels)} labels but {len(probs)} scores: they must be the same rows")
+    if not len(labels):
+        raise ValueError(f"no {prefix} rows to evaluate")
+    out = {f"{prefix}/logloss": log_loss(labels, probs), f"{prefix}/rows": float(len(labels))}
+    if 0 < labels.sum() < len(labels):
+        out[f"{prefix}/auc"] = auc(labels, probs)
+    return out
+
+
+def ranking_report(model, rows: pl.DataFrame, label: str, prefix: str = "test",
+                   batch_size: int = 8192) -> dict[str, float]:
+    """The model's AUC, log-loss and row count over every row of ``rows`` (a split's examples, label column
+    ``label``)."""
+    return ranking_metrics(rows[label].to_numpy(), ranking_scores(model, rows, batch_size), prefix)

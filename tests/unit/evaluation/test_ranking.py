@@ -1,0 +1,44 @@
+"""Ranking evaluation over every row of a split: no row dropped whatever the batch size, metrics as sklearn's."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+
+from recsys.evaluation.ranking import ranking_metrics, ranking_report, ranking_scores
+from recsys.models.config import DLRMConfig
+from recsys.models.dlrm import Ranker
+from recsys.models.inputs import make_batch
+
+
+@pytest.fixture(scope="module")
+def ranker(tiny_dataset, schema):
+    torch.manual_seed(0)
+    config = DLRMConfig(embedding_dim=8, dense_layers=(16, 8), over_layers=(16, 1))
+    return Ranker(schema, tiny_dataset.manifest.cardinalities, config).eval()
+
+
+def test_every_row_is_scored_whatever_the_batch_size(tiny_dataset, ranker):
+    rows = tiny_dataset.read("ranking", "test")
+    with torch.no_grad():
+        at_once = torch.sigmoid(ranker(make_batch(rows, ranker.spec))).numpy().reshape(-1)
+    batched = ranking_scores(ranker, rows, batch_size=1000)  # the last batch is partial
+    assert batched.shape == (rows.height,) and rows.height % 1000
+    np.testing.assert_allclose(batched, at_once, atol=1e-6)
+
+
+def test_the_report_is_sklearns_auc_and_log_loss_over_all_rows(tiny_dataset, ranker):
+    rows = tiny_dataset.read("ranking", "test")
+    report = ranking_report(ranker, rows, "click", batch_size=999)
+    labels, scores = rows["click"].to_numpy(), ranking_scores(ranker, rows, batch_size=999)
+    assert report["test/rows"] == tiny_dataset.manifest.splits["ranking"]["test"]["rows"]
+    assert report["test/auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert report["test/logloss"] == pytest.approx(log_loss(labels, scores), abs=1e-6)  # sklearn: in float32
+
+
+def test_one_class_has_no_auc_and_mismatched_or_no_rows_are_refused():
+    assert set(ranking_metrics(np.ones(3), np.full(3, 0.9), prefix="val")) == {"val/logloss", "val/rows"}
+    with pytest.raises(ValueError, match="3 labels but 2 scores"):
+        ranking_metrics(np.ones(3), np.full(2, 0.9))
+    with pytest.raises(ValueError, match="no test rows to evaluate"):
+        ranking_metrics(np.zeros(0), np.zeros(0))
