@@ -5,7 +5,8 @@ goes to the candidate when a stable hash of (the candidate's version, the user i
 share: the same users on every replica and every request, a fresh draw for each new candidate. The replica
 keeps the candidate's last ranking calls; when their error rate or p99 passes the state's thresholds it stops
 sending users to the candidate at once and writes the rollback (with the reason) into the state, so every
-replica follows.
+replica follows. The rollback is written only over the state it acted on (compare-and-swap on its revision): when
+the file has moved on, the newer state wins and the replica follows it at its next refresh.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from recsys.deploy import rollout
-from recsys.deploy.rollout import RolloutState
+from recsys.deploy.rollout import RolloutConflict, RolloutState
 
 log = logging.getLogger(__name__)
 
@@ -35,27 +36,29 @@ class Canary:
     def __init__(self, path: str | Path | None, model: str, default_version: str = ""):
         self.path = Path(path) if path else None
         self.state = RolloutState(model=model, production=default_version)
-        self._seen: tuple[int, int] | None = None  # (mtime_ns, size) of the file last read
+        self._seen: tuple[int, int, int] | None = None  # (inode, mtime_ns, size) of the file last read
         self._calls: deque[tuple[bool, float]] = deque()
         self.refresh()
 
     def refresh(self) -> bool:
-        """Re-read the state file if it changed; True when the state changed."""
+        """Re-read the state file if it changed; True when the state changed (any field, not only the revision:
+        a file written anew, or put back from a copy, may repeat a revision with another state)."""
         if self.path is None:
             return False
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return False
-        if self._seen == (st.st_mtime_ns, st.st_size):
+        seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._seen == seen:
             return False
-        self._seen = (st.st_mtime_ns, st.st_size)
+        self._seen = seen
         try:
             state = rollout.read(self.path)
         except Exception as exc:  # a broken file keeps the last good state
             log.error("ignoring rollout state %s: %s", self.path, exc)
             return False
-        if state is None or state.revision == self.state.revision:
+        if state is None or state == self.state:
             return False
         if state.model != self.state.model:
             log.error("ignoring rollout state %s: it is for model %r, this app ranks with %r", self.path, state.model,
@@ -98,10 +101,9 @@ class Canary:
         self._calls.clear()
         if self.path is None:
             return
-        written = rollout.write(self.path, self.state, f"automatic rollback: {reason}",
-                                expect_revision=acted_on.revision,
-                                event={"action": "automatic_rollback", "rolled_back": acted_on.candidate})
-        if written is not None:
-            self.state = written
-            st = os.stat(self.path)
-            self._seen = (st.st_mtime_ns, st.st_size)
+        try:
+            self.state = rollout.write(self.path, self.state, f"automatic rollback: {reason}",
+                                       expect_revision=acted_on.revision,
+                                       event={"action": "automatic_rollback", "rolled_back": acted_on.candidate})
+        except RolloutConflict as exc:  # someone changed the state first: theirs wins at the next refresh
+            log.warning("automatic rollback not recorded: %s", exc)

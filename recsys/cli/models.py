@@ -46,7 +46,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                  "production for everyone, and the candidate (if another version) for --share of "
                                  "users, chosen by a stable hash of the user id. Adds missing versions to Triton's "
                                  "repository, loads them beside the ones serving, moves traffic (the app's replicas "
-                                 "follow the rollout file), then unloads versions no longer named."),
+                                 "follow the rollout file), then unloads versions no longer named. The served "
+                                 "versions are pinned in the model's configs, so a restarted Triton serves the "
+                                 "same. Refused if the rollout file changed while this ran."),
         "register": sub.add_parser("register", help="register an export folder (what `recsys export` does itself)",
                                    description="Register the export in a folder written by `recsys export` (e.g. "
                                                "one made with --no-register) as a new version."),
@@ -134,16 +136,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from recsys.deploy import rollout, server
+    from recsys.deploy import rollout, server, triton_control
+    from recsys.deploy.registry_state import state_from_registry
 
     info = server.running(args.triton_run_dir)
     current = rollout.read(args.rollout_file)
-    state = rollout.state_from_registry(info, args.share, args.task, registry=args.registry, base=current)
+    state = state_from_registry(info, args.share, args.task, registry=args.registry, base=current)
     reason = f"recsys models deploy: production v{state.registry['production']}" + (
         f", candidate v{state.registry['candidate']} for {state.candidate_share:.0%} of users"
         if state.candidate else "")
-    new = rollout.apply(args.rollout_file, state, reason, info=info, grace_s=args.grace,
-                        event={"action": "deploy", "registry": state.registry})
+    # refused (RolloutConflict) if the state moved on since it was read, e.g. a replica rolled a candidate back
+    new = triton_control.apply(args.rollout_file, state, reason, expect_revision=current.revision if current else 0,
+                               info=info, grace_s=args.grace, event={"action": "deploy", "registry": state.registry})
     print(f"serving {new.model}: production = Triton version {new.production} (registry v{new.registry['production']})"
           + (f", candidate = Triton version {new.candidate} (registry v{new.registry['candidate']}) for "
              f"{new.candidate_share:.0%} of users" if new.candidate else ", no candidate")

@@ -43,7 +43,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     stop.add_argument("--timeout", type=float, default=15.0, help="seconds to wait after SIGTERM (default: 15)")
     state = sub.add_parser("status", help="is the server running and ready, and which models are loaded",
                            description="Show the server started from --run-dir: pid, addresses, readiness, the "
-                                       "loaded model versions and the log file. Exit code 1 if it is not running.")
+                                       "loaded model versions, the versions a rollout pinned in the models' configs "
+                                       "(what a restart serves) and the log file. Exit code 1 if it is not "
+                                       "running.")
     state.add_argument("--json", action="store_true", help="print the status as JSON")
     for p in (start, stop, state):
         p.add_argument("--run-dir", default=DEFAULT_RUN_DIR,
@@ -54,6 +56,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def _addresses(info) -> list[str]:
     return [f"  http     http://{info.http_url}", f"  grpc     {info.grpc_url}", f"  metrics  {info.metrics_url}",
             f"  log      {info.log}"]
+
+
+def _pinned(repository: str) -> str:
+    """The versions each model's configs pin (what a restart serves), as a rollout last named them."""
+    from recsys.deploy.repository import models, served_versions
+
+    pinned = {name: served_versions(repository, name) for name in models(repository)}
+    return ", ".join(f"{name} (versions {', '.join(map(str, v))})" for name, v in pinned.items() if v) or \
+        "none (no rollout yet: each model serves its latest versions)"
 
 
 def cmd_triton(args: argparse.Namespace) -> int:
@@ -86,4 +97,5 @@ def cmd_triton(args: argparse.Namespace) -> int:
         print("\n".join(_addresses(current.info)))
         loaded = ", ".join(f"{name} (versions {', '.join(v)})" for name, v in sorted(current.loaded.items()))
         print(f"  loaded   {loaded or 'none'}")
+        print(f"  pinned   {_pinned(current.info.repository)}")
     return 0 if current is not None and current.alive else 1

@@ -1,29 +1,34 @@
-"""What the serving app ranks with, and how traffic moves between model versions on a live Triton.
+"""The rollout state: what the serving app ranks with, in a small JSON file the ingress replicas watch.
 
-The *rollout state* is a small JSON file the ingress replicas watch (``ServingConfig.rollout_file``): which
-Triton version of the ranking model is ``production``, which (if any) is the ``candidate``, the candidate's
-share of users, and the thresholds past which a replica sends the candidate's traffic back to production on
-its own. The file is replaced atomically; its ``revision`` only grows, so a replica that rolls back writes only
-over the state it acted on. Every change is appended to ``<file>.events.jsonl`` with its reason.
+The state (``ServingConfig.rollout_file``) names which Triton version of the ranking model is ``production``,
+which (if any) is the ``candidate``, the candidate's share of users, and the thresholds past which a replica sends
+the candidate's traffic back to production on its own. Every change is appended to ``<file>.events.jsonl`` with
+its reason.
 
-Triton side (explicit model control): `sync_triton` loads exactly the versions a state names, with the model's
-own config and a ``specific`` version policy. A move never drops a request: the new versions are loaded beside
-the old ones first, the state is written, the replicas switch within their poll interval, and only then
-(`apply`, after ``grace_s``) are versions no longer named unloaded.
+Writers change it by compare-and-swap: `write` takes the revision the writer's change was based on and, holding
+an exclusive ``flock`` on ``<file>.lock`` across the read, the comparison, the replacement and the events-log
+append, refuses with `RolloutConflict` when the file has moved on since. Revisions therefore only grow, each
+written once, and no change is lost to a concurrent writer. Readers take no lock: the file is replaced
+atomically (and durably), so a reader sees one whole state or the one before.
+
+Moving a live Triton to a state is `recsys.deploy.triton_control`; the state the registry's aliases call for is
+`recsys.deploy.registry_state`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import time
-import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from recsys.errors import RecsysError
+from recsys.io import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class RolloutState:
     # this dataset's online tables and encoders (a retrained model has its own vocabularies); absent = the app's
     datasets: dict[str, str] = field(default_factory=dict)
     thresholds: Thresholds = field(default_factory=Thresholds)
-    revision: int = 0
+    revision: int = 0  # 0 = no state written yet
     updated_at: str = ""
     reason: str = ""
 
@@ -73,6 +78,16 @@ class RolloutState:
         return cls(**raw)
 
 
+class RolloutConflict(RecsysError):
+    """A write based on one revision of the state found the file at another: someone else changed it first."""
+
+    def __init__(self, path: str | Path, expected: int, found: int):
+        self.path, self.expected, self.found = Path(path), expected, found
+        super().__init__(f"rollout state {path} is at revision {found}, but this change was based on revision "
+                         f"{expected}; someone else changed it first. Nothing was written: read the state again "
+                         "and redo the change on it")
+
+
 def read(path: str | Path) -> RolloutState | None:
     path = Path(path)
     if not path.is_file():
@@ -83,131 +98,71 @@ def read(path: str | Path) -> RolloutState | None:
         raise RecsysError(f"{path} is not a rollout state: {exc}") from exc
 
 
+def revision(path: str | Path) -> int:
+    """The file's revision now (0 when there is no state yet)."""
+    state = read(path)
+    return state.revision if state else 0
+
+
 def events_path(path: str | Path) -> Path:
     return Path(f"{path}.events.jsonl")
 
 
-def write(path: str | Path, state: RolloutState, reason: str, expect_revision: int | None = None,
-          event: dict[str, Any] | None = None) -> RolloutState | None:
-    """Replace the state (revision + 1) and log the change. With ``expect_revision``, do nothing and return
-    None when the file has moved on since (someone else changed it first)."""
+def lock_path(path: str | Path) -> Path:
+    """The lock file beside the state; it stays in place (removing it would let two writers lock two files)."""
+    return Path(f"{path}.lock")
+
+
+@contextmanager
+def locked(path: str | Path, suffix: str = "") -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<path>.lock<suffix>`` (blocking until it is free)."""
+    lock = Path(f"{lock_path(path)}{suffix}")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def write(path: str | Path, state: RolloutState, reason: str, *, expect_revision: int | None,
+          event: dict[str, Any] | None = None) -> RolloutState:
+    """Replace the state with ``state`` (as revision + 1) and log the change, atomically with respect to every
+    other writer.
+
+    Args:
+        path: the rollout state file.
+        state: the new state (its ``revision``, ``updated_at`` and ``reason`` are set here).
+        reason: why, recorded in the state and the events log.
+        expect_revision: the revision the change was based on (0 = no state yet). None writes over whatever is
+            there: only for a state that was not derived from the file.
+        event: more fields for the events-log line.
+
+    Returns:
+        The state as written.
+
+    Raises:
+        RolloutConflict: the file is at another revision than ``expect_revision``; nothing was written.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    current = read(path)
-    if expect_revision is not None and current is not None and current.revision != expect_revision:
-        return None
-    new = replace(state, revision=(current.revision if current else 0) + 1, reason=reason,
-                  updated_at=datetime.now(UTC).isoformat(timespec="milliseconds"))
-    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    staging.write_text(json.dumps(new.to_dict(), indent=2))
-    os.replace(staging, path)
-    record = {"at": new.updated_at, "revision": new.revision, "reason": reason, "production": new.production,
-              "candidate": new.candidate, "candidate_share": new.candidate_share, **(event or {})}
-    with open(events_path(path), "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    with locked(path):
+        current = read(path)
+        found = current.revision if current else 0
+        if expect_revision is not None and found != expect_revision:
+            raise RolloutConflict(path, expect_revision, found)
+        new = replace(state, revision=found + 1, reason=reason,
+                      updated_at=datetime.now(UTC).isoformat(timespec="milliseconds"))
+        atomic_write_text(path, json.dumps(new.to_dict(), indent=2), fsync=True)
+        record = {"at": new.updated_at, "revision": new.revision, "reason": reason, "production": new.production,
+                  "candidate": new.candidate, "candidate_share": new.candidate_share, **(event or {})}
+        with open(events_path(path), "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
     return new
 
 
 def history(path: str | Path) -> list[dict[str, Any]]:
     log = events_path(path)
     return [json.loads(line) for line in log.read_text().splitlines() if line] if log.is_file() else []
-
-
-# ---- Triton -----------------------------------------------------------------------------------------
-def _model_config(info, model: str):
-    """The model's config as this server reads it (the CPU twin or the GPU config.pbtxt)."""
-    from recsys.deploy.repository import CONFIG_FILE, parse_config
-
-    folder = Path(info.repository) / model
-    file = folder / "configs" / f"{info.config_name}.pbtxt" if info.config_name else folder / CONFIG_FILE
-    return parse_config(file)
-
-
-def sync_triton(info, model: str, versions: list[str]) -> None:
-    """Load exactly ``versions`` of ``model`` (the model's config with a ``specific`` version policy).
-    Versions already loaded keep serving while others load."""
-    from google.protobuf import json_format
-    from tritonclient.grpc import model_config_pb2 as mc
-    from tritonclient.utils import InferenceServerException
-
-    from recsys.deploy.repository import versions as repository_versions
-    from recsys.deploy.server import _client
-
-    missing = sorted({int(v) for v in versions} - set(repository_versions(info.repository, model)))
-    if missing:
-        raise RecsysError(f"model {model!r} has no version(s) {missing} in {info.repository}")
-    config = _model_config(info, model)
-    config.version_policy.CopyFrom(mc.ModelVersionPolicy(
-        specific=mc.ModelVersionPolicy.Specific(versions=sorted(int(v) for v in versions))))
-    client = _client(info)
-    try:
-        client.load_model(model, config=json_format.MessageToJson(config))
-    except InferenceServerException as exc:
-        raise RecsysError(f"Triton could not load {model!r} versions {versions}: {exc.message()}") from exc
-    finally:
-        client.close()
-
-
-def apply(path: str | Path, state: RolloutState, reason: str, info=None, grace_s: float = 3.0,
-          event: dict[str, Any] | None = None) -> RolloutState:
-    """Move serving to ``state``: load its versions beside the current ones, write the state, give the replicas
-    ``grace_s`` to switch and their in-flight calls to finish, then unload what it no longer names."""
-    current = read(path)
-    if info is not None:
-        sync_triton(info, state.model, sorted({*state.versions, *(current.versions if current else [])}))
-    new = write(path, state, reason, event=event)
-    if info is not None and current is not None and set(current.versions) - set(state.versions):
-        time.sleep(grace_s)
-        sync_triton(info, state.model, state.versions)
-    return new
-
-
-# ---- from the registry --------------------------------------------------------------------------------
-def triton_version(version, info, model: str = "dlrm", registry: str | None = None) -> str:
-    """The Triton version folder holding a registered version in ``info``'s repository: the one recorded at
-    export when it is there, else the version's export is added to the repository now (and recorded)."""
-    from recsys.deploy.repository import add_version
-    from recsys.registry.lineage import TRITON_REPOSITORY, TRITON_VERSION
-    from recsys.registry.store import client
-
-    repo = Path(info.repository).resolve()
-    number = version.tags.get(TRITON_VERSION + model)
-    recorded = version.tags.get(TRITON_REPOSITORY + model)
-    if number and recorded and Path(recorded).resolve() == repo and (repo / model / number).is_dir():
-        return number
-    exported = version.tags.get(f"artifact.{model}")
-    if not exported or not Path(exported).is_dir():
-        raise RecsysError(f"{version.task} version {version.version} has no export of {model!r} to add to {repo} "
-                          f"(artifact.{model} = {exported!r})")
-    number = add_version(repo, exported).name
-    mlflow = client(registry)
-    mlflow.set_model_version_tag(version.task, str(version.version), TRITON_REPOSITORY + model, str(repo))
-    mlflow.set_model_version_tag(version.task, str(version.version), TRITON_VERSION + model, number)
-    return number
-
-
-def state_from_registry(info, share: float, task: str = "dlrm", model: str = "dlrm",
-                        registry: str | None = None, base: RolloutState | None = None) -> RolloutState:
-    """The rollout state the registry's aliases call for: ``production`` for everyone but ``share`` of users,
-    who get ``candidate`` (if it is another version)."""
-    from recsys.registry import list_versions
-
-    aliased = {alias: v for v in list_versions(task, registry) for alias in v.aliases}
-    production = aliased.get("production")
-    if production is None:
-        raise RecsysError(f"{task} has no production version to serve; promote one first "
-                          f"(recsys models promote V --to production --task {task})")
-    candidate = aliased.get("candidate")
-    if candidate is not None and candidate.version == production.version:
-        candidate = None
-    base = base or RolloutState(model=model)
-    return replace(base, model=model, production=triton_version(production, info, model, registry),
-                   candidate=triton_version(candidate, info, model, registry) if candidate else None,
-                   candidate_share=share if candidate else 0.0,
-                   registry={"production": str(production.version),
-                             **({"candidate": str(candidate.version)} if candidate else {})},
-                   datasets={variant: v.tags["dataset_path"] for variant, v in
-                             (("production", production), ("candidate", candidate))
-                             if v is not None and v.tags.get("dataset_path")})

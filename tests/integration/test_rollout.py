@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recsys.deploy import rollout
+from recsys.deploy import rollout, triton_control
 from recsys.deploy.repository import add_version
 from recsys.deploy.rollout import RolloutState, Thresholds
 from recsys.eventlog.request_ids import variant_of
@@ -28,8 +28,9 @@ pytestmark = pytest.mark.integration
 def two_versions(app):
     """dlrm versions 1 and 2 in the repository, both loaded; production 1."""
     add_version(app.triton.repository, app.work / "dlrm" / "dlrm")
-    rollout.apply(app.config.rollout_file, RolloutState(production="1"), "test: start", info=app.triton)
-    rollout.sync_triton(app.triton, "dlrm", ["1", "2"])
+    triton_control.apply(app.config.rollout_file, RolloutState(production="1"), "test: start", expect_revision=0,
+                         info=app.triton)
+    triton_control.sync(app.triton, "dlrm", ["1", "2"])
     return app
 
 
@@ -44,8 +45,8 @@ def settle(app) -> None:
 
 def test_canary_share_is_sticky_and_split_in_metrics_and_feedback(two_versions, http):
     app = two_versions
-    rollout.apply(app.config.rollout_file, RolloutState(production="1", candidate="2", candidate_share=0.3),
-                  "test: canary 30%", info=app.triton)
+    triton_control.apply(app.config.rollout_file, RolloutState(production="1", candidate="2", candidate_share=0.3),
+                         "test: canary 30%", expect_revision=None, info=app.triton)  # a test's state, from scratch
     settle(app)
     first = {u: recommend(http, user_id=u, k=3) for u in users(app, 300)}
     share = sum(a["variant"] == "candidate" for a in first.values()) / len(first)
@@ -70,9 +71,9 @@ def test_a_failing_candidate_is_rolled_back_automatically(two_versions, http):
     app = two_versions
     state = RolloutState(production="1", candidate="2", candidate_share=0.5,
                          thresholds=Thresholds(max_error_rate=0.2, min_requests=10, window=50))
-    rollout.apply(app.config.rollout_file, state, "test: canary 50%", info=app.triton)
+    triton_control.apply(app.config.rollout_file, state, "test: canary 50%", expect_revision=None, info=app.triton)
     settle(app)
-    rollout.sync_triton(app.triton, "dlrm", ["1"])  # the candidate's version disappears behind the app's back
+    triton_control.sync(app.triton, "dlrm", ["1"])  # the candidate's version disappears behind the app's back
     answers = [recommend(http, user_id=u, k=3) for u in users(app, 80)]
     assert all(not a["degraded"] and a["variant"] == "production" for a in answers[-20:])
     assert not any(a["degraded"] for a in answers)  # failed candidate calls were answered by production
@@ -82,13 +83,14 @@ def test_a_failing_candidate_is_rolled_back_automatically(two_versions, http):
     event = rollout.history(app.config.rollout_file)[-1]
     assert event["action"] == "automatic_rollback" and event["rolled_back"] == "2"
     assert "recsys_automatic_rollbacks_total 1.0" in http.get("/metrics").text
-    rollout.sync_triton(app.triton, "dlrm", ["1", "2"])
+    triton_control.sync(app.triton, "dlrm", ["1", "2"])
 
 
 def test_promotion_and_rollback_under_load_fail_no_request(two_versions):
     app = two_versions
-    rollout.apply(app.config.rollout_file, RolloutState(production="1", candidate="2", candidate_share=0.2),
-                  "test: canary 20%", info=app.triton)
+    canary = triton_control.apply(app.config.rollout_file, RolloutState(production="1", candidate="2",
+                                                                        candidate_share=0.2),
+                                  "test: canary 20%", expect_revision=None, info=app.triton)
     settle(app)
     outcomes: Counter = Counter()
     versions: list[tuple[float, str]] = []
@@ -119,13 +121,15 @@ def test_promotion_and_rollback_under_load_fail_no_request(two_versions):
     thread.start()
     try:
         time.sleep(2)
-        rollout.apply(app.config.rollout_file, RolloutState(production="2"), "test: promote 2", info=app.triton,
-                      grace_s=1.5)  # loads nothing new, switches, then unloads version 1 under load
+        # loads nothing new, switches, then unloads version 1 under load
+        promotion = triton_control.apply(app.config.rollout_file, RolloutState(production="2"), "test: promote 2",
+                                         expect_revision=canary.revision, info=app.triton, grace_s=1.5)
         promoted = time.monotonic()
         time.sleep(2)
         before_rollback = time.monotonic()
-        rollout.apply(app.config.rollout_file, RolloutState(production="1"), "test: roll back to 1",
-                      info=app.triton, grace_s=1.5)  # loads 1 again beside 2, switches, unloads 2
+        # loads 1 again beside 2, switches, unloads 2
+        triton_control.apply(app.config.rollout_file, RolloutState(production="1"), "test: roll back to 1",
+                             expect_revision=promotion.revision, info=app.triton, grace_s=1.5)
         rolled_back = time.monotonic()
         time.sleep(2)
     finally:

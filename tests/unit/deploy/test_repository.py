@@ -15,6 +15,8 @@ from recsys.deploy.repository import (
     add_version,
     models,
     parse_config,
+    pin_versions,
+    served_versions,
     version_of_run,
     versions,
 )
@@ -174,6 +176,40 @@ def test_settings_are_checked_and_written(exported, repo):
     gpu, cpu = parse_config(repo / "ranker" / CONFIG_FILE), parse_config(repo / "ranker" / CPU_CONFIG_FILE)
     assert gpu.max_batch_size == cpu.max_batch_size == 64 and cpu.instance_group[0].count == 2
     assert gpu.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters["precision_mode"] == "FP32"
+
+
+def _without_policy(path):
+    config = parse_config(path)
+    config.ClearField("version_policy")
+    return config
+
+
+def test_a_rollout_pins_the_served_versions_and_adding_a_version_keeps_them(exported, repo):
+    for _ in range(2):
+        add_version(repo, exported)
+    folder = repo / "ranker"
+    assert served_versions(repo, "ranker") is None  # no rollout manages it yet: latest 2
+    assert parse_config(folder / CPU_CONFIG_FILE).version_policy.latest.num_versions == 2
+    unpinned = {f: _without_policy(folder / f) for f in (CONFIG_FILE, CPU_CONFIG_FILE)}
+    assert pin_versions(repo, "ranker", ["1"]) == (folder / CONFIG_FILE, folder / CPU_CONFIG_FILE)
+    for f in (CONFIG_FILE, CPU_CONFIG_FILE):
+        policy = parse_config(folder / f).version_policy
+        assert policy.WhichOneof("policy_choice") == "specific" and list(policy.specific.versions) == [1]
+        assert _without_policy(folder / f) == unpinned[f]  # the rest of each config is kept
+    assert served_versions(repo, "ranker") == [1]
+    # a new version is not served until a rollout names it
+    assert add_version(repo, exported).name == "3"
+    assert served_versions(repo, "ranker") == [1]
+    assert [list(parse_config(folder / f).version_policy.specific.versions) for f in (CONFIG_FILE, CPU_CONFIG_FILE)] \
+        == [[1], [1]]
+    pin_versions(repo, "ranker", ["3", "1"])
+    assert served_versions(repo, "ranker") == [1, 3]
+    with pytest.raises(RecsysError, match=r"model 'ranker' has no version\(s\) \[7\] .* \(there: \[1, 2, 3\]\)"):
+        pin_versions(repo, "ranker", ["1", "7"])
+    with pytest.raises(RecsysError, match="pinning no versions would serve nothing"):
+        pin_versions(repo, "ranker", [])
+    assert served_versions(repo, "ranker") == [1, 3]  # refused pins change nothing
+    assert not list(folder.glob(".*")) and not list((folder / "configs").glob(".*"))
 
 
 def test_binaries_are_ignored_by_git_and_configs_are_not():
