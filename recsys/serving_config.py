@@ -44,14 +44,17 @@ class ServingConfig:
     retrieve_deadline_s: float = 1.0  # retrieval slower than this: popular items, flagged degraded
     ready_timeout_s: float = 1.0  # how long /readyz waits for Triton
     popular_items: int = 500  # size of the cold-start popularity list
-    host: str = "127.0.0.1"  # `recsys serve`: where the HTTP proxy listens
+    host: str = "127.0.0.1"  # `recsys serve`: where the load balancer listens
     port: int = 8000
+    run_dir: str = "runs/serving/run"  # `recsys serve`: the load balancer's config and log
+    triton_run_dir: str = ""  # `recsys serve` restarts the Triton started from here if it dies ("" = leave it)
     route_prefix: str = "/"
+    ingress_replicas: int = 2  # HTTP ingress replicas (behind the load balancer `recsys serve` starts)
     access_log: bool = False  # Ray Serve's per-request log lines of each replica (off: they cost CPU under load)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
 
     def __post_init__(self) -> None:
-        for name in ("candidates", "max_k", "max_body_bytes", "popular_items"):
+        for name in ("candidates", "max_k", "max_body_bytes", "popular_items", "ingress_replicas"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"serving config: {name} must be >= 1, got {getattr(self, name)}")
         for name in ("rank_deadline_s", "retrieve_deadline_s", "ready_timeout_s", "rollout_poll_s"):

@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--slo-ms", type=float, default=50.0, help="p99 a sustained rate must keep (ms)")
     parser.add_argument("--rank-deadline", type=float, default=0.2)
+    parser.add_argument("--replicas", type=int, default=2, help="ingress replicas behind HAProxy (default 2)")
     parser.add_argument("--baseline-requests", type=int, default=200, help="requests for the compute-only figure")
     parser.add_argument("--work", default="runs/bench_serving")
     parser.add_argument("--out", default="", help="also write the results as JSON here")
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.deploy import server
     from recsys.deploy.server import free_port
     from recsys.serving_config import ServingConfig
-    from serving.launch import direct_ingress_env, run_app, wait_healthy
+    from serving.launch import SPARE_PORTS, direct_ingress_env, free_ports, run_app, wait_healthy
 
     work = Path(args.work).resolve()
     repo = work / "triton_models"
@@ -197,20 +198,22 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"slo_ms": args.slo_ms}
 
     import ray
-    from ray import serve
 
-    port = free_port()
-    os.environ.update(direct_ingress_env(port))  # as `recsys serve` starts its local cluster
-    triton = server.start(repo, ["dlrm"], run_dir=work / "triton")
     config = replace(ServingConfig(), dataset=args.dataset, retrieval_export=str(work / "two-tower"),
-                     triton_url=triton.grpc_url, event_log=str(work / "events"), port=port,
-                     rank_deadline_s=args.rank_deadline)
+                     event_log=str(work / "events"), port=free_port(), rank_deadline_s=args.rank_deadline,
+                     ingress_replicas=args.replicas)
+    ports = config.ingress_replicas + SPARE_PORTS
+    os.environ.update(direct_ingress_env(free_ports(ports), ports))  # as `recsys serve` starts its local cluster
+    triton = server.start(repo, ["dlrm"], run_dir=work / "triton")
+    config = replace(config, triton_url=triton.grpc_url)
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
-        url = run_app(config, "127.0.0.1", proxy_port=free_port())
-        results["app"] = sweep("app", url, users, rates, args.duration, args.k, args.slo_ms)
+        running = run_app(config, "127.0.0.1", proxy_port=free_port(), run_dir=work / "run")
+        try:
+            results["app"] = sweep("app", running.url, users, rates, args.duration, args.k, args.slo_ms)
+        finally:
+            running.stop()
     finally:
-        serve.shutdown()
         ray.shutdown()
         server.stop(work / "triton")
 

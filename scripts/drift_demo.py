@@ -34,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     import ray
     import yaml
-    from ray import serve
 
     from recsys.config import DataConfig, load_config
     from recsys.data.generate import ShopWorld
@@ -53,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.training.config import TrainConfig
     from recsys.training.job import run
     from serving.features import OnlineFeatures
-    from serving.launch import direct_ingress_env, direct_ingress_port, run_app
+    from serving.launch import SPARE_PORTS, direct_ingress_env, free_ports, run_app
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out / 'mlflow.db'}"  # a registry of the demo's own
-    os.environ.update(direct_ingress_env(server.free_port()))
+    ports = ServingConfig.ingress_replicas + SPARE_PORTS
+    os.environ.update(direct_ingress_env(free_ports(ports), ports))
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     schema = load_schema()
     raw = yaml.safe_load(Path(args.data_config).read_text())["generator"]
@@ -71,15 +71,17 @@ def main(argv: list[str] | None = None) -> int:
                     before_events=cfg.generator.target_events * cfg.generator.drift.start_day // cfg.generator.days,
                     progress=True)
     config = ServingConfig(dataset=str(stage.dataset.path), retrieval_export=str(out / "two-tower"),
-                           triton_url=stage.triton.grpc_url, event_log=str(out / "events"), port=direct_ingress_port(),
+                           triton_url=stage.triton.grpc_url, event_log=str(out / "events"), port=server.free_port(),
                            rollout_file=str(stage.rollout_file), rollout_poll_s=0.5)
     loop_config = write_loop_config(stage, config.event_log, Path(args.train_config), canary={
         "share": 0.5, "min_impressions": args.min_impressions, "alpha": 0.05, "max_wait_minutes": 30, "poll_s": 2.0})
+    running = None
     try:
-        url = run_app(config, "127.0.0.1", proxy_port=server.free_port())
+        running = run_app(config, "127.0.0.1", proxy_port=server.free_port(), run_dir=out / "run")
+        url = running.url
         print(f"== serving on {url}; simulated shoppers visit, then their tastes shift")
         monitor = monitor_factory(stage, config.event_log, ROOT / "configs" / "monitoring" / "alerts.yaml",
-                                  window_s=30, min_impressions=500, schema=schema)
+                                  window_s=3600, min_impressions=500, schema=schema)
         env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
         log = out / "loop.log"
 
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                                      baseline_ticks=6, max_drift_ticks=40, after_ticks=10, loop_pause_s=2.0)
             scenario.run(start_loop, loop_timeout_s=3600)
     finally:
-        serve.shutdown()
+        if running is not None:
+            running.stop()
         server.stop(out / "triton")
         ray.shutdown()
     scenario.add_loop_moments(out / "loop" / "state.json")

@@ -3,12 +3,13 @@
     POST /recommend  user -> online features -> retrieve N (query tower + ANN) -> filter -> rank (Triton) -> top k
     POST /feedback   impressions / clicks / purchases of served lists -> the event log (fsynced before the 2xx)
     GET  /healthz    the process answers
-    GET  /readyz     the index, the features and Triton are ready (503 otherwise)
+    GET  /readyz     the index, the features, Triton and the model versions the rollout names are ready
     GET  /metrics    Prometheus text: requests, errors, per-stage latency
 
 Whatever happens behind it, /recommend answers: an unknown user gets popular items flagged ``cold_start``;
 a Triton that is down or slower than ``rank_deadline_s`` gives the retrieval order flagged ``degraded``.
-Bad requests get a 4xx naming the field and what was expected.
+Bad requests get a 4xx naming the field and what was expected (the body is read as JSON whatever its declared
+content type, so ``curl -d '{...}'`` works). Request ids travel as decimal strings: they exceed 2**53.
 
 ``serve run serving/config.yaml`` or ``recsys serve`` start it; `build_app` composes it with ``.bind()``.
 (No ``from __future__ import annotations`` here: FastAPI must see the request models as classes through Serve's
@@ -19,161 +20,89 @@ import asyncio
 import importlib
 import logging
 import time
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+import polars as pl
+from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from recsys.eventlog.feedback import FeedbackLog, event_id_for
+from recsys.eventlog.feedback import FEEDBACK_GLOB, FeedbackLog, FeedbackWriteError
+from recsys.eventlog.jsonl import JsonlTail
 from recsys.eventlog.request_ids import RequestIds, request_key, variant_of
 from recsys.eventlog.requests import RequestLog
 from recsys.serving_config import ServingConfig, from_args
+from serving.api import (
+    DESCRIPTION,
+    FEEDBACK_PROBLEMS,
+    PROBLEMS,
+    TITLE,
+    VERSION,
+    FeedbackRequest,
+    FeedbackResponse,
+    IdempotencyKeys,
+    Problem,
+    Readiness,
+    RecommendRequest,
+    RecommendResponse,
+    Scored,
+    event_ids,
+    problems,
+    spec,
+    wire,
+)
 from serving.canary import Canary
+from serving.datasets import DatasetUnavailable
 from serving.metrics import Metrics
-from serving.ranker import TritonRanker
+from serving.ranker import Ranking, TritonRanker
+from serving.request_body import RequestBody
 from serving.retriever import Retriever
 
 log = logging.getLogger(__name__)
 
-INT64_MAX = 2**63 - 1
-Id = Annotated[int, Field(ge=0, le=INT64_MAX)]
-LIMITS = {"max_body_bytes": 65536}  # set by the ingress replica from its config; read by BodyLimit
 ROUTES = ("/recommend", "/feedback", "/healthz", "/readyz", "/metrics")
-STATE: dict[str, Any] = {}  # the replica's Metrics, for the counting middleware
+REPLICA: dict[str, Any] = {"max_body_bytes": 65536, "metrics": None}  # set by the ingress replica (see Ingress)
 
 
-# ---- request and response bodies -------------------------------------------------------------------
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class Context(Strict):
-    category: Annotated[str, Field(min_length=1, max_length=200)] | None = None  # cold start: popular in it
-
-
-class RecommendRequest(Strict):
-    user_id: Id
-    k: Annotated[int, Field(ge=1, description="how many items (1 to the configured max_k)")] = 10
-    context: Context | None = None
-    exclude: list[Id] = Field(default_factory=list, description="item ids never to return")
-
-
-class Scored(BaseModel):
-    item_id: int
-    score: float | None  # the ranker's click probability; None where the ranker was not used
-
-
-class RecommendResponse(BaseModel):
-    request_id: int
-    user_id: int
-    items: list[Scored]
-    cold_start: bool
-    degraded: bool
-    reason: str | None  # why degraded (or cold start)
-    variant: str  # which ranking model answered: production, or the candidate (canary / A-B)
-    model_versions: dict[str, str]
-    timings_ms: dict[str, float]
-
-
-class FeedbackEvent(Strict):
-    item_id: Id
-    event_type: Literal["impression", "click", "purchase"]
-    position: Annotated[int, Field(ge=0, le=10_000)] | None = None  # slot in the served list (impressions)
-    timestamp: datetime | None = None  # default: when the event is received
-
-    model_config = ConfigDict(extra="forbid", strict=False)  # timestamp may be ISO text
-
-
-class FeedbackRequest(Strict):
-    request_id: Id  # of the /recommend answer the events are about (it was issued to this user)
-    user_id: Id
-    session_id: Id | None = None  # default: the request id
-    events: Annotated[list[FeedbackEvent], Field(min_length=1, max_length=1000)]
-
-
-class FeedbackResponse(BaseModel):
-    accepted: int
-    log: str
+def replica_settings() -> dict[str, Any]:
+    """The module's own `REPLICA` (Serve ships the FastAPI app to the replica by value, with copies of the
+    objects it holds; a module-level function travels by reference and reads the replica's real module)."""
+    return REPLICA
 
 
 # ---- the FastAPI app -------------------------------------------------------------------------------
-api = FastAPI(title="recsys", description="Recommendations: retrieve (two-tower + ANN), filter, rank (DLRM on "
-              "Triton). Feedback goes back into the event log.", version="1")
-
-
-class BodyLimit:
-    """Pure ASGI middleware: a body larger than ``LIMITS['max_body_bytes']`` gets 413 before any parsing."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = LIMITS["max_body_bytes"]
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return await self._refuse(send, limit)
-        messages, size = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if size > limit:
-                return await self._refuse(send, limit)
-            if not message.get("more_body", False):
-                break
-
-        async def replay():
-            return messages.pop(0) if messages else await receive()
-
-        return await self.app(scope, replay, send)
-
-    @staticmethod
-    async def _refuse(send, limit: int) -> None:
-        body = JSONResponse({"error": "payload too large", "detail": f"request bodies are limited to {limit} bytes"},
-                            status_code=413)
-        await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
-        await send({"type": "http.response.body", "body": body.body})
-
-
-api.add_middleware(BodyLimit)
+# the spec and its page are routes of the replica: the spec carries the limits of the replica's config
+api = FastAPI(title=TITLE, description=DESCRIPTION, version=VERSION, openapi_url=None, docs_url=None, redoc_url=None)
+api.add_middleware(RequestBody, settings=replica_settings, json_routes=("/recommend", "/feedback"))
 
 
 @api.middleware("http")
 async def _count(request: Request, call_next):
-    """Every answer by route and status, 413s from BodyLimit included (this middleware is outside it)."""
+    """Every answer by route and status, 413s from RequestBody included (this middleware is outside it)."""
     response = await call_next(request)
-    if (metrics := STATE.get("metrics")) is not None:
+    if (metrics := REPLICA.get("metrics")) is not None:
         route = request.url.path if request.url.path in ROUTES else "other"
         metrics.requests.labels(route=route, status=str(response.status_code)).inc()
     return response
 
 
-def _problem(error: dict[str, Any]) -> str:
-    where = ".".join(str(p) for p in error.get("loc", ()))
-    got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict | list) else ""
-    return f"{where}: {error.get('msg', 'invalid')}{got}"
-
-
 @api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = [_problem(e) for e in exc.errors()]
-    return JSONResponse({"error": "invalid request", "detail": problems}, status_code=422)
+    return JSONResponse(Problem(error="invalid request", detail=problems(exc.errors())).model_dump(),
+                        status_code=422)
 
 
-@api.exception_handler(HTTPException)
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return JSONResponse({"error": "invalid request" if exc.status_code < 500 else "unavailable",
-                         "detail": exc.detail}, status_code=exc.status_code)
+@api.exception_handler(StarletteHTTPException)  # FastAPI's own and Starlette's (an unreadable body: 400)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(Problem(error="invalid request" if exc.status_code < 500 else "unavailable",
+                                detail=exc.detail).model_dump(), status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=128)
@@ -183,12 +112,12 @@ class Ingress:
         from recsys.data.dataset import Dataset
         from recsys.schema import load_schema
         from recsys.training.job import newest_dataset
-        from serving.features import FeaturesByDataset, OnlineFeatures, model_inputs
+        from serving.datasets import FeaturesByDataset
+        from serving.features import OnlineFeatures, model_inputs
 
         # this class reaches the replica pickled by value (with copies of the module's globals); the middleware
-        # reads the module's own dicts, so set those
-        module = importlib.import_module("serving.app")
-        module.LIMITS["max_body_bytes"] = config.max_body_bytes
+        # reads the module's own REPLICA, so set that one
+        replica = importlib.import_module("serving.app").REPLICA
         self.config, self.retriever = config, retriever
         # Triton's gRPC client lives in the replica: Triton batches across requests itself, and a Ray hop to a
         # separate client deployment cost more CPU than the call (scripts/bench_serving.py)
@@ -200,13 +129,20 @@ class Ingress:
         dataset = Dataset.open(config.dataset or newest_dataset(), schema)
         self.features = OnlineFeatures(dataset, schema, config.popular_items)
         self.ranking_features = FeaturesByDataset(self.features)  # each variant's model ranks with its dataset's
+        self.ranking_features.keep_only(self.canary.state.datasets.values())
         self.query_specs = model_inputs(schema, "two_tower.user")
         self.ranking_specs = model_inputs(schema, "dlrm")
+        self.metrics = Metrics()
         self.log = FeedbackLog(config.event_log)
-        self.requests = RequestLog(config.event_log)
+        self.requests = RequestLog(config.event_log, on_drop=self.metrics.request_log_dropped.inc)
         self.request_ids = RequestIds(request_key(config.event_log))
-        self.metrics = module.STATE["metrics"] = Metrics()
+        self.idempotency = IdempotencyKeys()
+        # purchases fed back to any replica (and before a restart): followed in the shared feedback log
+        self._feedback = JsonlTail(Path(config.event_log), FEEDBACK_GLOB)
+        self._follow_purchases()
         self.versions = {"dataset": dataset.id}
+        self._spec: dict[str, Any] | None = None
+        replica.update(max_body_bytes=config.max_body_bytes, metrics=self.metrics)
 
     def __del__(self):
         self.requests.flush()  # Serve deletes the replica's object when it stops it
@@ -216,7 +152,7 @@ class Ingress:
             self.versions["retrieval"] = (await self.retriever.describe.remote())["version"]
         return self.versions["retrieval"]
 
-    @api.post("/recommend", response_model=RecommendResponse)
+    @api.post("/recommend", response_model=RecommendResponse, responses=PROBLEMS)
     async def recommend(self, body: RecommendRequest) -> RecommendResponse:
         cfg, timings, start = self.config, {}, time.perf_counter()
         if body.k > cfg.max_k:
@@ -236,6 +172,7 @@ class Ingress:
             return now
 
         t = start
+        self._follow()
         user = self.features.user(body.user_id)
         t = lap("features", t)
         if user is None:
@@ -260,115 +197,173 @@ class Ingress:
             t = lap("filter", t)
             items = kept[: body.k]
             if kept and not degraded:
-                variant, ranked, outcome, ranking_dataset = await self._rank(body.user_id, kept)
-                if ranked is not None:
-                    versions["ranking"], versions["dataset"] = outcome, ranking_dataset
-                    order = np.argsort(-ranked, kind="stable")[: body.k]
-                    items, scores = [kept[i] for i in order], ranked[order]
+                ranking = await self._rank(body.user_id, kept)
+                variant = ranking.variant
+                if ranking.scores is not None:
+                    versions["ranking"], versions["dataset"] = ranking.model, ranking.dataset
+                    order = np.argsort(-ranking.scores, kind="stable")[: body.k]
+                    items, scores = [kept[i] for i in order], ranking.scores[order]
+                    reason = ranking.note
                 else:  # Triton down, slow or failing: the retrieval order
-                    degraded, reason = True, f"{outcome}: retrieval order"
+                    degraded, reason = True, f"{ranking.note}: retrieval order"
                 t = lap("rank", t)
         if degraded:
             self.metrics.degraded.inc()
         timings["total"] = round((time.perf_counter() - start) * 1000, 3)
         self.metrics.stage("total", time.perf_counter() - start)
-        scored = [Scored(item_id=i, score=None if scores is None else float(scores[n])) for n, i in enumerate(items)]
+        scored = [Scored(item_id=wire(i), score=None if scores is None else float(scores[n]))
+                  for n, i in enumerate(items)]
         request_id = self.request_ids.issue(body.user_id, variant)
         self.requests.add(request_id, body.user_id, variant, query, items, scores, user is None, degraded,
                           timings["total"])
-        return RecommendResponse(request_id=request_id, user_id=body.user_id, items=scored, cold_start=user is None,
-                                 degraded=degraded, reason=reason, variant=variant, model_versions=versions,
-                                 timings_ms=timings)
+        return RecommendResponse(request_id=str(request_id), user_id=wire(body.user_id), items=scored,
+                                 cold_start=user is None, degraded=degraded, reason=reason, variant=variant,
+                                 model_versions=versions, timings_ms=timings)
 
-    def _ranking_inputs(self, variant: str, user_id: int, items: list[int]):
-        """(inputs, dataset id) encoded as ``variant``'s model was trained; None if its dataset lacks the user or an
-        item."""
-        return self.ranking_features.ranking_inputs(self.canary.state.datasets.get(variant), user_id, items,
-                                                    self.ranking_specs)
-
-    async def _rank(self, user_id: int, items: list[int]) -> tuple[str, np.ndarray | None, str, str]:
-        """(variant, scores, "model:version", dataset id) with the user's variant; a failed candidate call is
-        retried on production and counts toward the candidate's automatic rollback. (variant, None, why, "") when
-        ranking failed."""
+    # ---- what other replicas and the rollout changed ------------------------------------------------
+    def _follow(self) -> None:
+        """At most every ``rollout_poll_s``: the rollout state, and purchases fed back to any replica."""
         now = time.monotonic()
         if now - self._rollout_checked >= self.config.rollout_poll_s:
             self._rollout_checked = now
-            self.canary.refresh()
-        variant, version = self.canary.variant(user_id)
-        while True:
-            if (encoded := self._ranking_inputs(variant, user_id, items)) is None:
-                if variant == "candidate":  # the candidate's dataset is unusable or lacks the user: production
-                    variant, version = "production", self.canary.state.production
-                    continue
-                return variant, None, f"no ranking features for user {user_id} in the {variant} model's dataset", ""
-            inputs, dataset_id = encoded
-            start = time.perf_counter()
-            try:
-                ranked, outcome = await asyncio.wait_for(self.ranker.rank(inputs, version),
-                                                         self.config.rank_deadline_s)
-                ok = True
-            except Exception as exc:
-                ranked, ok = None, False
-                outcome = ("ranker slower than the deadline" if isinstance(exc, TimeoutError)
-                           else f"ranker unavailable ({type(exc).__name__}: {str(exc)[:300]})")
-                self.metrics.errors.labels(stage="rank").inc()
-                self.metrics.variant_errors.labels(variant=variant).inc()
-            seconds = time.perf_counter() - start
-            self.metrics.variant_latency.labels(variant=variant).observe(seconds)
-            if variant == "candidate" and (why := self.canary.record(ok, seconds * 1000)):
-                self.canary.roll_back(why)
-                self.metrics.rollbacks.inc()
-            if ok or variant == "production":
-                if ok:
-                    self.metrics.variant.labels(variant=variant).inc()
-                return variant, ranked, outcome, dataset_id
-            variant, version = "production", self.canary.state.production
+            if self.canary.refresh():
+                self.ranking_features.keep_only(self.canary.state.datasets.values())
+            self._follow_purchases()
 
-    @api.post("/feedback", response_model=FeedbackResponse)
-    async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:
-        if not self.request_ids.issued_to(body.request_id, body.user_id):
-            raise HTTPException(422, [f"body.request_id: {body.request_id} is not a request id this app issued to "
+    def _follow_purchases(self) -> None:
+        new, _ = self._feedback.poll()  # (torn lines are the monitor's to report)
+        if new is not None and {"event_type", "user_id", "item_id"} <= set(new.columns):
+            bought = new.filter(pl.col("event_type") == "purchase")
+            for user_id, item_id in zip(bought["user_id"].to_list(), bought["item_id"].to_list(), strict=True):
+                self.features.add_purchase(user_id, item_id)
+
+    # ---- ranking ---------------------------------------------------------------------------------
+
+    async def _rank(self, user_id: int, items: list[int]) -> Ranking:
+        """The user's variant ranks; a candidate that cannot (its dataset lacks the user, its call failed) hands
+        over to production, and a failed candidate call counts toward its automatic rollback."""
+        variant, version = self.canary.variant(user_id)
+        if variant == "candidate":
+            ranking = await self._rank_as("candidate", version, user_id, items)
+            if ranking.scores is not None:
+                return ranking
+            fallback = await self._rank_as("production", self.canary.state.production, user_id, items)
+            if ranking.note and fallback.scores is not None:  # say why the candidate did not rank
+                fallback.note = f"candidate: {ranking.note}; ranked by production"
+            return fallback
+        return await self._rank_as("production", version, user_id, items)
+
+    async def _rank_as(self, variant: str, version: str, user_id: int, items: list[int]) -> Ranking:
+        try:
+            encoded = self.ranking_features.ranking_inputs(self.canary.state.datasets.get(variant), user_id, items,
+                                                           self.ranking_specs)
+        except DatasetUnavailable as exc:
+            self.metrics.errors.labels(stage="features").inc()
+            return Ranking(variant, None, note=str(exc))
+        if encoded is None:  # (normal for a candidate whose dataset lacks the user: no note)
+            return Ranking(variant, None, note=None if variant == "candidate" else
+                           f"no ranking features for user {user_id} in the {variant} model's dataset")
+        inputs, dataset_id = encoded
+        start = time.perf_counter()
+        ranking = await self.ranker.rank_within_deadline(inputs, version, self.config.rank_deadline_s)
+        ranking.variant, ranking.dataset = variant, dataset_id
+        seconds = time.perf_counter() - start
+        self.metrics.variant_latency.labels(variant=variant).observe(seconds)
+        if ranking.scores is None:
+            self.metrics.errors.labels(stage="rank").inc()
+            self.metrics.variant_errors.labels(variant=variant).inc()
+        else:
+            self.metrics.variant.labels(variant=variant).inc()
+        if variant == "candidate" and (why := self.canary.record(ranking.scores is not None, seconds * 1000)):
+            self.canary.roll_back(why)
+            self.metrics.rollbacks.inc()
+        return ranking
+
+    # ---- feedback --------------------------------------------------------------------------------
+    @api.post("/feedback", response_model=FeedbackResponse, responses=FEEDBACK_PROBLEMS)
+    async def feedback(self, body: FeedbackRequest,
+                       idempotency_key: str | None = Header(default=None, max_length=200, description=(
+                           "a key of the client's choosing: a retry with the same key and body records nothing "
+                           "twice (without one, events are identified by what they say)"))) -> FeedbackResponse:
+        request_id = int(body.request_id)
+        if not self.request_ids.issued_to(request_id, body.user_id):
+            raise HTTPException(404, [f"body.request_id: {body.request_id} is not a request id this app issued to "
                                       f"user {body.user_id} (send the request_id of a /recommend answer)"])
         unknown = sorted({e.item_id for e in body.events if not self.features.known_item(e.item_id)})
         if unknown:
-            raise HTTPException(422, [f"body.events: item ids not in the catalog: {unknown[:20]}"])
-        rows = [{"timestamp": e.timestamp.isoformat() if e.timestamp else None, "user_id": body.user_id,
-                 "item_id": e.item_id, "event_type": e.event_type,
-                 "session_id": body.session_id if body.session_id is not None else body.request_id,
-                 "request_id": body.request_id, "position": e.position} for e in body.events]
-        for row in rows:
-            row["event_id"] = event_id_for(body.request_id, row["item_id"], row["event_type"], row["position"],
-                                           row["timestamp"])
+            raise HTTPException(404, [f"body.events: item ids not in the catalog: {unknown[:20]}"])
+        if idempotency_key is not None and (replay := self.idempotency.replay(idempotency_key, body)) is not None:
+            return replay
+        rows = [{"event_id": event_id, "timestamp": e.timestamp.isoformat() if e.timestamp else None,
+                 "user_id": body.user_id, "item_id": e.item_id, "event_type": e.event_type,
+                 "session_id": body.session_id if body.session_id is not None else request_id,
+                 "request_id": request_id, "position": e.position}
+                for e, event_id in zip(body.events, event_ids(request_id, body, idempotency_key), strict=True)]
+        variant = variant_of(request_id)
         try:
-            accepted, _ = await asyncio.to_thread(self.log.append, rows, variant_of(body.request_id))
-        except OSError as exc:
+            written = await asyncio.to_thread(self.log.append, rows, variant)
+        except FeedbackWriteError as exc:
             self.metrics.errors.labels(stage="feedback").inc()
-            raise HTTPException(503, f"the event log could not be written ({exc}); nothing was accepted") from exc
+            raise HTTPException(503, f"the event log could not be written ({exc}); some of these events may have "
+                                     "been recorded: send the same request again (same body, same Idempotency-Key "
+                                     "if you used one): an event is recorded once, by its event_id") from exc
         for e in body.events:
             if e.event_type == "purchase":
                 self.features.add_purchase(body.user_id, e.item_id)
-        for e in body.events:
-            self.metrics.feedback.labels(variant=variant_of(body.request_id), event_type=e.event_type).inc()
-        return FeedbackResponse(accepted=accepted, log=str(self.log.path))
+        for row in written:
+            self.metrics.feedback.labels(variant=variant, event_type=row["event_type"]).inc()
+        answer = FeedbackResponse(accepted=len(rows), duplicates=len(rows) - len(written), log=str(self.log.path))
+        if idempotency_key is not None:
+            self.idempotency.remember(idempotency_key, body, answer)
+        return answer
 
+    # ---- the spec ----------------------------------------------------------------------------------
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self) -> JSONResponse:
+        if self._spec is None:
+            self._spec = spec(importlib.import_module("serving.app").api.routes, self.config)
+        return JSONResponse(self._spec)
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self) -> Response:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="openapi.json", title=f"{TITLE} - API")
+
+    # ---- health ----------------------------------------------------------------------------------
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.get("/readyz")
+    @api.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
     async def readyz(self) -> JSONResponse:
         timeout = self.config.ready_timeout_s
-        checks = {"features": self.features.users.height > 0 and self.features.items.height > 0}
+        self._follow()
+        versions = self.canary.state.versions
+        checks = {"features": self.features.users.height > 0 and self.features.items.height > 0,
+                  "datasets": self._datasets_load()}
         for name, call in (("index", lambda: self.retriever.ready.remote()),
-                           ("triton", lambda: self.ranker.ready(timeout))):
+                           ("triton", lambda: self.ranker.ready(timeout, versions))):
             try:
                 checks[name] = bool(await asyncio.wait_for(call(), timeout + 1.0))
             except Exception:  # not ready
                 checks[name] = False
         ready = all(checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        body = Readiness(ready=ready, checks=checks, versions=versions or ["newest"])
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
-    @api.get("/metrics")
+    def _datasets_load(self) -> bool:
+        """Every dataset the rollout names for a variant loads (a failure is logged with why)."""
+        try:
+            for path in self.canary.state.datasets.values():
+                self.ranking_features.get(path)
+        except DatasetUnavailable:
+            return False
+        return True
+
+    @api.get("/metrics", response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+                              "description": "Prometheus text exposition of this replica's metrics"}})
     async def metrics(self) -> Response:
         text, content_type = self.metrics.render()
         return Response(text, media_type=content_type)
@@ -380,7 +375,7 @@ def build_app(config: ServingConfig) -> serve.Application:
 
     logging = {"enable_access_log": config.access_log}  # a log line per request per replica costs CPU
     retriever = Retriever.options(logging_config=logging).bind(config, load_schema().hash)
-    return Ingress.options(logging_config=logging).bind(config, retriever)
+    return Ingress.options(logging_config=logging, num_replicas=config.ingress_replicas).bind(config, retriever)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -6,19 +6,18 @@ looked up per request and assembled into model inputs.
   and the (user, candidate's category) row of ``online/user_category.parquet``; a pair the user never
   touched gets what the offline pipeline computes for it (the feature's encoded default); ``position`` is
   the encoded slot 0 for every candidate (position is a logging-policy feature: rank as if shown first);
-* filters: items the user already purchased (validated events plus purchases fed back since), and items
-  that are not available;
+* filters: items the user already purchased (the dataset's ``online/purchases`` plus purchases fed back since),
+  and items that are not available;
 * cold start: items by recent popularity (``item_views_7d``), optionally within one category.
 
-No Ray and no I/O after construction: the skew test and the replicas use the same object. `FeaturesByDataset`
-adds the features of the datasets other model versions were trained on, each read once when first named.
+No Ray and no I/O after construction: the skew test and the replicas use the same object
+(`serving.datasets.FeaturesByDataset` holds one per dataset the rollout names).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -62,27 +61,20 @@ class OnlineFeatures:
         self._user_index = dict(zip(self.users[META_USER].to_list(), range(self.users.height), strict=True))
         self._item_index = dict(zip(self.items[META_ITEM].to_list(), range(self.items.height), strict=True))
         self.available = self.items[META_AVAILABLE].fill_null(True).to_numpy().astype(bool)
-        validated = dataset.manifest.sources.get("validated", {})
-        self.category = self._categories(validated)  # item id -> category name
-        self.purchased = self._purchases(validated)  # user id -> item ids
+        missing = [name for name in ("users", "items", "purchases") if name not in dataset.manifest.online]
+        if missing or META_CATEGORY not in self.items.columns:
+            raise RecsysError(f"dataset {dataset.id} ({dataset.path}) has no online {missing or ['item categories']}: "
+                              f"it was built by an older pipeline; rebuild it (recsys data build --force)")
+        self.category = dict(zip(self.items[META_ITEM].to_list(), self.items[META_CATEGORY].to_list(), strict=True))
+        self.purchased = self._purchases(dataset.online("purchases"))  # user id -> item ids
         self.popular = self._popular(popular_items)
         self._gather_tables()
 
     # ---- loading -------------------------------------------------------------------------------
-    def _categories(self, validated: dict) -> dict[int, str]:
-        path = validated.get("items", {}).get("path")
-        if not path or not Path(path).is_file():
-            return {}
-        items = pl.read_parquet(path, columns=["item_id", "category"])
-        return dict(zip(items["item_id"].to_list(), items["category"].to_list(), strict=True))
-
-    def _purchases(self, validated: dict) -> dict[int, set[int]]:
-        path = validated.get("events", {}).get("path")
-        if not path or not Path(path).is_file():
-            return {}
-        bought = (pl.scan_parquet(path).filter(pl.col("event_type") == "purchase")
-                  .group_by("user_id").agg(pl.col("item_id").unique()).collect())
-        return {u: set(i) for u, i in zip(bought["user_id"].to_list(), bought["item_id"].to_list(), strict=True)}
+    @staticmethod
+    def _purchases(bought: pl.DataFrame) -> dict[int, set[int]]:
+        grouped = bought.group_by(META_USER).agg(pl.col(META_ITEM))
+        return {u: set(i) for u, i in zip(grouped[META_USER].to_list(), grouped[META_ITEM].to_list(), strict=True)}
 
     def _popular(self, n: int) -> list[int]:
         column = POPULARITY if POPULARITY in self.items.columns else None
@@ -176,40 +168,6 @@ class OnlineFeatures:
 
     def _specs(self, scope: Scope) -> tuple[TensorSpec, ...]:
         return tensor_specs(self.schema.by_scope(scope))
-
-
-class FeaturesByDataset:
-    """Online features per dataset folder, each loaded once on first use: a retrained ranker comes with its own
-    dataset (refitted vocabularies, fresher user features), named per variant by the rollout state."""
-
-    def __init__(self, base: OnlineFeatures):
-        self.base = base
-        self._loaded: dict[str, OnlineFeatures | None] = {str(base.dataset.path.resolve()): base}
-
-    def get(self, path: str | None) -> OnlineFeatures | None:
-        """The features of the dataset at ``path`` (the base's when None); None when it cannot be loaded."""
-        if not path:
-            return self.base
-        key = str(Path(path).resolve())
-        if key not in self._loaded:  # once per dataset: a short pause of the replica
-            try:
-                # (its popular items are not used: cold start and retrieval stay on the base dataset)
-                self._loaded[key] = OnlineFeatures(Dataset.open(key, self.base.schema), self.base.schema,
-                                                   max(1, len(self.base.popular)))
-            except Exception as exc:
-                log.error("cannot load dataset %s for ranking: %s", key, exc)
-                self._loaded[key] = None
-        return self._loaded[key]
-
-    def ranking_inputs(self, path: str | None, user_id: int, items: list[int],
-                       specs: tuple[TensorSpec, ...]) -> tuple[dict[str, np.ndarray], str] | None:
-        """(inputs, dataset id) from the dataset at ``path``; None if it lacks the user or (another dataset than
-        the base, which serves the candidates) an item."""
-        features = self.get(path)
-        user = features.user(user_id) if features is not None else None
-        if user is None or (features is not self.base and not all(map(features.known_item, items))):
-            return None
-        return features.ranking_inputs(user, items, specs), features.dataset.id
 
 
 def model_inputs(schema: FeatureSchema, part: str) -> tuple[TensorSpec, ...]:

@@ -30,6 +30,8 @@ class Metrics:
         self.variant_latency = Histogram("recsys_variant_rank_latency_seconds", "ranking call time by variant",
                                          ["variant"], buckets=BUCKETS, registry=r)
         self.rollbacks = Counter("recsys_automatic_rollbacks", "candidates this replica rolled back", registry=r)
+        self.request_log_dropped = Counter("recsys_request_log_dropped_lines", "answers the request log could not "
+                                           "write (telemetry lost; the answers were served)", registry=r)
 
     def stage(self, name: str, seconds: float) -> None:
         self.latency.labels(stage=name).observe(seconds)

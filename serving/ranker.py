@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 
 NP_TO_TRITON = {"int64": "INT64", "float32": "FP32"}
+
+
+@dataclass
+class Ranking:
+    """What ranking one request gave: the scores (None when it failed) and by which model, or why not."""
+
+    variant: str
+    scores: np.ndarray | None
+    model: str = ""  # "model:version" that scored
+    dataset: str = ""  # the dataset id whose features were the inputs
+    note: str | None = None  # why there are no scores (or a remark on the ones there are)
 
 
 class TritonRanker:
@@ -50,11 +63,28 @@ class TritonRanker:
         output = response.outputs[0].name
         return result.as_numpy(output).reshape(-1), f"{self.model}:{response.model_version}"
 
-    async def ready(self, timeout_s: float) -> bool:
+    async def rank_within_deadline(self, inputs: dict[str, np.ndarray], version: str | None,
+                                   deadline_s: float) -> Ranking:
+        """`rank`, or why it gave nothing within ``deadline_s`` (never raises)."""
+        try:
+            scores, model = await asyncio.wait_for(self.rank(inputs, version), deadline_s)
+        except Exception as exc:
+            why = ("ranker slower than the deadline" if isinstance(exc, TimeoutError)
+                   else f"ranker unavailable ({type(exc).__name__}: {str(exc)[:300]})")
+            return Ranking("", None, note=why)
+        return Ranking("", scores, model=model)
+
+    async def ready(self, timeout_s: float, versions: list[str] | None = None) -> bool:
+        """The server is ready and so is every one of ``versions`` of the model (the client's default version
+        when none are named)."""
         try:
             client = self._connect()
-            return bool(await client.is_server_ready(client_timeout=timeout_s)
-                        and await client.is_model_ready(self.model, self.version, client_timeout=timeout_s))
+            if not await client.is_server_ready(client_timeout=timeout_s):
+                return False
+            for version in versions or [self.version]:
+                if not await client.is_model_ready(self.model, version, client_timeout=timeout_s):
+                    return False
+            return True
         except Exception:  # not ready, whatever the reason
             await self._drop()
             return False

@@ -7,7 +7,7 @@ import argparse
 from recsys.schema import PROJECT_ROOT
 
 DEFAULT_CONFIG = str(PROJECT_ROOT / "serving" / "config.yaml")
-PATH_FIELDS = ("dataset", "retrieval_export", "event_log", "rollout_file")
+PATH_FIELDS = ("dataset", "retrieval_export", "event_log", "rollout_file", "run_dir", "triton_run_dir")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -17,9 +17,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "/readyz, /metrics and /docs, on 127.0.0.1 by default. Triton must be running "
                     "(`recsys triton start`); until it is, answers are the retrieval order flagged degraded. "
                     "Reads the application's args (the serving config and its overrides) and its HTTP options "
-                    "from a Ray Serve config file. On a local cluster it uses Ray Serve's throughput-optimized mode "
-                    "with direct ingress: the ingress replica answers on the port itself and Ray's proxy moves to "
-                    "a free port (RAY_SERVE_THROUGHPUT_OPTIMIZED=0: Ray's default proxy path on the port).")
+                    "from a Ray Serve config file. On a local cluster it runs `ingress_replicas` ingress replicas "
+                    "(default 2), each with its own HTTP server (Ray Serve's throughput-optimized mode, direct "
+                    "ingress), behind HAProxy on the configured port, which health-checks them and resends a request "
+                    "caught on a replica that died; with --set triton_run_dir=DIR it restarts the Triton started "
+                    "from DIR if it dies. RAY_SERVE_THROUGHPUT_OPTIMIZED=0 gives Ray's default proxy path instead.")
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help=f"Ray Serve config file whose first application runs serving.app (default: {DEFAULT_CONFIG})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -61,11 +63,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import ray
-    from ray import serve
 
     from recsys.deploy.server import free_port
     from recsys.serving_config import from_args
-    from serving.launch import direct_ingress_env, run_app
+    from serving import supervisor
+    from serving.launch import SPARE_PORTS, direct_ingress_env, free_ports, run_app
 
     app_args, http = serve_args(args.config, args.overrides)
     config = from_args(app_args)
@@ -75,16 +77,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     given = {o.split("=", 1)[0].strip() for o in args.overrides}  # --set host/port win over the file's http_options
     host = config.host if "host" in given else http.get("host", config.host)
     port = config.port if "port" in given else http.get("port", config.port)
+    config = replace(config, host=host, port=port)
     proxy_port = port
     if args.address:
         ray.init(address=args.address, include_dashboard=False)
-    else:  # a local cluster: the ingress replica serves the port itself unless RAY_SERVE_THROUGHPUT_OPTIMIZED=0
+    else:  # a local cluster: replicas on ports of their own behind HAProxy, unless RAY_SERVE_THROUGHPUT_OPTIMIZED=0
         if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1") == "1":
-            os.environ.update(direct_ingress_env(port))
+            ports = config.ingress_replicas + SPARE_PORTS
+            os.environ.update(direct_ingress_env(free_ports(ports), ports))
             proxy_port = free_port()
-        ray.init(address="local", include_dashboard=False)
-    url = run_app(config, host, proxy_port)
-    print(f"serving on {url}  (POST /recommend, POST /feedback, GET /readyz, /metrics, /docs)", flush=True)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    running = run_app(config, host, proxy_port, run_dir=config.run_dir)
+    watched = [supervisor.triton(config.triton_run_dir)] if config.triton_run_dir else []
+    if running.balancer is not None:
+        watched.append(supervisor.Watched("haproxy", running.balancer.alive, running.balancer.restart))
+    guard = supervisor.Supervisor(watched)
+    guard.start()
+    print(f"serving on {running.url}  (POST /recommend, POST /feedback, GET /readyz, /metrics, /docs); "
+          f"{config.ingress_replicas} ingress replica(s)"
+          + (" behind HAProxy" if running.balancer else "")
+          + (f"; restarting Triton ({config.triton_run_dir}) if it dies" if config.triton_run_dir else ""), flush=True)
     if args.detach:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly on SIGTERM too
@@ -94,6 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
+        guard.stop()
+        running.stop()
         ray.shutdown()
     return 0

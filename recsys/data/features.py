@@ -312,7 +312,9 @@ def build_examples(builder: FeatureBuilder, task: str) -> pl.LazyFrame:
 
 
 def online_tables(builder: FeatureBuilder, as_of: datetime) -> dict[str, pl.LazyFrame]:
-    """The state at ``as_of`` for serving: user features, item features, user x category features.
+    """The state at ``as_of`` for serving: user features, item features (with each item's category name, for cold
+    start within a category), user x category features, and the (user, item) pairs bought before ``as_of`` (the
+    purchase filter). Serving then needs nothing outside the dataset folder.
 
     Built by the same `FeatureBuilder` as the training examples, at one timestamp for everyone.
     """
@@ -325,8 +327,11 @@ def online_tables(builder: FeatureBuilder, as_of: datetime) -> dict[str, pl.Lazy
     tables = {
         "users": builder.add(builder.users.lazy().select(USER, at), user_f)
         .select(pl.col(USER).alias(META_USER), *_named(user_f)),
-        "items": builder.add(builder.items.lazy().select(ITEM, AVAILABLE, at), item_f)
-        .select(pl.col(ITEM).alias(META_ITEM), pl.col(AVAILABLE).alias(META_AVAILABLE), *_named(item_f)),
+        "items": builder.add(builder.items.lazy().select(ITEM, AVAILABLE, CATEGORY, at), item_f)
+        .select(pl.col(ITEM).alias(META_ITEM), pl.col(AVAILABLE).alias(META_AVAILABLE),
+                pl.col(CATEGORY).cast(pl.String).alias(META_CATEGORY), *_named(item_f)),
+        "purchases": builder.events.lazy().filter((pl.col(TYPE) == "purchase") & (pl.col(TS) < as_of))
+        .select(pl.col(USER).alias(META_USER), pl.col(ITEM).alias(META_ITEM)).unique().sort(META_USER, META_ITEM),
     }
     if cross_f:
         types = sorted({t for f in cross_f for t in f.params["event_types"]})

@@ -54,12 +54,20 @@ class FeedbackLog:
         self._lock = threading.Lock()
         self._written: OrderedDict[int, None] = OrderedDict()  # ids this writer wrote, the newest `remember`
         self._remember = remember
+        self._torn = False  # the file may end in a partial line (a failed append could not be cut back)
 
-    def append(self, events: list[dict], variant: str) -> tuple[int, int]:
+    def _cut_back(self, f, size: int) -> None:
+        """Take a failed append's bytes off the end again (else the next line would continue a torn one)."""
+        try:
+            f.truncate(size)
+        except OSError:
+            self._torn = True
+
+    def append(self, events: list[dict], variant: str) -> list[dict]:
         """Write ``events`` (EVENTS columns, ``event_id`` set; a missing timestamp is now) durably.
 
-        Returns (events written, events skipped because this writer wrote their id recently). Raises
-        `FeedbackWriteError` when the write or the fsync failed.
+        Returns the events written: the others were repeats (of an event this writer wrote recently, or of one
+        earlier in ``events``). Raises `FeedbackWriteError` when the write or the fsync failed.
         """
         now = datetime.now(UTC).isoformat()
         with self._lock:
@@ -74,15 +82,24 @@ class FeedbackLog:
                 row["timestamp"] = row["timestamp"] or now
                 row[VARIANT] = variant
                 lines.append(json.dumps(row, separators=(",", ":")) + "\n")
+            data = "".join(lines).encode()
             try:
                 with open(self.path, "ab") as f:
-                    f.write("".join(lines).encode())
-                    f.flush()
-                    os.fsync(f.fileno())
+                    before = f.tell()
+                    if self._torn:  # an earlier append failed half-way: never glue an event onto its torn line
+                        data = b"\n" + data
+                    try:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    except OSError:
+                        self._cut_back(f, before)
+                        raise
+                self._torn = False
             except OSError as exc:
                 raise FeedbackWriteError(exc.errno, f"{self.path}: {exc.strerror or exc}") from exc
             for event_id in ids:
                 self._written[event_id] = None
             while len(self._written) > self._remember:
                 self._written.popitem(last=False)
-        return len(lines), len(events) - len(lines)
+        return fresh

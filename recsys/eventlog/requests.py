@@ -17,6 +17,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,12 +28,14 @@ REQUEST_GLOB = "requests/*.jsonl"
 
 
 class RequestLog:
-    def __init__(self, root: str | Path, flush_s: float = 1.0, max_rows: int = 1000):
+    def __init__(self, root: str | Path, flush_s: float = 1.0, max_rows: int = 1000,
+                 on_drop: Callable[[int], object] | None = None):
         folder = Path(root) / "requests"
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"requests-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(4)}.jsonl"
         self.flush_s, self.max_rows = flush_s, max_rows
         self.dropped = 0  # lines lost to failed writes
+        self._on_drop = on_drop
         self._lines: list[str] = []
         self._flushed = time.monotonic()
         self._lock = threading.Lock()
@@ -63,4 +66,6 @@ class RequestLog:
                     f.write("".join(lines))
             except OSError as exc:  # telemetry: lose these lines, not the answers
                 self.dropped += len(lines)
+                if self._on_drop is not None:
+                    self._on_drop(len(lines))
                 log.error("request log %s: %d line(s) dropped (%s)", self.path, len(lines), exc)

@@ -276,28 +276,37 @@ class Loop:
         return running(self.cfg.triton_run_dir)
 
     def _candidate(self) -> dict[str, Any]:
-        from recsys.registry import promote
+        from recsys.registry import promote, withdraw_candidate
         from recsys.registry.aliases import current
 
-        moved = {}
-        for model in self.cfg.models:
-            version = self.state.done(f"register.{model}")["version"]
-            if current(model, "candidate", self.registry) != version:
-                promote(model, version, "candidate", reason=f"recsys loop {self.state.current['id']}",
-                        who="recsys loop", registry=self.registry)
-            moved[model] = version
+        moved, changed = {}, []
+        try:
+            for model in self.cfg.models:
+                version = self.state.done(f"register.{model}")["version"]
+                if current(model, "candidate", self.registry) != version:
+                    promote(model, version, "candidate", reason=f"recsys loop {self.state.current['id']}",
+                            who="recsys loop", registry=self.registry)
+                    changed.append(model)
+                moved[model] = version
+        except Exception as exc:  # all or nothing: no model stays a candidate without the others
+            for model in changed:
+                withdraw_candidate(model, reason=f"recsys loop {self.state.current['id']}: another model's move "
+                                   f"failed ({exc})", who="recsys loop", registry=self.registry)
+            raise
         return {"versions": moved, "summary": ", ".join(f"{m} v{v}" for m, v in moved.items()) + " are candidates"}
 
     def _rollout(self, share: float, reason: str, action: str):
         """Serve the registry's aliases, the candidate (if any) for ``share`` of users (applying the same state
         again, as a resumed step may, changes nothing but the revision)."""
-        from recsys.deploy import rollout
+        from recsys.deploy import rollout, triton_control
+        from recsys.deploy.registry_state import state_from_registry
 
         info = self._triton()
-        state = rollout.state_from_registry(info, share, RANKER, registry=self.registry,
-                                            base=rollout.read(self.cfg.rollout_file))
-        rollout.apply(self.cfg.rollout_file, state, reason, info=info, grace_s=self.cfg.canary.grace_s,
-                      event={"action": action, "registry": state.registry})
+        base = rollout.read(self.cfg.rollout_file)
+        state = state_from_registry(info, share, RANKER, registry=self.registry, base=base)
+        triton_control.apply(self.cfg.rollout_file, state, reason, expect_revision=base.revision if base else 0,
+                             info=info, grace_s=self.cfg.canary.grace_s,
+                             event={"action": action, "registry": state.registry})
         return state
 
     def _canary(self) -> dict[str, Any]:
@@ -312,12 +321,27 @@ class Loop:
                 "summary": f"{RANKER} v{version} (Triton version {state.candidate}) serves "
                            f"{state.candidate_share:.0%} of users"}
 
+    def _left_the_canary(self) -> str | None:
+        """Why the canary's candidate no longer serves (a replica rolled it back on its own, or someone changed the
+        rollout), from the rollout state; None while it serves."""
+        from recsys.deploy import rollout
+
+        ours = self.state.done("canary")["triton_version"]
+        served = rollout.read(self.cfg.rollout_file)
+        if served is None:
+            return f"the rollout state {self.cfg.rollout_file} is gone"
+        if served.candidate != ours:
+            return f"the rollout no longer serves it (revision {served.revision}: {served.reason})"
+        return None
+
     def _judge(self) -> dict[str, Any]:
         c = self.cfg.canary
         since = datetime.fromisoformat(self.state.done("canary")["since"])
         deadline = since + timedelta(minutes=c.max_wait_minutes)
         canary = CanaryCounts(self.cfg.event_log, since)
         while True:
+            if (why := self._left_the_canary()) is not None:
+                return self._roll_back(f"the candidate left the canary: {why}")
             now = datetime.now(UTC)
             counts = canary.update()
             seen = {v: int(x[:, 1].sum()) for v, x in counts.items()}
@@ -339,19 +363,32 @@ class Loop:
             time.sleep(c.poll_s)
 
     def _promote(self, compared: str) -> dict[str, Any]:
+        """All or nothing: every model to production through the gate and the rollout to production only; if any
+        of it fails, the aliases moved so far go back and the candidate is rolled back (outcome ``refused``)."""
         from recsys.registry import promote, withdraw_candidate
-        from recsys.registry.aliases import current
+        from recsys.registry.aliases import current, record_move
 
         reason = f"recsys loop {self.state.current['id']}: won the canary ({compared})"
-        promoted = {}
+        promoted, moved = {}, []  # moved: (model, the production version before)
+        try:
+            for model in self.cfg.models:
+                version = self.state.done(f"register.{model}")["version"]
+                before = current(model, "production", self.registry)
+                if before != version:
+                    promote(model, version, "production", reason=reason, who="recsys loop", registry=self.registry)
+                    moved.append((model, before))
+                promoted[model] = version
+            self._rollout(0.0, reason, "promote")
+        except Exception as exc:
+            why = f"the promotion failed ({type(exc).__name__}: {exc})"
+            for model, before in reversed(moved):
+                record_move(model, "production", before, "undo", reason=f"recsys loop {self.state.current['id']}: "
+                            f"{why}; undone", who="recsys loop", registry=self.registry)
+            rolled = self._roll_back(why)
+            return rolled | {"outcome": "refused", "undone": [m for m, _ in moved]}
         for model in self.cfg.models:
-            version = self.state.done(f"register.{model}")["version"]
-            if current(model, "production", self.registry) != version:
-                promote(model, version, "production", reason=reason, who="recsys loop", registry=self.registry)
             if current(model, "candidate", self.registry) is not None:
                 withdraw_candidate(model, reason="promoted to production", who="recsys loop", registry=self.registry)
-            promoted[model] = version
-        self._rollout(0.0, reason, "promote")
         return {"outcome": "promoted", "versions": promoted,
                 "summary": ", ".join(f"{m} v{v}" for m, v in promoted.items()) + f" promoted: {compared}"}
 

@@ -56,7 +56,8 @@ def prepare(work: Path, data_config: Path, train: Callable[[str, Any], Any], bef
     from recsys.data.dataset import build_dataset
     from recsys.data.generate import generate
     from recsys.data.validate import validate
-    from recsys.deploy import rollout, server
+    from recsys.deploy import server, triton_control
+    from recsys.deploy.registry_state import state_from_registry
     from recsys.registry import promote
     from recsys.schema import load_schema
 
@@ -77,7 +78,8 @@ def prepare(work: Path, data_config: Path, train: Callable[[str, Any], Any], bef
         promote(task, version.version, "production", reason="trained before the shift")
     triton = server.start(repo, ["dlrm"], run_dir=work / "triton")
     rollout_file = work / "rollout.json"
-    rollout.apply(rollout_file, rollout.state_from_registry(triton, 0.0), "drift scenario: production")
+    triton_control.apply(rollout_file, state_from_registry(triton, 0.0), "drift scenario: production",
+                         expect_revision=None)
     return Stage(work, data_config, dataset, triton, rollout_file)
 
 
@@ -106,7 +108,8 @@ def write_loop_config(stage: Stage, event_log: str, train_config: Path, canary: 
 def monitor_factory(stage: Stage, event_log: str, rules: Path, window_s: float, min_impressions: int,
                     schema) -> Callable[[float | None], Any]:
     """Monitors with the shipped rules, the CTR rules' floor set to ``floor`` (from the steady CTR once it is known;
-    None leaves them out until then)."""
+    None leaves them out until then). ``window_s`` bounds what a monitor keeps; each evaluation judges the traffic
+    of the scenario's last ``window_ticks`` ticks."""
     from recsys.monitoring.monitor import Monitor, reference_profile
 
     shipped = yaml.safe_load(rules.read_text())["rules"]
@@ -127,11 +130,12 @@ def monitor_factory(stage: Stage, event_log: str, rules: Path, window_s: float, 
 
 @dataclass
 class Tick:
-    at: float  # seconds since the scenario began
+    at: float  # seconds since the scenario began (when the tick's visits were done)
     phase: str  # before | drift | loop | after
     visits: list[tuple[int, str, int, int]]  # (user id, variant, impressions, clicks) of this tick's visits
     drift: float | None  # the monitor's drift.max_psi over its window
     alerts: list[str] = field(default_factory=list)  # alerts that fired at this tick
+    began: str = ""  # when its first visit started (ISO, UTC)
 
     def totals(self, variant: str | None = None) -> tuple[int, int]:
         """(clicks, impressions) of this tick's visits (of one variant's)."""
@@ -161,6 +165,7 @@ class DriftScenario:
     monitor_factory: Callable[[float | None], Any]  # CTR floor (None: no CTR rule yet) -> a Monitor
     trigger_file: Path
     visits_per_tick: int = 50
+    window_ticks: int = 5  # the monitor judges the traffic of the last this many ticks (counted, not timed)
     baseline_ticks: int = 4
     ctr_drop: float = 0.1  # the CTR floor: this far below the steady CTR
     max_drift_ticks: int = 20
@@ -174,12 +179,27 @@ class DriftScenario:
     floor: float | None = None  # the CTR rules' threshold, set from the steady CTR (`run`)
 
     def _tick(self, phase: str, monitor) -> Tick:
+        began = datetime.now(UTC)
         visits = self.shoppers.run(self.visits_per_tick)
-        snap = monitor.evaluate()
+        self._wait_until_logged(monitor, self.shoppers.requests_sent)
+        window = [*self.ticks[-(self.window_ticks - 1):], None] if self.window_ticks > 1 else [None]
+        since = datetime.fromisoformat(window[0].began) if window[0] is not None else began
+        snap = monitor.evaluate(since=since - timedelta(microseconds=1))
         tick = Tick(round(time.monotonic() - self.started, 2), phase, visits, snap.metrics.get("drift.max_psi"),
-                    [n.rule for n in snap.notifications if n.status == "firing"])
+                    [n.rule for n in snap.notifications if n.status == "firing"], began=began.isoformat())
         self.ticks.append(tick)
         return tick
+
+    @staticmethod
+    def _wait_until_logged(monitor, sent: int, timeout_s: float = 120.0) -> None:
+        """Until the app's request log (buffered by the replicas, flushed within a second) holds every request
+        sent: each evaluation then judges exactly the traffic sent, however slow the machine."""
+        deadline = time.monotonic() + timeout_s
+        while monitor.requests.refresh() is None or monitor.requests.rows_read < sent:
+            if time.monotonic() > deadline:
+                raise RecsysError(f"the app logged {monitor.requests.rows_read} of the {sent} requests sent within "
+                                  f"{timeout_s:.0f} s")
+            time.sleep(0.1)
 
     def _requests(self) -> int:
         return len(self.trigger_file.read_text().splitlines()) if self.trigger_file.is_file() else 0

@@ -26,6 +26,7 @@ class Shoppers:
         if known_users is not None:  # only users the app has features for (new signups would be cold starts)
             weights = weights * np.isin(world.user_id(np.arange(len(weights))), list(known_users))
         self.weights = weights / weights.sum()
+        self.requests_sent = 0  # /recommend calls made so far
 
     def shift(self) -> None:
         """Every user's taste moves to the one the generator gives them after its preference shift."""
@@ -35,6 +36,7 @@ class Shoppers:
         """One visit of user index ``user``: (variant that answered, impressions, clicks)."""
         user_id = int(self.world.user_id(np.array([user]))[0])
         r = self.client.post("/recommend", json={"user_id": user_id, "k": self.k})
+        self.requests_sent += 1
         if r.status_code != 200:
             raise RecsysError(f"/recommend answered {r.status_code}: {r.text[:300]}")
         answer = r.json()

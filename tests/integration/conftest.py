@@ -7,7 +7,6 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
-from ray import serve
 
 from recsys.cli import main as recsys_main
 from recsys.config import load_config
@@ -18,10 +17,11 @@ from recsys.serving_config import ServingConfig
 from recsys.training.config import TrainConfig
 from recsys.training.job import run
 from serving.features import OnlineFeatures
-from serving.launch import direct_ingress_env, direct_ingress_port, run_app
+from serving.launch import SPARE_PORTS, direct_ingress_env, direct_ingress_ports, free_ports, run_app
 from tests.conftest import ROOT
 
 TINY_TRAIN = ROOT / "configs" / "train" / "tiny.yaml"
+INGRESS_REPLICAS = 2  # as `recsys serve` runs them: behind HAProxy
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,8 @@ def local_ray():
     app's ingress replica on a port of its own (`serving.launch`, read by the app fixture)."""
     started = not ray.is_initialized()
     if started:
-        os.environ.update(direct_ingress_env(free_port()))
+        ports = INGRESS_REPLICAS + SPARE_PORTS
+        os.environ.update(direct_ingress_env(free_ports(ports), ports))
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     if started:
@@ -73,19 +74,19 @@ def app(local_ray, dlrm_run, two_tower_run, tiny_dataset, schema, tmp_path_facto
         assert recsys_main(["export", str(trained.path), "--out", str(work / trained.task),
                             "--repository", str(repo)]) == 0
     triton = server.start(repo, ["dlrm"], run_dir=work / "triton")
-    port = direct_ingress_port()
-    assert port is not None, "the local_ray fixture starts the cluster with direct ingress, as `recsys serve` does"
+    assert direct_ingress_ports(), "the local_ray fixture starts the cluster with direct ingress, as `recsys serve`"
     # generous deadline: the shared 2-core machine is busy; the degraded test stops Triton instead
     config = ServingConfig(dataset=str(tiny_dataset.path), retrieval_export=str(work / two_tower_run.task),
-                           triton_url=triton.grpc_url, event_log=str(work / "events"), port=port,
+                           triton_url=triton.grpc_url, event_log=str(work / "events"), port=free_port(),
                            rollout_file=str(work / "rollout.json"), rollout_poll_s=0.2,
-                           rank_deadline_s=5.0, retrieve_deadline_s=10.0, max_k=50, candidates=100)
+                           rank_deadline_s=5.0, retrieve_deadline_s=10.0, max_k=50, candidates=100,
+                           ingress_replicas=INGRESS_REPLICAS)
+    running = run_app(config, "127.0.0.1", proxy_port=free_port(), run_dir=work / "run")
     try:
-        url = run_app(config, "127.0.0.1", proxy_port=free_port())
-        assert url == f"http://127.0.0.1:{port}"
-        yield App(url, config, triton, work, OnlineFeatures(tiny_dataset, schema, config.popular_items))
+        assert running.url == f"http://127.0.0.1:{config.port}" and running.balancer is not None
+        yield App(running.url, config, triton, work, OnlineFeatures(tiny_dataset, schema, config.popular_items))
     finally:
-        serve.shutdown()
+        running.stop()
         server.stop(work / "triton")
 
 

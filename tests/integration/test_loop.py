@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
-from ray import serve
 
 from recsys.config import DataConfig, load_config
 from recsys.data.generate import ShopWorld
@@ -36,7 +35,7 @@ from recsys.retrain.simulate import Shoppers
 from recsys.serving_config import ServingConfig
 from recsys.training.job import run
 from serving.features import OnlineFeatures
-from serving.launch import direct_ingress_port, run_app
+from serving.launch import run_app
 from tests.conftest import ROOT
 from tests.integration.conftest import TINY_TRAIN, tiny_train_config
 
@@ -62,17 +61,17 @@ def stage(local_ray, schema, tmp_path_factory):
             ds, work / "train", name=f"before-{task}", **overrides[task])), before_events=40000)
         config = ServingConfig(dataset=str(stage.dataset.path), retrieval_export=str(work / "two-tower"),
                                triton_url=stage.triton.grpc_url, event_log=str(work / "events"),
-                               port=direct_ingress_port(), rollout_file=str(stage.rollout_file), rollout_poll_s=0.2,
+                               port=free_port(), rollout_file=str(stage.rollout_file), rollout_poll_s=0.2,
                                rank_deadline_s=5.0, retrieve_deadline_s=10.0, candidates=150)
         loop_config = write_loop_config(stage, config.event_log, TINY_TRAIN, canary={
-            "share": 0.5, "min_impressions": 4000, "alpha": 0.05, "max_wait_minutes": 10, "poll_s": 1.0,
+            "share": 0.5, "min_impressions": 4000, "alpha": 0.05, "max_wait_minutes": 40, "poll_s": 1.0,
             "grace_s": 0.5})
+        running = run_app(config, "127.0.0.1", proxy_port=free_port(), run_dir=work / "run")
         try:
-            url = run_app(config, "127.0.0.1", proxy_port=free_port())
-            yield {"stage": stage, "url": url, "config": config, "loop_config": loop_config,
+            yield {"stage": stage, "url": running.url, "config": config, "loop_config": loop_config,
                    "data": load_config(DataConfig, data)}
         finally:
-            serve.shutdown()
+            running.stop()
             server.stop(work / "triton")
 
 
@@ -80,7 +79,7 @@ def test_drift_alert_retrain_canary_promote_and_ctr_recovers(stage, schema):
     st, config = stage["stage"], stage["config"]
     work = st.work
     known = set(OnlineFeatures(st.dataset, schema).users["_user"].to_list())
-    monitor = monitor_factory(st, config.event_log, ROOT / "configs" / "monitoring" / "alerts.yaml", window_s=10,
+    monitor = monitor_factory(st, config.event_log, ROOT / "configs" / "monitoring" / "alerts.yaml", window_s=3600,
                               min_impressions=150, schema=schema)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     logs: list[Path] = []
@@ -110,7 +109,7 @@ def test_drift_alert_retrain_canary_promote_and_ctr_recovers(stage, schema):
         shoppers = Shoppers(ShopWorld(stage["data"].generator), client, seed=3, known_users=known)
         scenario = DriftScenario(shoppers, monitor, work / "retrain.jsonl", visits_per_tick=40, baseline_ticks=8,
                                  after_ticks=10)
-        scenario.run(start_loop, kill_once_after_the_ranker_trained, loop_timeout_s=1200)
+        scenario.run(start_loop, kill_once_after_the_ranker_trained, loop_timeout_s=3600)
         answer = client.post("/recommend", json={"user_id": next(iter(known)), "k": 5}).json()
     scenario.add_loop_moments(state_file)
     plot = plot_timeline(scenario, work / "timeline.png")

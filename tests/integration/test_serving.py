@@ -13,6 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import numpy as np
 import polars as pl
 import pytest
@@ -39,6 +40,7 @@ from recsys.export.signature import ModelSignature, serving_inputs
 from recsys.models.inputs import make_batch
 from recsys.training.checkpoint import load_model
 from serving.features import model_inputs
+from serving.launch import direct_ingress_ports, healthy_ports
 from tests.integration.conftest import known_users, recommend
 from tests.integration.test_triton import inputs_for
 
@@ -57,7 +59,8 @@ def test_top_k_ranked_by_triton(app, http):
         assert answer["model_versions"]["ranking"] == "dlrm:1"
         assert answer["model_versions"]["retrieval"]
         assert set(answer["timings_ms"]) == {"features", "retrieve", "filter", "rank", "total"}
-        assert isinstance(answer["request_id"], int) and answer["request_id"] > 0
+        # a decimal string: it exceeds 2**53, which a browser's JavaScript numbers would round
+        assert isinstance(answer["request_id"], str) and 2**53 < int(answer["request_id"]) < 2**63
 
 
 def test_filters_exclusions_purchases_and_unavailable(app, http):
@@ -123,20 +126,27 @@ def test_bad_feedback_gets_4xx(app, http):
     user = known_users(app, 1)[0]
     served = recommend(http, user_id=user, k=2)
     click = {"item_id": served["items"][0]["item_id"], "event_type": "click"}
-    for body, problem in (
-            ({"request_id": 1, "user_id": 1, "events": []}, "events"),
-            ({"request_id": 1, "user_id": 1, "events": [{"item_id": 1, "event_type": "teleport"}]}, "event_type"),
-            ({"request_id": 1, "user_id": 1, "events": [{"item_id": 1, "event_type": "click", "x": 1}]}, "x"),
-            ({"user_id": 1, "events": [click]}, "request_id"),
-            ({"request_id": served["request_id"] ^ 1, "user_id": user, "events": [click]}, "not a request id"),
-            ({"request_id": served["request_id"], "user_id": user + 1, "events": [click]}, "not a request id"),
-            ({"request_id": served["request_id"], "user_id": user,
-              "events": [click, {"item_id": 10**12, "event_type": "click"}]}, "not in the catalog")):
+    forged = str(int(served["request_id"]) ^ 1)
+    for body, status, problem in (
+            ({"request_id": "1", "user_id": 1, "events": []}, 422, "events"),
+            ({"request_id": "1", "user_id": 1, "events": [{"item_id": 1, "event_type": "teleport"}]}, 422,
+             "event_type"),
+            ({"request_id": "1", "user_id": 1, "events": [{"item_id": 1, "event_type": "click", "x": 1}]}, 422, "x"),
+            ({"user_id": 1, "events": [click]}, 422, "request_id"),
+            ({"request_id": int(served["request_id"]), "user_id": user, "events": [click]}, 422, "valid string"),
+            ({"request_id": "12ab", "user_id": user, "events": [click]}, 422, "request_id"),
+            ({"request_id": "9" * 19, "user_id": user, "events": [click]}, 422, "int64"),
+            ({"request_id": served["request_id"], "user_id": 2**53, "events": [click]}, 422, "user_id"),
+            # well formed, but about something that does not exist: 404
+            ({"request_id": forged, "user_id": user, "events": [click]}, 404, "not a request id"),
+            ({"request_id": served["request_id"], "user_id": user + 1, "events": [click]}, 404, "not a request id"),
+            ({"request_id": served["request_id"], "user_id": str(user), "events": [
+                click, {"item_id": str(10**12), "event_type": "click"}]}, 404, "not in the catalog")):
         r = http.post("/feedback", json=body)
-        assert r.status_code == 422 and problem in str(r.json()["detail"]), (body, r.text)
+        assert r.status_code == status and problem in str(r.json()["detail"]), (body, r.text)
     # nothing of a refused request reached the log
     logged = "".join(f.read_text() for f in Path(app.config.event_log).glob(EVENT_GLOB))
-    assert f'"request_id":{served["request_id"]}' not in logged
+    assert f'"request_id":{served["request_id"]},' not in logged
 
 
 def test_feedback_is_appended_and_readable_by_ingest(app, http):
@@ -151,25 +161,128 @@ def test_feedback_is_appended_and_readable_by_ingest(app, http):
     assert r.json()["accepted"] == len(events)
     # what the 2xx promised is on disk, in the shop format the pipeline ingests
     frame, _ = read_table(Path(app.config.event_log), EVENTS, IngestConfig(events=EVENT_GLOB))
-    frame = frame.collect().filter(pl.col("request_id") == served["request_id"])
+    frame = frame.collect().filter(pl.col("request_id") == int(served["request_id"]))
     assert frame.height == len(events)
     assert frame["event_type"].to_list() == [e["event_type"] for e in events]
     assert frame["item_id"].to_list() == [e["item_id"] for e in events]
     assert set(frame["user_id"].to_list()) == {user}
     assert frame["timestamp"].null_count() == 0 and frame["event_id"].n_unique() == len(events)
-    # a purchased item is not recommended again
-    after = [i["item_id"] for i in recommend(http, user_id=user, k=5)["items"]]
-    assert shown[1] not in after
+    # a purchased item is not recommended again, by any replica (each follows the shared feedback log)
+    for port in healthy_ports(direct_ingress_ports()):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=60) as replica:
+            deadline = time.monotonic() + 60
+            while shown[1] in (after := [i["item_id"] for i in recommend(replica, user_id=user, k=5)["items"]]):
+                assert time.monotonic() < deadline, f"replica on {port} still recommends the purchased item"
+                time.sleep(0.2)
+            assert shown[1] not in after
+
+
+def test_a_retried_feedback_is_recorded_once(app, http):
+    """The same request sent again (a client's retry, to the same replica or another): its events keep their ids,
+    the replica that wrote them writes nothing the second time, and every reader counts each event once."""
+    from recsys.monitoring import online
+
+    user = known_users(app, 2)[1]
+    port = healthy_ports(direct_ingress_ports())[0]
+    served = recommend(http, user_id=user, k=3)
+    events = [{"item_id": i["item_id"], "event_type": "impression", "position": p}
+              for p, i in enumerate(served["items"])]
+    body = {"request_id": served["request_id"], "user_id": user, "events": events}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=60) as replica:
+        first, again = replica.post("/feedback", json=body).json(), replica.post("/feedback", json=body).json()
+        assert (first["accepted"], first["duplicates"]) == (3, 0)
+        assert (again["accepted"], again["duplicates"]) == (3, 3)
+        keyed = {**body, "events": events[:2]}
+        headers = {"Idempotency-Key": f"order-{served['request_id']}"}
+        assert replica.post("/feedback", json=keyed, headers=headers).json()["duplicates"] == 0
+        assert replica.post("/feedback", json=keyed, headers=headers).json()["duplicates"] == 2  # replayed
+        r = replica.post("/feedback", json=body, headers=headers)  # the key again, for another body
+        assert r.status_code == 422 and "Idempotency-Key" in str(r.json()["detail"])
+    retried = http.post("/feedback", json=body)  # through the balancer: perhaps the other replica
+    assert retried.status_code == 200
+    lines = [line for f in Path(app.config.event_log).glob(EVENT_GLOB) for line in f.read_text().splitlines()
+             if f'"request_id":{served["request_id"]},' in line]
+    ids = [json.loads(line)["event_id"] for line in lines]
+    assert len(set(ids)) == 3 + 2 and len(ids) in (5, 8)  # 3 events, 2 keyed; the other replica wrote 3 again
+    counted = online.feedback(app.config.event_log).collect().filter(pl.col("request_id") == int(served["request_id"]))
+    assert counted.height == 5
+
+
+def test_the_readme_curl_lines_work_as_written(app):
+    """Every `curl` line the READMEs show, run by curl itself against the app (only the address and the
+    request id of the previous answer put in)."""
+    import re
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    lines = []
+    for readme in (ROOT / "README.md", ROOT / "serving" / "README.md"):
+        for block in re.findall(r"```bash\n(.*?)```", readme.read_text(), flags=re.S):
+            commands = re.findall(r"^(curl .*?)(?=^\S|\Z)", block, flags=re.S | re.M)
+            lines += [c.strip() for c in commands]
+    assert len(lines) >= 3, lines
+    address = app.url.removeprefix("http://")
+    answer = None
+    for line in lines:
+        command = line.replace("localhost:8000", address)
+        if "<from the answer>" in command:
+            command = command.replace("<from the answer>", answer["request_id"])
+        out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (line, out.stderr)
+        body = json.loads(out.stdout)
+        if "/recommend" in line:
+            assert body["items"] and body["request_id"], (line, body)
+            answer = body
+        else:
+            assert body["accepted"] >= 1, (line, body)
+
+
+def test_the_openapi_spec_says_what_the_app_answers(app, http):
+    spec = http.get("/openapi.json").json()
+    problem = spec["components"]["schemas"]["Problem"]
+    assert set(problem["required"]) == {"error", "detail"}
+    for path in ("/recommend", "/feedback"):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/Problem")
+        assert "413" in responses
+    metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == [http.get("/metrics").headers["content-type"]]
+    limits = spec["components"]["schemas"]["RecommendRequest"]["properties"]
+    assert (limits["k"]["maximum"], limits["exclude"]["maxItems"]) == (app.config.max_k, app.config.max_exclude)
+    request_id = spec["components"]["schemas"]["RecommendResponse"]["properties"]["request_id"]
+    assert request_id["type"] == "string"
+    bad = http.post("/recommend", json={"user_id": "x"})
+    assert bad.status_code == 422 and set(bad.json()) == {"error", "detail"}
+
+
+def test_schemathesis_finds_nothing(app, tmp_path):
+    """`schemathesis run --checks all` against the live app, bounded: no 5xx, every answer as the spec says."""
+    import subprocess
+    import sys
+
+    st = str(Path(sys.executable).with_name("schemathesis"))
+    out = subprocess.run([st, "--no-color", "run", f"{app.url}/openapi.json", "--checks", "all", "--max-examples",
+                          "30", "--workers", "1", "--seed", "1", "--request-timeout", "30"],
+                         capture_output=True, text=True, timeout=900, cwd=tmp_path,  # (its cache goes there)
+                         env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
+    print(out.stdout[-4000:])
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
 
 
 def test_served_requests_are_logged_with_the_model_inputs(app, http):
     from recsys.eventlog.requests import REQUEST_GLOB
 
     users = known_users(app, 3)
-    answers = {recommend(http, user_id=u, k=4)["request_id"]: u for u in users}
-    time.sleep(1.5)  # the log is flushed within a second
-    frame = pl.concat([pl.read_ndjson(f) for f in Path(app.config.event_log).glob(REQUEST_GLOB)], how="diagonal")
-    frame = frame.filter(pl.col("request_id").is_in(list(answers)))
+    answers = {int(recommend(http, user_id=u, k=4)["request_id"]): u for u in users}
+
+    def logged() -> pl.DataFrame:  # each replica flushes its log within a second; wait for the rows, not a time
+        frames = [pl.read_ndjson(f) for f in Path(app.config.event_log).glob(REQUEST_GLOB) if f.stat().st_size]
+        return pl.concat(frames, how="diagonal_relaxed").filter(pl.col("request_id").is_in(list(answers)))
+
+    deadline = time.monotonic() + 60
+    while (frame := logged()).height < len(answers) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert frame.height == len(answers)
     online = app.features.users.filter(pl.col(META_USER).is_in(users))
     for row in frame.iter_rows(named=True):
@@ -185,8 +298,8 @@ def test_served_requests_are_logged_with_the_model_inputs(app, http):
 def test_health_readiness_and_metrics(http):
     assert http.get("/healthz").json() == {"status": "ok"}
     r = http.get("/readyz")
-    assert r.status_code == 200 and r.json() == {"ready": True, "checks": {"features": True, "index": True,
-                                                                           "triton": True}}
+    assert r.status_code == 200 and r.json() == {"ready": True, "versions": ["newest"], "checks": {
+        "features": True, "datasets": True, "index": True, "triton": True}}
     text = http.get("/metrics").text
     assert 'recsys_stage_latency_seconds_bucket{le="0.05",stage="rank"}' in text
     assert 'recsys_http_requests_total{route="/recommend",status="200"}' in text

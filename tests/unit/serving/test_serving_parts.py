@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 
@@ -12,15 +13,18 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from recsys.config import ConfigError
+from recsys.data.dataset import Dataset
 from recsys.data.features import META_CATEGORY, META_USER
 from recsys.data.ingest import read_table
+from recsys.errors import RecsysError
 from recsys.eventlog.feedback import FEEDBACK_INGEST, FeedbackLog, event_id_for
 from recsys.eventlog.request_ids import KEY_ENV, RequestIds, request_key, variant_of
 from recsys.events import EVENTS
 from recsys.export.signature import serving_inputs
 from recsys.serving_config import ServingConfig, from_args
-from serving import app as serving_app
-from serving.features import FeaturesByDataset, OnlineFeatures, encoded_default, model_inputs
+from serving.datasets import DatasetUnavailable, FeaturesByDataset
+from serving.features import OnlineFeatures, encoded_default, model_inputs
+from serving.request_body import RequestBody
 
 
 def test_config_from_application_args(tmp_path):
@@ -96,7 +100,30 @@ def test_each_model_version_ranks_with_its_own_datasets_features(features, schem
     assert dataset_id == tiny_dataset.id and all(np.array_equal(inputs[k], expected[k]) for k in expected)
     assert by_dataset.ranking_inputs(str(retrained), 10**12, items, specs) is None  # a user it does not know
     assert by_dataset.ranking_inputs(str(retrained), user, [*items, 10**12], specs) is None  # nor an item
-    assert by_dataset.get(str(tmp_path / "gone")) is None  # unloadable: the caller falls back to production
+    gone = str(tmp_path / "gone")
+    with pytest.raises(DatasetUnavailable, match=r"gone.*no manifest\.json"):  # unloadable: said, not hidden
+        by_dataset.get(gone)
+    (tmp_path / "gone").mkdir()
+    shutil.copytree(tiny_dataset.path, tmp_path / "gone", dirs_exist_ok=True)
+    with pytest.raises(DatasetUnavailable):  # the failure is remembered for retry_s, not retried per request
+        by_dataset.get(gone)
+    by_dataset.retry_s = 0.0
+    assert by_dataset.get(gone) is not None  # and tried again after it
+    by_dataset.keep_only([str(retrained)])  # the rollout names only `retrained` now: the others are dropped
+    assert by_dataset.loaded == sorted({str(tiny_dataset.path.resolve()), str(retrained.resolve())})
+
+
+def test_online_features_refuse_a_dataset_without_its_serving_tables(features, schema, tiny_dataset, tmp_path):
+    copy = tmp_path / "old"
+    shutil.copytree(tiny_dataset.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["online"]["purchases"]  # as an older pipeline built it
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RecsysError, match=r"no online \['purchases'\].*rebuild it"):
+        OnlineFeatures(Dataset.open(copy, schema), schema)
+    bought = tiny_dataset.online("purchases")
+    assert bought.height > 0 and features.purchased  # the purchase filter comes from the dataset itself
+    assert all(i in features.purchased[u] for u, i in bought.iter_rows())
 
 
 def test_request_ids_name_the_user_they_were_issued_to(tmp_path, monkeypatch):
@@ -123,9 +150,9 @@ def test_feedback_log_appends_in_the_shop_format_once_per_event(tmp_path):
     log = FeedbackLog(tmp_path)
     rows = [{"user_id": 7, "item_id": 3, "event_type": t, "session_id": 11, "request_id": 11, "position": 0,
              "event_id": event_id_for(11, 3, t, 0, None)} for t in ("impression", "click")]
-    assert log.append(rows, "candidate") == (2, 0)
-    assert log.append(rows, "candidate") == (0, 2)  # a retry: this writer wrote those ids already
-    assert FeedbackLog(tmp_path).append(rows[:1], "candidate") == (1, 0)  # another writer has its own file
+    assert log.append(rows, "candidate") == rows
+    assert log.append(rows, "candidate") == []  # a retry: this writer wrote those ids already
+    assert FeedbackLog(tmp_path).append(rows[:1], "candidate") == rows[:1]  # another writer has its own file
     frame, files = read_table(tmp_path, EVENTS, FEEDBACK_INGEST)
     frame = frame.collect()
     assert len(files) == 2 and frame.height == 3
@@ -134,17 +161,24 @@ def test_feedback_log_appends_in_the_shop_format_once_per_event(tmp_path):
     assert event_id_for(11, 3, "click", 0, None) != event_id_for(11, 3, "click", 1, None)
 
 
-def test_body_limit_refuses_large_bodies(monkeypatch):
-    monkeypatch.setitem(serving_app.LIMITS, "max_body_bytes", 100)
+def test_request_bodies_are_limited_and_json_routes_read_json_whatever_the_content_type():
     api = FastAPI()
-    api.add_middleware(serving_app.BodyLimit)
+    api.add_middleware(RequestBody, settings=lambda: {"max_body_bytes": 100}, json_routes=("/echo",))
 
     @api.post("/echo")
     async def echo(body: dict) -> dict:
         return body
 
+    @api.post("/other")
+    async def other(body: dict) -> dict:
+        return body
+
     client = TestClient(api)
     assert client.post("/echo", json={"a": 1}).json() == {"a": 1}
+    form = {"content-type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
+    assert client.post("/echo", content=b'{"a": 2}', headers=form).json() == {"a": 2}
+    assert client.post("/echo", content=b'{"a": 3}').json() == {"a": 3}  # no content type at all
+    assert client.post("/other", content=b'{"a": 2}', headers=form).status_code == 422  # only the JSON routes
     r = client.post("/echo", json={"a": "x" * 200})
     assert r.status_code == 413 and "100 bytes" in r.json()["detail"]
 
@@ -197,3 +231,35 @@ def test_request_log_writes_what_was_served_for_monitoring(tmp_path):
     assert frame["inputs"].to_list() == [{"user_country": 3, "user_views": 1.5, "user_history": [4, 9, 0]}, None]
     assert frame["items"].to_list() == [[5, 6], [1]] and frame["scores"].to_list()[0] == [0.9, 0.4]
     assert frame["cold_start"].to_list() == [False, True]
+
+
+def test_a_failed_request_log_write_loses_the_lines_not_the_answers(tmp_path):
+    from recsys.eventlog.requests import RequestLog
+
+    dropped = []
+    log = RequestLog(tmp_path, max_rows=1, on_drop=dropped.append)
+    log.path.mkdir()  # a directory where the file should be: every write fails
+    log.add(1, 7, "production", None, [1], None, cold_start=True, degraded=False, total_ms=1.0)  # does not raise
+    assert log.dropped == 1 and dropped == [1]
+    log.path.rmdir()
+    log.add(2, 7, "production", None, [1], None, cold_start=True, degraded=False, total_ms=1.0)
+    assert [json.loads(line)["request_id"] for line in log.path.read_text().splitlines()] == [2]
+
+
+def test_a_failed_feedback_append_is_cut_back_and_says_it_may_be_partial(tmp_path, monkeypatch):
+    import os
+
+    from recsys.eventlog.feedback import FeedbackWriteError
+
+    log = FeedbackLog(tmp_path)
+    row = {"user_id": 7, "item_id": 3, "event_type": "click", "session_id": 11, "request_id": 11, "position": 0}
+    log.append([{**row, "event_id": 1}], "production")
+    size = log.path.stat().st_size
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(FeedbackWriteError, match="No space left"):
+        log.append([{**row, "event_id": 2}], "production")
+    assert log.path.stat().st_size == size  # the failed append's bytes were taken off again
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert log.append([{**row, "event_id": 2}], "production")  # not remembered as written: a retry writes it
+    assert [json.loads(line)["event_id"] for line in log.path.read_text().splitlines()] == [1, 2]

@@ -1,0 +1,76 @@
+"""An open-loop load generator for the live app, driven by counts: ``n`` requests at ``rate`` per second, each
+sent at its time whether or not earlier ones have answered; things happen *at request numbers* (``at``), not at
+times, so a slow machine changes how long a run takes, not what it tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass
+class Outcome:
+    index: int
+    status: int | None  # None: no HTTP answer at all
+    error: str | None = None  # the client's exception, if any
+    body: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        if self.status is None:
+            return f"error {self.error}"
+        if self.status != 200:
+            return f"http {self.status}"
+        return "degraded" if self.body.get("degraded") else "ok"
+
+
+def run_load(url: str, n: int, rate: float, request: Callable[[int], tuple[str, dict]],
+             at: dict[int, Callable[[], None]] | None = None, timeout_s: float = 30.0) -> list[Outcome]:
+    """Send ``n`` requests (``request(i) -> (path, json body)``) at ``rate`` per second; call ``at[i]()`` (in a
+    thread of its own) when request ``i`` is sent. Returns one `Outcome` per request, in order."""
+    outcomes: list[Outcome | None] = [None] * n
+    actions: list[threading.Thread] = []
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=timeout_s, limits=limits) as client:
+            async def one(i: int) -> None:
+                path, body = request(i)
+                try:
+                    r = await client.post(path, json=body)
+                except httpx.HTTPError as exc:
+                    outcomes[i] = Outcome(i, None, type(exc).__name__)
+                    return
+                try:
+                    payload = r.json()
+                except ValueError:
+                    payload = {}
+                outcomes[i] = Outcome(i, r.status_code, body=payload if isinstance(payload, dict) else {})
+
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            tasks = []
+            for i in range(n):
+                delay = start + i / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if at and i in at:
+                    action = threading.Thread(target=at[i], daemon=True)
+                    action.start()
+                    actions.append(action)
+                tasks.append(asyncio.create_task(one(i)))
+            await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    for action in actions:
+        action.join(timeout=120)
+    return [o for o in outcomes if o is not None]
+
+
+def tally(outcomes: list[Outcome]) -> Counter:
+    return Counter(o.kind for o in outcomes)
