@@ -152,6 +152,7 @@ class Readiness(BaseModel):
     ready: bool
     checks: dict[str, bool]
     versions: list[str]  # the ranking model versions the rollout names ("newest": none named)
+    rollout_revision: int  # the revision of the rollout state this replica follows (0: none)
 
 
 def event_ids(request_id: int, body: FeedbackRequest, idempotency_key: str | None) -> list[int]:

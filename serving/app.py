@@ -274,8 +274,8 @@ class Ingress:
             self.metrics.variant_errors.labels(variant=variant).inc()
         else:
             self.metrics.variant.labels(variant=variant).inc()
-        if variant == "candidate" and (why := self.canary.record(ranking.scores is not None, seconds * 1000)):
-            self.canary.roll_back(why)
+        why = self.canary.record(ranking.scores is not None, seconds * 1000) if variant == "candidate" else None
+        if why and self.canary.roll_back(why) is not None:  # (None: another replica's rollback came first)
             self.metrics.rollbacks.inc()
         return ranking
 
@@ -349,7 +349,8 @@ class Ingress:
             except Exception:  # not ready
                 checks[name] = False
         ready = all(checks.values())
-        body = Readiness(ready=ready, checks=checks, versions=versions or ["newest"])
+        body = Readiness(ready=ready, checks=checks, versions=versions or ["newest"],
+                         rollout_revision=self.canary.state.revision)
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     def _datasets_load(self) -> bool:

@@ -94,16 +94,19 @@ class Canary:
                     f"{len(self._calls)} calls (threshold {t.max_p99_ms:.0f} ms)")
         return None
 
-    def roll_back(self, reason: str) -> None:
-        """Send the candidate's users to production now, and record it in the state for every replica."""
+    def roll_back(self, reason: str) -> RolloutState | None:
+        """Send the candidate's users to production now, and record it in the state for every replica. Returns the
+        state written (None: there is no file, or someone changed it first; theirs wins at the next refresh)."""
         acted_on = self.state
         self.state = replace(acted_on, candidate=None, candidate_share=0.0)
         self._calls.clear()
         if self.path is None:
-            return
+            return None
         try:
             self.state = rollout.write(self.path, self.state, f"automatic rollback: {reason}",
                                        expect_revision=acted_on.revision,
                                        event={"action": "automatic_rollback", "rolled_back": acted_on.candidate})
-        except RolloutConflict as exc:  # someone changed the state first: theirs wins at the next refresh
+        except RolloutConflict as exc:
             log.warning("automatic rollback not recorded: %s", exc)
+            return None
+        return self.state

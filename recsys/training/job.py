@@ -22,6 +22,7 @@ from recsys.evaluation.baselines import ranking_baselines
 from recsys.schema import load_schema
 from recsys.tracking import PROJECT, code_version, prepare_wandb_dirs, wandb_mode
 from recsys.training.config import TrainConfig
+from recsys.training.progress import LOG_DIR, ProgressBar
 
 TASK_OF = {"dlrm": "ranking", "two-tower": "retrieval"}
 
@@ -58,7 +59,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from recsys.models.two_tower import TwoTower, TwoTowerTrain
     from recsys.training.checkpoint import load_model
     from recsys.training.data import EpochBatches, item_log_q, ranking_batches, read_shard, retrieval_batches
-    from recsys.training.module import RecsysModule, StopWhenAsked
+    from recsys.training.module import ProgressFile, RecsysModule, StopWhenAsked
+    from recsys.training.progress import PROGRESS_FILE, send_output_to
     from recsys.training.strategy import TorchRecStrategy
 
     # fbgemm logs every embedding kernel's full argument list at INFO on the root logger
@@ -66,10 +68,12 @@ def _worker_loop(config: dict[str, Any]) -> None:
     task, cfg = config["task"], from_dict(TrainConfig, config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    run_dir = Path(config["run_dir"])
+    if config.get("quiet"):  # this worker's whole output to the run's logs/; the driver shows a progress bar
+        send_output_to(run_dir / LOG_DIR / f"worker-{rank}.log")
     schema = load_schema()
     dataset = Dataset.open(cfg.dataset, schema)
     splits = dataset.manifest.splits[TASK_OF[task]]
-    run_dir = Path(config["run_dir"])
     description = {"task": task, "config": asdict(cfg), "schema_hash": schema.hash, "dataset_id": dataset.id,
                    "dataset_path": str(dataset.path), "cardinalities": dataset.manifest.cardinalities,
                    "code_version": config["code_version"], "run": run_dir.name, "workers": world}
@@ -110,13 +114,13 @@ def _worker_loop(config: dict[str, Any]) -> None:
                          save_dir=str(run_dir), offline=wandb_mode() == "offline", job_type=f"train-{task}",
                          group=config.get("group"), config=description)
     strategy = TorchRecStrategy()
-    callbacks = [RayTrainReportCallback()]
+    callbacks = [RayTrainReportCallback(), ProgressFile(run_dir / PROGRESS_FILE)]
     if config.get("stop_file"):  # a sweep trial, which the sweep may stop early
         callbacks.append(StopWhenAsked(config["stop_file"]))
     trainer = L.Trainer(accelerator="gpu" if cfg.gpus_per_worker else "cpu", devices="auto", strategy=strategy,
                         plugins=[RayLightningEnvironment()], callbacks=callbacks,
                         max_epochs=cfg.epochs, logger=logger, enable_checkpointing=False,
-                        enable_progress_bar=rank == 0, enable_model_summary=False)
+                        enable_progress_bar=rank == 0 and not config.get("quiet"), enable_model_summary=False)
     trainer = prepare_trainer(trainer)
     evaluation = [loader(split, cfg.eval_batch_size, False) for split in ("val", "test")]  # every epoch
     resume_from = ray.train.get_checkpoint()  # set when the run restarts after a failure
@@ -201,13 +205,26 @@ class TrainResult:
     resumed: bool  # whether the run restarted from a checkpoint after a failure
 
 
+def _ray_logs_to(path: Path) -> None:
+    """Ray's own log lines in this process (the driver) to ``path`` instead of the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("ray", "ray.train", "ray.tune", "ray.data"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = False
+
+
 def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: dict[str, Any] | None = None,
-        callbacks: list | None = None, stop_file: str | None = None) -> TrainResult:
+        callbacks: list | None = None, stop_file: str | None = None, progress: bool = True) -> TrainResult:
     """Train ``task`` (dlrm | two-tower) on ``cfg.workers`` Ray workers; starts a local Ray if none runs.
 
-    A sweep trial passes its W&B ``group`` (the sweep), its sampled ``hyperparameters`` (added to the W&B config),
-    extra Ray Train ``callbacks`` (Tune's report callback) and a ``stop_file``: training ends cleanly, at the next
-    step, once that file exists.
+    With ``progress`` (the CLI, the loop) the terminal shows a progress bar and a line per epoch; the workers'
+    output and Ray's own log lines go to ``<run>/logs/``. A sweep trial passes ``progress=False``, its W&B
+    ``group`` (the sweep), its sampled ``hyperparameters`` (added to the W&B config), extra Ray Train
+    ``callbacks`` (Tune's report callback) and a ``stop_file``: training ends cleanly, at the next step, once that
+    file exists.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -219,22 +236,28 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
     cfg = replace(cfg, dataset=str(dataset.path.resolve()))
     for split in ("train", "val"):
         worker_shards(len(dataset.manifest.splits[TASK_OF[task]][split]["shards"]), cfg.workers, 0)
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        if os.environ.get("RAY_ADDRESS"):  # a running cluster (e.g. the serving one): its resources, not ours
-            ray.init(log_to_driver=True)
-        else:
-            ray.init(num_cpus=max(4, cfg.workers + 2), include_dashboard=False, log_to_driver=True)
     name = cfg.name or f"{task}-{dataset.id}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output).resolve() / name
     if (run_dir / "metrics.json").is_file():
         raise RecsysError(f"run {name} already finished ({run_dir}); choose another name to train again")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if progress:
+        _ray_logs_to(run_dir / LOG_DIR / "ray-driver.log")
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        quiet = {"log_to_driver": not progress, "logging_level": logging.WARNING if progress else logging.INFO}
+        if os.environ.get("RAY_ADDRESS"):  # a running cluster (e.g. the serving one): its resources, not ours
+            ray.init(**quiet)
+        else:
+            ray.init(num_cpus=max(4, cfg.workers + 2), include_dashboard=False, **quiet)
+    if progress:
+        print(f"training {task} on {cfg.workers} Ray Train worker(s); their output and Ray's: {run_dir / LOG_DIR}",
+              flush=True)
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"task": task, "cfg": asdict(cfg), "run_dir": str(run_dir), "code_version": code_version(),
                            "wandb_id": hashlib.sha1(str(run_dir).encode()).hexdigest()[:12], "group": group,
-                           "hyperparameters": hyperparameters, "stop_file": stop_file},
+                           "hyperparameters": hyperparameters, "stop_file": stop_file, "quiet": progress},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0,
                                      resources_per_worker={"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker
                                      else None),
@@ -244,9 +267,17 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              callbacks=callbacks),
     )
-    result = trainer.fit()
+    bar = ProgressBar(run_dir, f"{task} {name}") if progress else None
+    if bar is not None:
+        bar.start()
+    try:
+        result = trainer.fit()
+    finally:
+        if bar is not None:
+            bar.stop(finished=(run_dir / "metrics.json").is_file())
     if result.error:
-        raise RecsysError(f"training failed: {result.error}")
+        raise RecsysError(f"training failed: {result.error}" + (f" (the workers' output: {run_dir / LOG_DIR})"
+                                                                if progress else ""))
     summary = json.loads((run_dir / "metrics.json").read_text())
     if cfg.export:
         from recsys.export.exporter import export_checkpoint

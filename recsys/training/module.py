@@ -9,6 +9,7 @@ replicated parameters and train with the dense parameters' optimiser.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -148,3 +149,34 @@ class StopWhenAsked(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if batch_idx % self.every == 0 and trainer.strategy.reduce_boolean_decision(self.path.exists(), all=False):
             trainer.should_stop = True
+
+
+class ProgressFile(L.Callback):
+    """The run's progress for the driver's bar (`recsys.training.progress`), on rank 0: a JSON line at most every
+    ``every_s`` seconds (the step), and one per epoch (its metrics)."""
+
+    def __init__(self, path: str | Path, every_s: float = 1.0):
+        self.path, self.every_s = Path(path), every_s
+        self._written = 0.0
+
+    def _write(self, trainer: L.Trainer, **row) -> None:
+        if trainer.global_rank != 0:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        now = time.monotonic()
+        if now - self._written >= self.every_s:
+            self._written = now
+            loss = trainer.callback_metrics.get("train/loss_step")
+            self._write(trainer, kind="step", epoch=trainer.current_epoch, step=batch_idx + 1,
+                        steps=trainer.num_training_batches, epochs=trainer.max_epochs,
+                        loss=None if loss is None else float(loss))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith(("val/", "train/loss_epoch")) and v.numel() == 1}
+        self._write(trainer, kind="epoch", epoch=trainer.current_epoch, epochs=trainer.max_epochs, metrics=metrics)

@@ -240,7 +240,7 @@ def _trial(values: dict[str, Any], task: str, base: dict[str, Any], sweep_dir: s
     _RUNNING[name] = (stop_file, finished)
     try:
         run(task, replace(trial_config(base, values), output=sweep_dir, name=name), group=group,
-            hyperparameters=values, callbacks=[TuneReportCallback()], stop_file=str(stop_file))
+            hyperparameters=values, callbacks=[TuneReportCallback()], stop_file=str(stop_file), progress=False)
     finally:
         finished.set()
 

@@ -1,6 +1,7 @@
 """Trained runs shared by the integration tests: one local Ray cluster, the tiny DLRM and two-tower runs."""
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from recsys.serving_config import ServingConfig
 from recsys.training.config import TrainConfig
 from recsys.training.job import run
 from serving.features import OnlineFeatures
-from serving.launch import SPARE_PORTS, direct_ingress_env, direct_ingress_ports, free_ports, run_app
+from serving.launch import SPARE_PORTS, direct_ingress_env, direct_ingress_ports, free_ports, healthy_ports, run_app
 from tests.conftest import ROOT
 
 TINY_TRAIN = ROOT / "configs" / "train" / "tiny.yaml"
@@ -53,7 +54,7 @@ def two_tower_run(local_ray, tiny_dataset, tmp_path_factory):
     return run("two-tower", tiny_train_config(tiny_dataset, tmp_path_factory.mktemp("train"), batch_size=128))
 
 
-# ---- the serving app on the tiny runs (one per test module that uses it) ----------------------------
+# ---- the serving app on the tiny runs (one for the session: a module that changes what it serves puts it back) --
 @dataclass
 class App:
     url: str
@@ -66,7 +67,7 @@ class App:
         return httpx.Client(base_url=self.url, trust_env=False, timeout=60.0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def app(local_ray, dlrm_run, two_tower_run, tiny_dataset, schema, tmp_path_factory):
     work = tmp_path_factory.mktemp("serving")
     repo = work / "triton_models"
@@ -104,3 +105,16 @@ def recommend(http: httpx.Client, **body) -> dict:
     r = http.post("/recommend", json=body)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def settle(app: App) -> None:
+    """Until every ingress replica follows the rollout file's current revision (each polls it on its own)."""
+    from recsys.deploy import rollout
+
+    wanted = rollout.revision(app.config.rollout_file)
+    deadline = time.monotonic() + 60
+    for port in healthy_ports(direct_ingress_ports()):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=30) as replica:
+            while replica.get("/readyz").json()["rollout_revision"] != wanted:
+                assert time.monotonic() < deadline, f"the replica on {port} does not follow revision {wanted}"
+                time.sleep(0.1)

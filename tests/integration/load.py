@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ class Outcome:
     status: int | None  # None: no HTTP answer at all
     error: str | None = None  # the client's exception, if any
     body: dict = field(default_factory=dict)
+    answered: float = 0.0  # time.monotonic() when the answer (or the error) came
 
     @property
     def kind(self) -> str:
@@ -44,13 +46,14 @@ def run_load(url: str, n: int, rate: float, request: Callable[[int], tuple[str, 
                 try:
                     r = await client.post(path, json=body)
                 except httpx.HTTPError as exc:
-                    outcomes[i] = Outcome(i, None, type(exc).__name__)
+                    outcomes[i] = Outcome(i, None, type(exc).__name__, answered=time.monotonic())
                     return
                 try:
                     payload = r.json()
                 except ValueError:
                     payload = {}
-                outcomes[i] = Outcome(i, r.status_code, body=payload if isinstance(payload, dict) else {})
+                outcomes[i] = Outcome(i, r.status_code, body=payload if isinstance(payload, dict) else {},
+                                      answered=time.monotonic())
 
             loop = asyncio.get_running_loop()
             start = loop.time()

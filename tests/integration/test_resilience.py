@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,35 +16,15 @@ from serving import supervisor
 from serving.launch import direct_ingress_ports, healthy_ports
 from tests.integration.conftest import INGRESS_REPLICAS, known_users, recommend
 from tests.integration.load import run_load, tally
+from tests.integration.processes import titled
 
 pytestmark = pytest.mark.integration
 RATE = 25.0
 
 
-def _descends_from_us(pid: int) -> bool:
-    while pid > 1:
-        if pid == os.getpid():
-            return True
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            return False
-    return False
-
-
 def ingress_replica_pids() -> list[int]:
-    """Our cluster's ingress replica processes (their title is ``ray::ServeReplica:recsys:Ingress``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"ServeReplica:recsys:Ingress" in cmdline and _descends_from_us(int(entry.name)):
-            found.append(int(entry.name))
-    return sorted(found)
+    """Our cluster's ingress replica processes."""
+    return titled(b"ServeReplica:recsys:Ingress", os.getpid())
 
 
 def recommend_request(users: list[int]):

@@ -6,10 +6,7 @@ what is tested here; which version is better is the registry's gate)."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -19,28 +16,45 @@ from recsys.deploy import rollout, triton_control
 from recsys.deploy.repository import add_version
 from recsys.deploy.rollout import RolloutState, Thresholds
 from recsys.eventlog.request_ids import variant_of
-from tests.integration.conftest import recommend
+from serving.launch import direct_ingress_ports, healthy_ports
+from tests.integration.conftest import recommend, settle
+from tests.integration.load import run_load, tally
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def two_versions(app):
-    """dlrm versions 1 and 2 in the repository, both loaded; production 1."""
+    """dlrm versions 1 and 2 in the repository, both loaded; production 1. Afterwards the session's app serves
+    production 1 alone again."""
     add_version(app.triton.repository, app.work / "dlrm" / "dlrm")
-    triton_control.apply(app.config.rollout_file, RolloutState(production="1"), "test: start", expect_revision=0,
+    path = app.config.rollout_file
+    triton_control.apply(path, RolloutState(production="1"), "test: start", expect_revision=rollout.revision(path),
                          info=app.triton)
     triton_control.sync(app.triton, "dlrm", ["1", "2"])
-    return app
+    yield app
+    triton_control.apply(path, RolloutState(production="1"), "test: the session's app as it was",
+                         expect_revision=rollout.revision(path), info=app.triton, grace_s=0.5)
+    settle(app)
 
 
 def users(app, n: int) -> list[int]:
     return app.features.users["_user"].head(n).to_list()
 
 
-def settle(app) -> None:
-    """Give the replica time to notice a new rollout state."""
-    time.sleep(app.config.rollout_poll_s * 3 + 0.2)
+def replica_metrics(app) -> list[str]:
+    """Each ingress replica's /metrics (every replica counts what it served)."""
+    texts = []
+    for port in healthy_ports(direct_ingress_ports()):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=30) as replica:
+            texts.append(replica.get("/metrics").text)
+    return texts
+
+
+def total(texts: list[str], sample: str) -> float:
+    """A sample's value summed over the replicas' /metrics texts."""
+    return sum(float(line.rsplit(" ", 1)[1]) for text in texts for line in text.splitlines()
+               if line.startswith(sample + " "))
 
 
 def test_canary_share_is_sticky_and_split_in_metrics_and_feedback(two_versions, http):
@@ -61,10 +75,10 @@ def test_canary_share_is_sticky_and_split_in_metrics_and_feedback(two_versions, 
     r = http.post("/feedback", json={"request_id": served["request_id"], "user_id": served["user_id"],
                                      "events": [{"item_id": served["items"][0]["item_id"], "event_type": "click"}]})
     assert r.status_code == 200, r.text
-    metrics = http.get("/metrics").text
-    assert 'recsys_variant_requests_total{variant="candidate"}' in metrics
-    assert 'recsys_variant_requests_total{variant="production"}' in metrics
-    assert 'recsys_feedback_events_total{event_type="click",variant="candidate"} 1.0' in metrics
+    metrics = replica_metrics(app)
+    ranked = {v: total(metrics, f'recsys_variant_requests_total{{variant="{v}"}}') for v in ("candidate", "production")}
+    assert ranked["candidate"] >= sum(a["variant"] == "candidate" for a in first.values()) and ranked["production"]
+    assert total(metrics, 'recsys_feedback_events_total{event_type="click",variant="candidate"}') == 1.0
 
 
 def test_a_failing_candidate_is_rolled_back_automatically(two_versions, http):
@@ -82,65 +96,39 @@ def test_a_failing_candidate_is_rolled_back_automatically(two_versions, http):
     assert state.reason.startswith("automatic rollback: candidate 2 failed")
     event = rollout.history(app.config.rollout_file)[-1]
     assert event["action"] == "automatic_rollback" and event["rolled_back"] == "2"
-    assert "recsys_automatic_rollbacks_total 1.0" in http.get("/metrics").text
+    # one replica wrote the rollback; the other followed it (or lost the compare-and-swap to it): counted once
+    assert total(replica_metrics(app), "recsys_automatic_rollbacks_total") == 1.0
     triton_control.sync(app.triton, "dlrm", ["1", "2"])
 
 
 def test_promotion_and_rollback_under_load_fail_no_request(two_versions):
+    """250 requests at 25/s; the promotion starts at request 50, the rollback at request 150."""
     app = two_versions
-    canary = triton_control.apply(app.config.rollout_file, RolloutState(production="1", candidate="2",
-                                                                        candidate_share=0.2),
-                                  "test: canary 20%", expect_revision=None, info=app.triton)
+    path = app.config.rollout_file
+    triton_control.apply(path, RolloutState(production="1", candidate="2", candidate_share=0.2), "test: canary 20%",
+                         expect_revision=rollout.revision(path), info=app.triton)
     settle(app)
-    outcomes: Counter = Counter()
-    versions: list[tuple[float, str]] = []
-    stop = threading.Event()
+    moments: dict[str, float] = {}
 
-    async def load() -> None:  # open loop, 25 requests/s, on loopback
-        async with httpx.AsyncClient(base_url=app.url, trust_env=False, timeout=30.0) as client:
-            pending, ids, i = set(), users(app, 200), 0
+    def promote() -> None:  # loads nothing new, switches, then unloads version 1 under load
+        triton_control.apply(path, RolloutState(production="2"), "test: promote 2",
+                             expect_revision=rollout.revision(path), info=app.triton, grace_s=1.5)
+        moments["promoted"] = time.monotonic()
 
-            async def one(user: int) -> None:
-                try:
-                    r = await client.post("/recommend", json={"user_id": user, "k": 3})
-                except httpx.HTTPError as exc:
-                    outcomes[type(exc).__name__] += 1
-                    return
-                body = r.json() if r.status_code == 200 else {}
-                outcomes["ok" if r.status_code == 200 and not body["degraded"] else f"bad {r.status_code}"] += 1
-                if body:
-                    versions.append((time.monotonic(), body["model_versions"].get("ranking", "")))
+    def roll_back() -> None:  # loads 1 again beside 2, switches, unloads 2
+        moments["rolling_back"] = time.monotonic()
+        triton_control.apply(path, RolloutState(production="1"), "test: roll back to 1",
+                             expect_revision=rollout.revision(path), info=app.triton, grace_s=1.5)
+        moments["rolled_back"] = time.monotonic()
 
-            while not stop.is_set():
-                pending.add(asyncio.create_task(one(ids[i % len(ids)])))
-                i += 1
-                await asyncio.sleep(0.04)
-            await asyncio.gather(*pending)
-
-    thread = threading.Thread(target=lambda: asyncio.run(load()))
-    thread.start()
-    try:
-        time.sleep(2)
-        # loads nothing new, switches, then unloads version 1 under load
-        promotion = triton_control.apply(app.config.rollout_file, RolloutState(production="2"), "test: promote 2",
-                                         expect_revision=canary.revision, info=app.triton, grace_s=1.5)
-        promoted = time.monotonic()
-        time.sleep(2)
-        before_rollback = time.monotonic()
-        # loads 1 again beside 2, switches, unloads 2
-        triton_control.apply(app.config.rollout_file, RolloutState(production="1"), "test: roll back to 1",
-                             expect_revision=promotion.revision, info=app.triton, grace_s=1.5)
-        rolled_back = time.monotonic()
-        time.sleep(2)
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-    assert set(outcomes) == {"ok"} and outcomes["ok"] > 100, outcomes  # every request answered and ranked
-    assert {v for t, v in versions if promoted < t < before_rollback} == {"dlrm:2"}
-    assert {v for t, v in versions if t > rolled_back} == {"dlrm:1"}
-    assert [e["reason"] for e in rollout.history(app.config.rollout_file)][-2:] == ["test: promote 2",
-                                                                                    "test: roll back to 1"]
-    assert Path(app.config.rollout_file).is_file()
+    ids = users(app, 200)
+    outcomes = run_load(app.url, 250, 25.0, lambda i: ("/recommend", {"user_id": ids[i % len(ids)], "k": 3}),
+                        at={50: promote, 150: roll_back})
+    assert tally(outcomes) == {"ok": 250}, tally(outcomes)  # every request answered and ranked
+    versions = [(o.answered, o.body["model_versions"].get("ranking", "")) for o in outcomes]
+    assert {v for t, v in versions if moments["promoted"] < t < moments["rolling_back"]} == {"dlrm:2"}
+    assert {v for t, v in versions if t > moments["rolled_back"]} == {"dlrm:1"}
+    assert [e["reason"] for e in rollout.history(path)][-2:] == ["test: promote 2", "test: roll back to 1"]
 
 
 def test_deploy_serves_the_registry_aliases(two_versions, http):

@@ -33,7 +33,7 @@ from recsys.data.features import (
     encode_examples,
 )
 from recsys.data.ingest import read_table
-from recsys.deploy import server
+from recsys.deploy import rollout, server
 from recsys.eventlog.feedback import FEEDBACK_GLOB as EVENT_GLOB
 from recsys.events import EVENTS
 from recsys.export.signature import ModelSignature, serving_inputs
@@ -295,11 +295,14 @@ def test_served_requests_are_logged_with_the_model_inputs(app, http):
         assert inputs["user_views"] == pytest.approx(expected["user_views"])
 
 
-def test_health_readiness_and_metrics(http):
+def test_health_readiness_and_metrics(app, http):
     assert http.get("/healthz").json() == {"status": "ok"}
     r = http.get("/readyz")
-    assert r.status_code == 200 and r.json() == {"ready": True, "versions": ["newest"], "checks": {
-        "features": True, "datasets": True, "index": True, "triton": True}}
+    body = r.json()
+    assert r.status_code == 200 and body["ready"] and body["checks"] == {
+        "features": True, "datasets": True, "index": True, "triton": True}
+    assert body["versions"] == (rollout.read(app.config.rollout_file).versions
+                                if Path(app.config.rollout_file).is_file() else ["newest"])
     text = http.get("/metrics").text
     assert 'recsys_stage_latency_seconds_bucket{le="0.05",stage="rank"}' in text
     assert 'recsys_http_requests_total{route="/recommend",status="200"}' in text

@@ -4,7 +4,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from recsys.training.checkpoint import load_model
 from recsys.training.data import read_shard
 from recsys.training.job import run
 from tests.integration.conftest import tiny_train_config
+from tests.integration.processes import titled
 from tests.wandb_records import logged_keys
 
 pytestmark = pytest.mark.integration
@@ -86,25 +86,12 @@ def _registered_checkpoints(run_dir: Path) -> int:
     return len(snapshot["checkpoint_results"])
 
 
-def _descends_from_us(pid: int) -> bool:
-    """Whether ``pid`` is in this test process's tree (our Ray cluster's workers are, other clusters' are not)."""
-    while pid > 1:
-        if pid == os.getpid():
-            return True
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            return False
-    return False
-
-
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> None:
     """Waits until Ray Train has registered the run's first checkpoint, then SIGKILLs one of its workers."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not _registered_checkpoints(run_dir):
         time.sleep(0.02)
-    found = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
-    workers = [int(pid) for pid in found if _descends_from_us(int(pid))]
+    workers = titled(b"ray::RayTrainWorker", os.getpid())
     if workers:
         os.kill(workers[-1], signal.SIGKILL)
         killed.append(workers[-1])
