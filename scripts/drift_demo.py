@@ -113,12 +113,15 @@ def write_report(out: Path, scenario, plot: Path) -> None:
     s = scenario.summary()
     cycle = json.loads((out / "loop" / "state.json").read_text())["cycles"][-1]
     lines = ["# A preference shift, and the loop repairing it", "", f"![timeline]({plot.name})", "",
-             "| phase | users | impressions | clicks | CTR |", "|---|---|---|---|---|"]
+             "| phase | users | impressions | clicks | CTR | expected CTR (the generator's true click model) |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {phase} | {s[phase]['users']:,} | {s[phase]['impressions']:,} | {s[phase]['clicks']:,} | "
-              f"{s[phase]['ctr']:.4f} |" for phase in ("before", "drift", "after")]
+              f"{s[phase]['ctr']:.4f} | {s[phase]['expected_ctr']:.4f} |" for phase in ("before", "drift", "after")]
     moments = ", ".join(f"{k} {v:.0f} s" for k, v in s["moments_s"].items())
     lines += ["", f"After the loop vs under the shift (users as the unit): z = {s['recovery']['z']:.2f}, one-sided "
-              f"p = {s['recovery']['p_value']:.2g}. CTR alert floor {s['ctr_floor']:.4f}. Moments: {moments}.", "",
+              f"p = {s['recovery']['p_value']:.2g} on the clicks; z = {s['expected_recovery']['z']:.2f}, p = "
+              f"{s['expected_recovery']['p_value']:.2g} on the expected clicks. CTR alert floor {s['ctr_floor']:.4f}. "
+              f"Moments: {moments}.", "",
               f"## Loop cycle {cycle['id']}: {cycle['outcome']}", "", cycle["detail"], "",
               "| step | seconds | result |", "|---|---|---|"]
     lines += [f"| {name} | {step.get('seconds', '')} | {step.get('summary', '')} |"

@@ -37,9 +37,14 @@ def _integral(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-Int = Annotated[int, BeforeValidator(_integral)]  # an integer, sent as 7 or 7.0; never "7" (strict models)
+def json_int(**bounds: Any) -> Any:
+    """An integer within ``bounds`` (pydantic `Field` constraints), sent as 7 or 7.0; never "7" (strict models).
+    (The constraints come before the conversion, so that the JSON schema shows them as minimum / maximum.)"""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
+
+
 # a user or item id: a JSON number up to 2**53 - 1, or a decimal string (any positive int64); an int in the app
-Id = Annotated[Annotated[Int, Field(ge=0, le=EXACT_IN_JSON)] | IdText, AfterValidator(int)]
+Id = Annotated[json_int(ge=0, le=EXACT_IN_JSON) | IdText, AfterValidator(int)]
 WireId = int | str  # an id in an answer: `wire`
 
 
@@ -101,7 +106,7 @@ class Context(Strict):
 
 class RecommendRequest(Strict):
     user_id: Id
-    k: Annotated[Int, Field(ge=1, description="how many items (1 to the configured max_k)")] = 10
+    k: json_int(ge=1, description="how many items (1 to the configured max_k)") = 10
     context: Context | None = None
     exclude: list[Id] = Field(default_factory=list, description="item ids never to return")
 
@@ -126,7 +131,7 @@ class RecommendResponse(BaseModel):
 class FeedbackEvent(Strict):
     item_id: Id
     event_type: Literal["impression", "click", "purchase"]
-    position: Annotated[Int, Field(ge=0, le=10_000)] | None = None  # slot in the served list (impressions)
+    position: json_int(ge=0, le=10_000) | None = None  # slot in the served list (impressions)
     timestamp: datetime | None = None  # default: when the event is received
     event_id: IdText | None = Field(default=None, description="the client's own id of this event (a decimal "
                                     "string): an event sent twice with the same id is recorded once")

@@ -132,14 +132,15 @@ def monitor_factory(stage: Stage, event_log: str, rules: Path, window_s: float, 
 class Tick:
     at: float  # seconds since the scenario began (when the tick's visits were done)
     phase: str  # before | drift | loop | after
-    visits: list[tuple[int, str, int, int]]  # (user id, variant, impressions, clicks) of this tick's visits
+    # (user id, variant, impressions, clicks, expected clicks under the generator's true click model) per visit
+    visits: list[tuple[int, str, int, int, float]]
     drift: float | None  # the monitor's drift.max_psi over its window
     alerts: list[str] = field(default_factory=list)  # alerts that fired at this tick
     began: str = ""  # when its first visit started (ISO, UTC)
 
     def totals(self, variant: str | None = None) -> tuple[int, int]:
         """(clicks, impressions) of this tick's visits (of one variant's)."""
-        rows = [(clicks, shown) for _, v, shown, clicks in self.visits if variant in (None, v)]
+        rows = [(clicks, shown) for _, v, shown, clicks, _ in self.visits if variant in (None, v)]
         return sum(r[0] for r in rows), sum(r[1] for r in rows)
 
     def ctr(self, variant: str | None = None) -> float | None:
@@ -147,16 +148,17 @@ class Tick:
         return clicks / shown if shown else None
 
 
-def per_user(ticks: list[Tick], phase: str) -> np.ndarray:
-    """One ``(clicks, impressions)`` row per user over a phase's ticks (`recsys.retrain.verdict.ctr_test`'s input)."""
-    totals: dict[int, list[int]] = {}
+def per_user(ticks: list[Tick], phase: str, expected: bool = False) -> np.ndarray:
+    """One ``(clicks, impressions)`` row per user over a phase's ticks (`recsys.retrain.verdict.ctr_test`'s input);
+    with ``expected``, the clicks are those the generator's true click model expects (no coin flips)."""
+    totals: dict[int, list[float]] = {}
     for t in ticks:
         if t.phase == phase:
-            for user, _, shown, clicks in t.visits:
-                row = totals.setdefault(user, [0, 0])
-                row[0] += clicks
+            for user, _, shown, clicks, expect in t.visits:
+                row = totals.setdefault(user, [0.0, 0])
+                row[0] += expect if expected else clicks
                 row[1] += shown
-    return np.array(list(totals.values()), dtype=np.int64).reshape(-1, 2)
+    return np.array(list(totals.values()), dtype=np.float64 if expected else np.int64).reshape(-1, 2)
 
 
 @dataclass
@@ -169,6 +171,7 @@ class DriftScenario:
     baseline_ticks: int = 4
     ctr_drop: float = 0.1  # the CTR floor: this far below the steady CTR
     max_drift_ticks: int = 20
+    min_drift_ticks: int = 0  # under the shift at least this long (the CTR it is compared with after the loop)
     after_ticks: int = 4
     loop_pause_s: float = 1.0  # between ticks while the loop runs (it shares the machine)
     ticks: list[Tick] = field(default_factory=list)
@@ -218,10 +221,11 @@ class DriftScenario:
         self.shoppers.shift()
         self.moments["shift"] = time.monotonic() - self.started
         before = self._requests()
-        for _ in range(self.max_drift_ticks):
+        for n in range(max(self.max_drift_ticks, self.min_drift_ticks)):
             tick = self._tick("drift", monitor)
-            if self._requests() > before:
+            if "alert" not in self.moments and self._requests() > before:
                 self.moments["alert"] = tick.at
+            if "alert" in self.moments and n + 1 >= self.min_drift_ticks:
                 break
         else:
             raise RecsysError(f"no retraining request within {self.max_drift_ticks} ticks of the preference shift")
@@ -254,17 +258,22 @@ class DriftScenario:
                 self.moments[name] = (at - self.started_at).total_seconds()
 
     def summary(self) -> dict[str, Any]:
+        """Per phase: users, clicks, impressions, the CTR shoppers produced and the one the generator's true click
+        model expects of the lists served (``expected_ctr``: what the lists are worth, without the coin flips);
+        the recovery after the loop against the phase under the shift, both ways, users as the unit."""
         out: dict[str, Any] = {"moments_s": {k: round(v, 1) for k, v in self.moments.items()},
                                "ctr_floor": self.floor}
         for phase in ("before", "drift", "after"):
             users = per_user(self.ticks, phase)
             clicks, shown = (int(x) for x in users.sum(axis=0))
+            expected = float(per_user(self.ticks, phase, expected=True)[:, 0].sum())
             out[phase] = {"users": len(users), "clicks": clicks, "impressions": shown,
-                          "ctr": clicks / shown if shown else None}
-        after, drift = per_user(self.ticks, "after"), per_user(self.ticks, "drift")
-        if len(after) and len(drift):  # after the loop vs under the shift, users as the unit
-            z, p = ctr_test(after, drift)
-            out["recovery"] = {"z": z, "p_value": p}
+                          "ctr": clicks / shown if shown else None, "expected_ctr": expected / shown if shown else None}
+        for key, expected in (("recovery", False), ("expected_recovery", True)):
+            after, drift = per_user(self.ticks, "after", expected), per_user(self.ticks, "drift", expected)
+            if len(after) and len(drift):  # after the loop vs under the shift
+                z, p = ctr_test(after, drift)
+                out[key] = {"z": z, "p_value": p}
         return out
 
     def save(self, path: str | Path) -> None:

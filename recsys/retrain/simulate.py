@@ -32,8 +32,9 @@ class Shoppers:
         """Every user's taste moves to the one the generator gives them after its preference shift."""
         self.taste = self.world.user_vec_shifted
 
-    def visit(self, user: int) -> tuple[str, int, int]:
-        """One visit of user index ``user``: (variant that answered, impressions, clicks)."""
+    def visit(self, user: int) -> tuple[str, int, int, float]:
+        """One visit of user index ``user``: (variant that answered, impressions, clicks, expected clicks: the sum of
+        the shown items' true click probabilities, what the list is worth to the user without the coin flips)."""
         user_id = int(self.world.user_id(np.array([user]))[0])
         r = self.client.post("/recommend", json={"user_id": user_id, "k": self.k})
         self.requests_sent += 1
@@ -42,10 +43,11 @@ class Shoppers:
         answer = r.json()
         items = np.array([s["item_id"] for s in answer["items"]], dtype=np.int64) - 1
         if not len(items):
-            return answer["variant"], 0, 0
+            return answer["variant"], 0, 0, 0.0
         positions = np.arange(len(items))
         affinity = self.world.item_vec[items] @ self.taste[user]
-        clicked = self.rng.random(len(items)) < self.world.click_prob(affinity, items, positions)
+        probability = self.world.click_prob(affinity, items, positions)
+        clicked = self.rng.random(len(items)) < probability
         events = [{"item_id": int(i) + 1, "event_type": "impression", "position": int(p)}
                   for p, i in zip(positions, items, strict=True)]
         events += [{"item_id": int(i) + 1, "event_type": "click", "position": int(p)}
@@ -54,10 +56,10 @@ class Shoppers:
                                                 "events": events})
         if r.status_code != 200:
             raise RecsysError(f"/feedback answered {r.status_code}: {r.text[:300]}")
-        return answer["variant"], len(items), int(clicked.sum())
+        return answer["variant"], len(items), int(clicked.sum()), float(probability.sum())
 
-    def run(self, visits: int) -> list[tuple[int, str, int, int]]:
-        """``visits`` visits by users drawn by activity: (user id, variant, impressions, clicks) each."""
+    def run(self, visits: int) -> list[tuple[int, str, int, int, float]]:
+        """``visits`` visits by users drawn by activity: (user id, variant, impressions, clicks, expected clicks)."""
         out = []
         for user in self.rng.choice(len(self.weights), size=visits, p=self.weights):
             out.append((int(self.world.user_id(np.array([user]))[0]), *self.visit(int(user))))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from recsys.config import ConfigError
 from recsys.models.config import DLRMConfig, TwoTowerConfig
 
 
@@ -19,7 +20,9 @@ class TrainConfig:
     """A training run; every field can be overridden with ``--set key=value``."""
 
     dataset: str = ""  # dataset folder (`recsys data build` output); empty = the newest under runs/datasets
-    workers: int = 2  # Ray Train workers (processes); each reads its share of the shards
+    # Ray Train workers (processes), each reading its share of the shards; 0 = in this process (Ray Train's local
+    # mode: no worker processes to start, no fault tolerance; for small data, debugging and tests)
+    workers: int = 2
     gpus_per_worker: int = 0  # 0 = CPU with gloo; >= 1 uses CUDA and NCCL
     batch_size: int = 1024  # examples per worker per step
     eval_batch_size: int = 4096
@@ -34,3 +37,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0: in this process), got {self.workers}")

@@ -59,17 +59,23 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from recsys.models.two_tower import TwoTower, TwoTowerTrain
     from recsys.training.checkpoint import load_model
     from recsys.training.data import EpochBatches, item_log_q, ranking_batches, read_shard, retrieval_batches
-    from recsys.training.module import ProgressFile, RecsysModule, StopWhenAsked
+    from recsys.training.module import KeepCheckpoints, ProgressFile, RecsysModule, StopWhenAsked
     from recsys.training.progress import PROGRESS_FILE, send_output_to
-    from recsys.training.strategy import TorchRecStrategy
+    from recsys.training.strategy import OneProcess, TorchRecStrategy
 
     # fbgemm logs every embedding kernel's full argument list at INFO on the root logger
     logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("[TBE="))
     task, cfg = config["task"], from_dict(TrainConfig, config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     run_dir = Path(config["run_dir"])
-    if config.get("quiet"):  # this worker's whole output to the run's logs/; the driver shows a progress bar
+    in_process = cfg.workers == 0  # Ray Train's local mode: this is the driver's (or a Tune trial's) own process
+    if in_process:
+        rank, world = 0, 1
+    else:
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if in_process:
+        _one_process_group()
+    elif config.get("quiet"):  # this worker's whole output to the run's logs/; the driver shows a progress bar
         send_output_to(run_dir / LOG_DIR / f"worker-{rank}.log")
     schema = load_schema()
     dataset = Dataset.open(cfg.dataset, schema)
@@ -113,18 +119,27 @@ def _worker_loop(config: dict[str, Any]) -> None:
     logger = WandbLogger(project=PROJECT, name=run_dir.name, id=config["wandb_id"], resume="allow",
                          save_dir=str(run_dir), offline=wandb_mode() == "offline", job_type=f"train-{task}",
                          group=config.get("group"), config=description)
-    strategy = TorchRecStrategy()
-    callbacks = [RayTrainReportCallback(), ProgressFile(run_dir / PROGRESS_FILE)]
+    device = torch.device("cuda" if cfg.gpus_per_worker else "cpu") if in_process else None
+    strategy = TorchRecStrategy(device=device)
+    steps = min(rows_of("train", worker) for worker in range(world)) // cfg.batch_size  # (every worker's, per epoch)
+    keep = KeepCheckpoints(run_dir, RayTrainReportCallback.CHECKPOINT_NAME, cfg.keep_checkpoints,
+                           report_to=_IN_PROCESS_CALLBACKS.get(str(run_dir)))
+    callbacks = [keep if in_process else RayTrainReportCallback(), ProgressFile(run_dir / PROGRESS_FILE, steps)]
     if config.get("stop_file"):  # a sweep trial, which the sweep may stop early
         callbacks.append(StopWhenAsked(config["stop_file"]))
     trainer = L.Trainer(accelerator="gpu" if cfg.gpus_per_worker else "cpu", devices="auto", strategy=strategy,
-                        plugins=[RayLightningEnvironment()], callbacks=callbacks,
+                        plugins=[OneProcess() if in_process else RayLightningEnvironment()], callbacks=callbacks,
                         max_epochs=cfg.epochs, logger=logger, enable_checkpointing=False,
                         enable_progress_bar=rank == 0 and not config.get("quiet"), enable_model_summary=False)
-    trainer = prepare_trainer(trainer)
+    if not in_process:
+        trainer = prepare_trainer(trainer)
     evaluation = [loader(split, cfg.eval_batch_size, False) for split in ("val", "test")]  # every epoch
-    resume_from = ray.train.get_checkpoint()  # set when the run restarts after a failure
-    if resume_from is None:
+    if in_process:  # an interrupted in-process run of the same name resumes from its newest kept checkpoint
+        kept = KeepCheckpoints.saved(run_dir)
+        resume_from = kept[-1] if kept else None
+        trainer.fit(module, loader("train", cfg.batch_size, True), evaluation,
+                    ckpt_path=None if resume_from is None else str(resume_from))
+    elif (resume_from := ray.train.get_checkpoint()) is None:  # (set when the run restarts after a failure)
         trainer.fit(module, loader("train", cfg.batch_size, True), evaluation)
     else:
         with resume_from.as_directory() as folder:
@@ -133,8 +148,9 @@ def _worker_loop(config: dict[str, Any]) -> None:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     probe = _probe(module, task, read_shard(dataset, TASK_OF[task], "val", 0, columns).head(PROBE_ROWS))
     if rank == 0:
-        final = ray.train.get_all_reported_checkpoints()[-1]
-        model_path = Path(final.checkpoint.path) / RayTrainReportCallback.CHECKPOINT_NAME
+        model_path = (KeepCheckpoints.saved(run_dir)[-1] if in_process else
+                      Path(ray.train.get_all_reported_checkpoints()[-1].checkpoint.path)
+                      / RayTrainReportCallback.CHECKPOINT_NAME)
         # evaluated like every later consumer will use it: rebuilt, unsharded, from the checkpoint alone, on every
         # test row the baselines see (the per-epoch test metrics saw the rows the workers could split into batches)
         trained, _ = load_model(model_path)
@@ -167,6 +183,23 @@ def _worker_loop(config: dict[str, Any]) -> None:
         run.finish()
         # beside the run's checkpoints, so tools and tests need no W&B reader
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+
+
+# run folder -> the Ray Train callbacks of an in-process run (local mode has no controller to call them)
+_IN_PROCESS_CALLBACKS: dict[str, list] = {}
+
+
+def _one_process_group() -> None:
+    """A one-process gloo group for TorchRec in local mode (created once per process, then reused)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    from recsys.deploy.server import free_port
+
+    # (an address of its own rather than the torchrun variables, which Ray Train's local mode would take for a
+    # multi-process launch)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
 
 
 PROBE_ROWS = 64  # validation rows scored at the end of a run, to check that a reloaded checkpoint agrees
@@ -235,7 +268,7 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
     dataset = Dataset.open(cfg.dataset or newest_dataset(), load_schema())
     cfg = replace(cfg, dataset=str(dataset.path.resolve()))
     for split in ("train", "val"):
-        worker_shards(len(dataset.manifest.splits[TASK_OF[task]][split]["shards"]), cfg.workers, 0)
+        worker_shards(len(dataset.manifest.splits[TASK_OF[task]][split]["shards"]), max(cfg.workers, 1), 0)
     name = cfg.name or f"{task}-{dataset.id}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output).resolve() / name
     if (run_dir / "metrics.json").is_file():
@@ -251,8 +284,9 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
         else:
             ray.init(num_cpus=max(4, cfg.workers + 2), include_dashboard=False, **quiet)
     if progress:
-        print(f"training {task} on {cfg.workers} Ray Train worker(s); their output and Ray's: {run_dir / LOG_DIR}",
-              flush=True)
+        where = (f"on {cfg.workers} Ray Train worker(s); their output and Ray's: {run_dir / LOG_DIR}" if cfg.workers
+                 else "in this process (Ray Train's local mode)")
+        print(f"training {task} {where}", flush=True)
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"task": task, "cfg": asdict(cfg), "run_dir": str(run_dir), "code_version": code_version(),
@@ -267,12 +301,15 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              callbacks=callbacks),
     )
+    if cfg.workers == 0 and callbacks:
+        _IN_PROCESS_CALLBACKS[str(run_dir)] = list(callbacks)
     bar = ProgressBar(run_dir, f"{task} {name}") if progress else None
     if bar is not None:
         bar.start()
     try:
         result = trainer.fit()
     finally:
+        _IN_PROCESS_CALLBACKS.pop(str(run_dir), None)
         if bar is not None:
             bar.stop(finished=(run_dir / "metrics.json").is_file())
     if result.error:

@@ -155,8 +155,8 @@ class ProgressFile(L.Callback):
     """The run's progress for the driver's bar (`recsys.training.progress`), on rank 0: a JSON line at most every
     ``every_s`` seconds (the step), and one per epoch (its metrics)."""
 
-    def __init__(self, path: str | Path, every_s: float = 1.0):
-        self.path, self.every_s = Path(path), every_s
+    def __init__(self, path: str | Path, steps_per_epoch: int, every_s: float = 1.0):
+        self.path, self.steps, self.every_s = Path(path), steps_per_epoch, every_s
         self._written = 0.0
 
     def _write(self, trainer: L.Trainer, **row) -> None:
@@ -171,7 +171,7 @@ class ProgressFile(L.Callback):
             self._written = now
             loss = trainer.callback_metrics.get("train/loss_step")
             self._write(trainer, kind="step", epoch=trainer.current_epoch, step=batch_idx + 1,
-                        steps=trainer.num_training_batches, epochs=trainer.max_epochs,
+                        steps=self.steps, epochs=trainer.max_epochs,
                         loss=None if loss is None else float(loss))
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -180,3 +180,32 @@ class ProgressFile(L.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith(("val/", "train/loss_epoch")) and v.numel() == 1}
         self._write(trainer, kind="epoch", epoch=trainer.current_epoch, epochs=trainer.max_epochs, metrics=metrics)
+
+
+class KeepCheckpoints(L.Callback):
+    """In-process training (Ray Train's local mode, which stores no checkpoint): each epoch's checkpoint in
+    ``<run>/checkpoint_epoch-<n>/checkpoint.ckpt``, the newest ``keep`` of them, as Ray Train keeps them."""
+
+    PREFIX = "checkpoint_epoch-"
+
+    def __init__(self, run_dir: str | Path, name: str, keep: int, report_to: list | None = None):
+        """``report_to``: Ray Train callbacks (e.g. Tune's) that get each epoch's metrics, as Ray Train's controller
+        would give them."""
+        self.run_dir, self.name, self.keep, self.report_to = Path(run_dir), name, keep, report_to or []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import shutil
+
+        trainer.save_checkpoint(str(self.run_dir / f"{self.PREFIX}{trainer.current_epoch:03d}" / self.name))
+        for old in self.saved(self.run_dir)[: -self.keep or None]:
+            shutil.rmtree(old.parent, ignore_errors=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        metrics |= {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        for callback in self.report_to:
+            callback.after_report(None, [metrics], None)
+
+    @classmethod
+    def saved(cls, run_dir: str | Path) -> list[Path]:
+        """The kept checkpoints, oldest first."""
+        found = (folder / "checkpoint.ckpt" for folder in Path(run_dir).glob(f"{cls.PREFIX}*"))
+        return sorted(path for path in found if path.exists())

@@ -55,7 +55,7 @@ class ProgressBar(threading.Thread):
         from tqdm.auto import tqdm
 
         if row["kind"] == "step":
-            total = row["steps"] * row["epochs"]
+            total = max(1, row["steps"] * row["epochs"])
             if self._bar is None:
                 self._bar = tqdm(total=total, desc=self.title, unit="step", dynamic_ncols=True)
             self._bar.n = min(total, row["epoch"] * row["steps"] + row["step"])

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from lightning_fabric.plugins.environments import LightningEnvironment
 from ray.train.lightning import RayDDPStrategy
 from torchrec.distributed.model_parallel import DistributedModelParallel, get_default_sharders
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
@@ -29,10 +30,31 @@ from recsys.training import checkpoint as ckpt
 log = logging.getLogger(__name__)
 
 
+class OneProcess(LightningEnvironment):
+    """The cluster environment of an in-process run (Ray Train's local mode): one process, rank 0, launched by
+    nobody else (Ray's own environment asks Ray Train's context, which a Tune trial does not allow)."""
+
+    @property
+    def creates_processes_externally(self) -> bool:
+        return True
+
+    def world_size(self) -> int:
+        return 1
+
+    def global_rank(self) -> int:
+        return 0
+
+
 class TorchRecStrategy(RayDDPStrategy):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, device: torch.device | None = None, **kwargs):
+        """``device``: the device of an in-process run (else Ray Train's worker says)."""
         super().__init__(*args, **kwargs)
         self.sharding: dict[str, str] = {}  # table -> sharding type, once set up
+        self._device = device
+
+    @property
+    def root_device(self) -> torch.device:
+        return self._device if self._device is not None else super().root_device
 
     @property
     def dmp(self) -> DistributedModelParallel:

@@ -56,15 +56,17 @@ def stage(local_ray, schema, tmp_path_factory):
         data = shop_config(ROOT / "configs" / "data" / "tiny.yaml", work / "data.yaml", days=30,
                            target_events=75000, n_users=300, n_items=200, affinity_scale=4.0,
                            drift={"start_day": 16, "strength": 0.9})
-        overrides = {"dlrm": {}, "two-tower": {"batch_size": 128}}
+        # trained in this process (Ray Train's local mode), and the loop trains in its own: what is tested here is
+        # the loop (tests/integration/test_train.py trains on Ray Train's workers)
+        overrides = {"dlrm": {"workers": 0}, "two-tower": {"batch_size": 128, "workers": 0}}
         stage = prepare(work, data, lambda task, ds: run(task, tiny_train_config(
             ds, work / "train", name=f"before-{task}", **overrides[task])), before_events=40000)
         config = ServingConfig(dataset=str(stage.dataset.path), retrieval_export=str(work / "two-tower"),
                                triton_url=stage.triton.grpc_url, event_log=str(work / "events"),
                                port=free_port(), rollout_file=str(stage.rollout_file), rollout_poll_s=0.2,
                                rank_deadline_s=5.0, retrieve_deadline_s=10.0, candidates=150)
-        loop_config = write_loop_config(stage, config.event_log, TINY_TRAIN, canary={
-            "share": 0.5, "min_impressions": 4000, "alpha": 0.05, "max_wait_minutes": 40, "poll_s": 1.0,
+        loop_config = write_loop_config(stage, config.event_log, TINY_TRAIN, train_overrides=("workers=0",), canary={
+            "share": 0.5, "min_impressions": 3000, "alpha": 0.05, "max_wait_minutes": 40, "poll_s": 1.0,
             "grace_s": 0.5})
         running = run_app(config, "127.0.0.1", proxy_port=free_port(), run_dir=work / "run")
         try:
@@ -108,7 +110,7 @@ def test_drift_alert_retrain_canary_promote_and_ctr_recovers(stage, schema):
     with httpx.Client(base_url=stage["url"], trust_env=False, timeout=60.0) as client:
         shoppers = Shoppers(ShopWorld(stage["data"].generator), client, seed=3, known_users=known)
         scenario = DriftScenario(shoppers, monitor, work / "retrain.jsonl", visits_per_tick=40, baseline_ticks=8,
-                                 after_ticks=10)
+                                 min_drift_ticks=8, after_ticks=10)
         scenario.run(start_loop, kill_once_after_the_ranker_trained, loop_timeout_s=3600)
         answer = client.post("/recommend", json={"user_id": next(iter(known)), "k": 5}).json()
     scenario.add_loop_moments(state_file)
@@ -140,6 +142,9 @@ def test_drift_alert_retrain_canary_promote_and_ctr_recovers(stage, schema):
     assert served.candidate is None and served.registry["production"] == str(new["dlrm"])
     # the new ranker's inputs come from the dataset it was trained on (its own vocabularies and fresher features)
     assert answer["model_versions"]["dataset"] == cycle["dataset"], answer
-    # the live CTR recovers: after the promotion it is measurably above the CTR under the shift
-    assert summary["after"]["ctr"] > summary["drift"]["ctr"] and summary["recovery"]["p_value"] < 0.01, summary
+    # the lists recover: after the promotion shoppers click more than under the shift, and what the generator's true
+    # click model expects of the served lists (no coin flips: the test holds on any run) is measurably higher
+    assert summary["after"]["ctr"] > summary["drift"]["ctr"], summary
+    assert summary["after"]["expected_ctr"] > summary["drift"]["expected_ctr"], summary
+    assert summary["expected_recovery"]["p_value"] < 0.001, summary
     assert plot.stat().st_size > 10_000

@@ -68,7 +68,7 @@ def test_canary_share_is_sticky_and_split_in_metrics_and_feedback(two_versions, 
     for a in first.values():
         assert not a["degraded"]
         assert a["model_versions"]["ranking"] == ("dlrm:2" if a["variant"] == "candidate" else "dlrm:1")
-        assert variant_of(a["request_id"]) == a["variant"]
+        assert variant_of(int(a["request_id"])) == a["variant"]
     again = {u: recommend(http, user_id=u, k=3)["variant"] for u in users(app, 60)}
     assert again == {u: first[u]["variant"] for u in again}  # sticky
     served = next(a for a in first.values() if a["variant"] == "candidate")
