@@ -44,7 +44,7 @@ def _line(snap) -> str:
     m = snap.metrics
     parts = [f"{snap.at:%Y-%m-%d %H:%M:%S}", f"requests {m.get('serving.requests', 0)}"]
     if "serving.p99_ms" in m:
-        parts += [f"degraded {m['serving.error_rate']:.1%}", f"p99 {m['serving.p99_ms']:.1f} ms"]
+        parts += [f"degraded {m['serving.degraded_share']:.1%}", f"p99 {m['serving.p99_ms']:.1f} ms"]
     parts += [f"ctr.{k[4:]} {v:.4f}" for k, v in sorted(m.items()) if k.startswith("ctr.")]
     if "drift.max_psi" in m:
         parts.append(f"drift max PSI {m['drift.max_psi']:.3f} ({m['drift.max_psi_feature']}), "

@@ -4,7 +4,7 @@ A snapshot of metrics over the trailing window, from the app's logs under its ev
 
 * ``ctr.<variant>``, ``purchase_rate.<variant>``, ``impressions.<variant>``: fed-back events per variant (a
   variant with fewer than ``min_impressions`` impressions in the window gets no CTR: too noisy to judge);
-* ``serving.requests``, ``serving.error_rate`` (answers that lost a stage: degraded, since the app answers
+* ``serving.requests``, ``serving.degraded_share`` (answers that lost a stage: degraded, since the app answers
   every request), ``serving.p99_ms`` (the app's own total time per answer);
 * ``drift.*`` (`recsys.monitoring.drift.drift_summary`): the logged model inputs of the window against the
   training dataset's profile (`reference_profile`), once the window holds ``min_drift_rows`` of them (PSI of a
@@ -68,11 +68,11 @@ def snapshot(events: pl.DataFrame | None, logged: pl.DataFrame | None, profile: 
                 metrics[f"purchase_rate.{row['variant']}"] = row["purchase_rate"]
     if logged is not None:
         recent = logged.lazy().filter((pl.col("timestamp") > start) & (pl.col("timestamp") <= now))
-        stats = recent.select(pl.len().alias("n"), pl.col("degraded").mean().alias("error_rate"),
+        stats = recent.select(pl.len().alias("n"), pl.col("degraded").mean().alias("degraded_share"),
                               pl.col("total_ms").quantile(0.99).alias("p99")).collect().row(0, named=True)
         metrics["serving.requests"] = stats["n"]
         if stats["n"]:
-            metrics["serving.error_rate"] = stats["error_rate"]
+            metrics["serving.degraded_share"] = stats["degraded_share"]
             metrics["serving.p99_ms"] = stats["p99"]
             live = online.live_inputs(recent)
             names = [n for n in live.collect_schema().names() if n in profile and n not in skip_features]

@@ -186,7 +186,7 @@ def test_the_shipped_rules_load():
     assert by_name["data_drift_critical"].threshold == 0.2 and by_name["data_drift_critical"].severity == "critical"
     assert "retrain" in by_name["data_drift_critical"].sinks
     assert by_name["data_drift_warning"].threshold == 0.1 and by_name["data_drift_warning"].severity == "warning"
-    assert {"ctr_drop", "serving_error_rate", "serving_p99_latency"} <= set(by_name)
+    assert {"ctr_drop", "serving_degraded_share", "serving_p99_latency"} <= set(by_name)
     # a production CTR drop asks for retraining; a candidate's is the canary's business (it rolls back)
     assert "retrain" in by_name["production_ctr_drop"].sinks and "retrain" not in by_name["ctr_drop"].sinks
     assert config.webhook.url is None

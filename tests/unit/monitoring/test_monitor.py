@@ -64,7 +64,7 @@ def test_stable_traffic_raises_nothing_and_drift_plus_a_ctr_drop_do(tmp_path, pr
         assert snap.notifications == [], snap.notifications
     m = snap.metrics
     assert m["ctr.production"] == pytest.approx(0.1) and m["ctr.candidate"] == pytest.approx(0.1)
-    assert m["serving.requests"] == 3000 and m["serving.error_rate"] == 0.0 and m["serving.p99_ms"] == 12.0
+    assert m["serving.requests"] == 3000 and m["serving.degraded_share"] == 0.0 and m["serving.p99_ms"] == 12.0
     assert m["drift.max_psi"] < 0.05 and m["drift.n_drifted"] == 0
 
     later = T0 + timedelta(minutes=30)  # the users changed (device shares, prices); the candidate's CTR fell
