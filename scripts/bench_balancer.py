@@ -76,12 +76,12 @@ def measure(front: str, args: argparse.Namespace) -> dict:
     from recsys.cli import main as recsys_main
     from recsys.data.dataset import Dataset
     from recsys.deploy import server
-    from recsys.deploy.server import free_port
+    from recsys.deploy.server import free_port, free_port_block
     from recsys.schema import load_schema
     from recsys.serving_config import ServingConfig
     from recsys.training.job import newest_dataset
     from serving.features import OnlineFeatures
-    from serving.launch import SPARE_PORTS, direct_ingress_env, free_ports, run_app
+    from serving.launch import SPARE_PORTS, direct_ingress_env, run_app
 
     work = Path(args.work).resolve() / front
     repo = work / "triton_models"
@@ -94,7 +94,7 @@ def measure(front: str, args: argparse.Namespace) -> dict:
                      event_log=str(work / "events"), port=free_port(), ingress_replicas=2, rank_deadline_s=1.0)
     if front == "haproxy":
         ports = config.ingress_replicas + SPARE_PORTS
-        os.environ.update(direct_ingress_env(free_ports(ports), ports))
+        os.environ.update(direct_ingress_env(free_port_block(ports), ports))
     else:
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "0"
     triton = server.start(repo, ["dlrm"], run_dir=work / "triton")

@@ -182,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.cli import main as recsys_main
     from recsys.cli.export import final_checkpoint
     from recsys.deploy import server
-    from recsys.deploy.server import free_port
+    from recsys.deploy.server import free_port, free_port_block
     from recsys.serving_config import ServingConfig
-    from serving.launch import SPARE_PORTS, direct_ingress_env, free_ports, run_app, wait_healthy
+    from serving.launch import SPARE_PORTS, direct_ingress_env, run_app, wait_healthy
 
     work = Path(args.work).resolve()
     repo = work / "triton_models"
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                      event_log=str(work / "events"), port=free_port(), rank_deadline_s=args.rank_deadline,
                      ingress_replicas=args.replicas)
     ports = config.ingress_replicas + SPARE_PORTS
-    os.environ.update(direct_ingress_env(free_ports(ports), ports))  # as `recsys serve` starts its local cluster
+    os.environ.update(direct_ingress_env(free_port_block(ports), ports))  # as `recsys serve` starts its local cluster
     triton = server.start(repo, ["dlrm"], run_dir=work / "triton")
     config = replace(config, triton_url=triton.grpc_url)
     ray.init(address="local", include_dashboard=False, log_to_driver=False)

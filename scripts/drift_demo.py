@@ -52,13 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.training.config import TrainConfig
     from recsys.training.job import run
     from serving.features import OnlineFeatures
-    from serving.launch import SPARE_PORTS, direct_ingress_env, free_ports, run_app
+    from serving.launch import SPARE_PORTS, direct_ingress_env, run_app
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out / 'mlflow.db'}"  # a registry of the demo's own
     ports = ServingConfig.ingress_replicas + SPARE_PORTS
-    os.environ.update(direct_ingress_env(free_ports(ports), ports))
+    os.environ.update(direct_ingress_env(server.free_port_block(ports), ports))
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     schema = load_schema()
     raw = yaml.safe_load(Path(args.data_config).read_text())["generator"]

@@ -52,32 +52,7 @@ def direct_ingress_ports() -> tuple[int, ...] | None:
     return tuple(range(int(low), int(high))) if low and high and int(high) > int(low) else None
 
 
-SPARE_PORTS = 2  # beyond one per ingress replica: a restarted replica may take a new port before the old is free
-
-
-def free_ports(n: int, attempts: int = 50) -> int:
-    """The first of ``n`` consecutive free ports on 127.0.0.1."""
-    import socket
-
-    for _ in range(attempts):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = probe.getsockname()[1]
-        if first + n > 65535:
-            continue
-        sockets = []
-        try:
-            for port in range(first, first + n):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RecsysError(f"found no {n} consecutive free ports on 127.0.0.1")
+SPARE_PORTS = 4  # beyond one per ingress replica: for replicas Ray starts again (it may block a port it found taken)
 
 
 @dataclass

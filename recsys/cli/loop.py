@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from recsys.schema import PROJECT_ROOT
 
@@ -58,6 +59,9 @@ def cmd_loop(args: argparse.Namespace) -> int:
     loop = Loop(load_loop_config(args.config, args.overrides), registry=args.registry)
     if args.loop_command == "status":
         return _status(loop)
+    # a W&B service inherited from the process that started this one would outlive a crash of this one and keep
+    # its run open ("run ID ... is in use" when the run resumes): this process starts its own
+    os.environ.pop("WANDB_SERVICE", None)
     force = args.now
     while True:
         cycle = loop.tick(force)

@@ -64,10 +64,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import ray
 
-    from recsys.deploy.server import free_port
+    from recsys.deploy.server import free_port, free_port_block
     from recsys.serving_config import from_args
     from serving import supervisor
-    from serving.launch import SPARE_PORTS, direct_ingress_env, free_ports, run_app
+    from serving.launch import SPARE_PORTS, direct_ingress_env, run_app
 
     app_args, http = serve_args(args.config, args.overrides)
     config = from_args(app_args)
@@ -84,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:  # a local cluster: replicas on ports of their own behind HAProxy, unless RAY_SERVE_THROUGHPUT_OPTIMIZED=0
         if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1") == "1":
             ports = config.ingress_replicas + SPARE_PORTS
-            os.environ.update(direct_ingress_env(free_ports(ports), ports))
+            os.environ.update(direct_ingress_env(free_port_block(ports), ports))
             proxy_port = free_port()
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
     running = run_app(config, host, proxy_port, run_dir=config.run_dir)

@@ -43,7 +43,17 @@ def worker_shards(n_shards: int, world: int, rank: int) -> list[int]:
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker (in-process: in the caller, its Python output in the run's logs)."""
+    from recsys.training.progress import output_in
+
+    if config["cfg"]["workers"] == 0 and config.get("quiet"):
+        with output_in(Path(config["run_dir"]) / LOG_DIR / "in-process.log"):
+            _train(config)
+    else:
+        _train(config)
+
+
+def _train(config: dict[str, Any]) -> None:
     import polars as pl
     import pytorch_lightning as L
     import ray.train

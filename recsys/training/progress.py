@@ -9,14 +9,36 @@ descriptors 1 and 2) goes to ``<run>/logs/worker-<rank>.log``; rank 0 appends it
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 PROGRESS_FILE = "progress.jsonl"
 LOG_DIR = "logs"
+
+
+@contextlib.contextmanager
+def output_in(path: Path) -> Iterator[None]:
+    """For an in-process run: this process's Python output (stdout, stderr, logging, warnings) to ``path`` while
+    it trains, then back (native code's own writes to the descriptors still reach the terminal)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    with open(path, "a") as out:
+        handler = logging.StreamHandler(out)
+        handlers, level = root.handlers[:], root.level
+        root.handlers = [handler]
+        logging.captureWarnings(True)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                yield
+        finally:
+            logging.captureWarnings(False)
+            root.handlers, root.level = handlers, level
 
 
 def send_output_to(path: Path) -> None:
@@ -37,6 +59,7 @@ class ProgressBar(threading.Thread):
         super().__init__(name="recsys-progress", daemon=True)
         self.path = Path(run_dir) / PROGRESS_FILE
         self.title, self.every_s = title, every_s
+        self._out = sys.stderr  # (an in-process run sends sys.stderr to its log while it trains: not the bar)
         self._halt = threading.Event()
         self._offset = self.path.stat().st_size if self.path.is_file() else 0  # (a resumed run's earlier lines)
         self._bar = None
@@ -57,7 +80,7 @@ class ProgressBar(threading.Thread):
         if row["kind"] == "step":
             total = max(1, row["steps"] * row["epochs"])
             if self._bar is None:
-                self._bar = tqdm(total=total, desc=self.title, unit="step", dynamic_ncols=True)
+                self._bar = tqdm(total=total, desc=self.title, unit="step", dynamic_ncols=True, file=self._out)
             self._bar.n = min(total, row["epoch"] * row["steps"] + row["step"])
             if row.get("loss") is not None:
                 self._bar.set_postfix_str(f"epoch {row['epoch'] + 1}/{row['epochs']}  loss {row['loss']:.4f}")
@@ -65,7 +88,10 @@ class ProgressBar(threading.Thread):
         else:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in sorted(row["metrics"].items()))
             line = f"  epoch {row['epoch'] + 1}/{row['epochs']}: {shown}"
-            (self._bar.write if self._bar is not None else print)(line)
+            if self._bar is not None:
+                self._bar.write(line, file=self._out)
+            else:
+                print(line, file=self._out, flush=True)
 
     def run(self) -> None:
         while not self._halt.wait(self.every_s):

@@ -13,12 +13,12 @@ from recsys.cli import main as recsys_main
 from recsys.config import load_config
 from recsys.data.features import META_USER
 from recsys.deploy import server
-from recsys.deploy.server import free_port
+from recsys.deploy.server import free_port, free_port_block
 from recsys.serving_config import ServingConfig
 from recsys.training.config import TrainConfig
 from recsys.training.job import run
 from serving.features import OnlineFeatures
-from serving.launch import SPARE_PORTS, direct_ingress_env, direct_ingress_ports, free_ports, healthy_ports, run_app
+from serving.launch import SPARE_PORTS, direct_ingress_env, direct_ingress_ports, healthy_ports, run_app
 from tests.conftest import ROOT
 
 TINY_TRAIN = ROOT / "configs" / "train" / "tiny.yaml"
@@ -32,7 +32,7 @@ def local_ray():
     started = not ray.is_initialized()
     if started:
         ports = INGRESS_REPLICAS + SPARE_PORTS
-        os.environ.update(direct_ingress_env(free_ports(ports), ports))
+        os.environ.update(direct_ingress_env(free_port_block(ports), ports))
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     if started:
@@ -45,13 +45,26 @@ def tiny_train_config(dataset, output, **overrides) -> TrainConfig:
 
 
 @pytest.fixture(scope="session")
-def dlrm_run(local_ray, tiny_dataset, tmp_path_factory):
-    return run("dlrm", tiny_train_config(tiny_dataset, tmp_path_factory.mktemp("train")))
+def tiny_runs(local_ray, tiny_dataset, tmp_path_factory) -> dict:
+    """Both tiny models trained on 2 Ray Train workers each, at the same time: most of a run is its processes
+    starting (importing torch, TorchRec, Lightning), which two runs can overlap on the 2-core machine."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    configs = {"dlrm": tiny_train_config(tiny_dataset, tmp_path_factory.mktemp("train")),
+               "two-tower": tiny_train_config(tiny_dataset, tmp_path_factory.mktemp("train"), batch_size=128)}
+    with ThreadPoolExecutor(2) as pool:
+        futures = {task: pool.submit(run, task, cfg, progress=False) for task, cfg in configs.items()}
+        return {task: f.result() for task, f in futures.items()}
 
 
 @pytest.fixture(scope="session")
-def two_tower_run(local_ray, tiny_dataset, tmp_path_factory):
-    return run("two-tower", tiny_train_config(tiny_dataset, tmp_path_factory.mktemp("train"), batch_size=128))
+def dlrm_run(tiny_runs):
+    return tiny_runs["dlrm"]
+
+
+@pytest.fixture(scope="session")
+def two_tower_run(tiny_runs):
+    return tiny_runs["two-tower"]
 
 
 # ---- the serving app on the tiny runs (one for the session: a module that changes what it serves puts it back) --

@@ -110,7 +110,7 @@ def test_drift_alert_retrain_canary_promote_and_ctr_recovers(stage, schema):
     with httpx.Client(base_url=stage["url"], trust_env=False, timeout=60.0) as client:
         shoppers = Shoppers(ShopWorld(stage["data"].generator), client, seed=3, known_users=known)
         scenario = DriftScenario(shoppers, monitor, work / "retrain.jsonl", visits_per_tick=40, baseline_ticks=8,
-                                 min_drift_ticks=8, after_ticks=10)
+                                 min_drift_ticks=8, after_ticks=10, loop_pause_s=0.3)
         scenario.run(start_loop, kill_once_after_the_ranker_trained, loop_timeout_s=3600)
         answer = client.post("/recommend", json={"user_id": next(iter(known)), "k": 5}).json()
     scenario.add_loop_moments(state_file)
