@@ -1,8 +1,9 @@
 """Hyperparameter sweeps: Ray Tune samples training-config values, each trial is a full training run.
 
 A trial is a Tune function trainable that launches the Ray Train job (``recsys.training.job.run``), the pattern
-Ray documents for Tune with Ray Train V2: Train's per-epoch reports reach Tune through ``TuneReportCallback``, and
-ASHA stops the trials that fall behind after ``grace_period`` epochs. Every trial is its own run folder under the
+Ray documents for Tune with Ray Train V2: Train's per-epoch reports reach Tune through ``TuneReportCallback`` (or,
+for a run in the trial's own process, ``ray.tune.report`` in its thread), and ASHA stops the trials that fall
+behind after ``grace_period`` epochs. Every trial is its own run folder under the
 sweep's folder and its own W&B run; the W&B runs of a sweep share one group, the sweep's name.
 
 Tune stops a trial by ending its process, which would kill the Train run mid-step: its W&B run unfinished, no
@@ -236,21 +237,46 @@ def _trial(values: dict[str, Any], task: str, base: dict[str, Any], sweep_dir: s
     from recsys.training.job import run
 
     name = ray.tune.get_context().get_trial_name()
+    cfg = replace(trial_config(base, values), output=sweep_dir, name=name)
     stop_file, finished = Path(sweep_dir) / name / STOP_FILE, threading.Event()
     _RUNNING[name] = (stop_file, finished)
+    report = TuneReportCallback() if cfg.workers else _report_in_this_thread(stop_file)
     try:
-        run(task, replace(trial_config(base, values), output=sweep_dir, name=name), group=group,
-            hyperparameters=values, callbacks=[TuneReportCallback()], stop_file=str(stop_file), progress=False)
+        run(task, cfg, group=group, hyperparameters=values, callbacks=[report], stop_file=str(stop_file),
+            progress=False)
     finally:
         finished.set()
 
 
+def _report_in_this_thread(stop_file: Path):
+    """Tune's report callback for a run in the trial's own thread (local mode): ``ray.tune.report`` there, which
+    waits until Tune has taken each epoch's metrics.
+
+    ``TuneReportCallback`` passes them through a queue actor whose timed ``get`` (``asyncio.wait_for`` on Python 3.11)
+    can drop an item that arrives as the wait times out: an epoch Tune never sees, a trial ASHA never judges. Once
+    the sweep has asked the run to stop, the partial epoch it ends with is not reported."""
+    import ray.tune
+    from ray.train import UserCallback
+
+    class ReportInThisThread(UserCallback):
+        def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+            if not stop_file.exists():
+                ray.tune.report(metrics[0])
+
+    return ReportInThisThread()
+
+
 def _stop_run(name: str) -> None:
     """Ask trial ``name``'s training run to stop at its next step, and wait until it has finished."""
+    from ray.train._internal.session import get_session
+
     stop_file, finished = _RUNNING.pop(name, (None, None))
     if stop_file and not finished.is_set():
         stop_file.parent.mkdir(parents=True, exist_ok=True)
         stop_file.touch()
+        # a run in this process waits in ray.tune.report for a next step Tune will not ask for: let it go on to
+        # the stop (Tune's own finish() releases it too, but with its stop event set, which exits the thread)
+        get_session().continue_lock.release()
         finished.wait(STOP_TIMEOUT_S)
 
 
