@@ -45,18 +45,14 @@ recsys data build --config "$config" --validated "$runs/data/validated/xyzshop" 
   | tee "$build_log"
 dataset=$(sed -n 's/^dataset ds-[0-9a-f]* .*: \(.*\)$/\1/p' "$build_log" | tail -1)
 rm -f "$build_log"
-for model in dlrm two-tower; do
-  echo
-  echo "== $([ $model = dlrm ] && echo 4 || echo 5)/8 train $model on Ray Train (2 workers, TorchRec sharding) and evaluate"
-  recsys train "$model" --config configs/train/default.yaml --dataset "$dataset" --workers 2 \
-    --set "name=demo-$model-$stamp"
-done
+echo
+echo "== 4-5/8 train the DLRM and the two-tower on Ray Train at the same time (2 workers each, TorchRec sharding)"
+echo "         and evaluate both beside popularity and the oracle"
+recsys train both --config configs/train/default.yaml --dataset "$dataset" --workers 2 \
+  --set "name=demo-{model}-$stamp"
 echo
 echo "== 6/8 export (ONNX, parity-checked; the item index) into the Triton model repository ($runs/triton_models)"
-for model in dlrm two-tower; do
-  recsys export "$runs/train/demo-$model-$stamp" --out "$runs/train/demo-$model-$stamp/export" \
-    --repository "$runs/triton_models"
-done
+recsys export "$runs/train/demo-dlrm-$stamp" "$runs/train/demo-two-tower-$stamp" --repository "$runs/triton_models"
 echo
 echo "== 7/8 serve on the real tritonserver and score a few real rows"
 recsys triton start --repository "$runs/triton_models" --run-dir "$runs/triton"

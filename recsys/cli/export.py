@@ -28,8 +28,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="Convert a trained model (a run folder or one of its checkpoints) to plain gather-based modules, "
                     "export them to ONNX with a dynamic batch axis, check ONNX Runtime against the trained model on "
                     "validation rows, and for the two-tower also write every item's embedding and an ANN index.")
-    p.add_argument("run", help="run folder (runs/train/<run>) or checkpoint folder (…/checkpoint.ckpt)")
-    p.add_argument("--out", help="output folder (default: <run folder>/export)")
+    p.add_argument("runs", nargs="+", metavar="run",
+                   help="run folder (runs/train/<run>) or checkpoint folder (…/checkpoint.ckpt); several: each in turn")
+    p.add_argument("--out", help="output folder (default: <run folder>/export; one run only)")
     p.add_argument("--tolerance", type=float, default=1e-5,
                    help="largest max-abs difference ONNX Runtime vs the trained model that passes (default 1e-5)")
     p.add_argument("--repository", help="also add the exported models as new versions to this Triton model "
@@ -68,7 +69,16 @@ def publish(run: str | Path, out: str | Path | None = None, repository: str | Pa
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    result, triton_versions, registered = publish(args.run, args.out, args.repository, args.register, args.registry,
+    if args.out and len(args.runs) > 1:
+        raise RecsysError(f"--out names one output folder, but {len(args.runs)} runs were given: leave it out (each "
+                          "export then goes to <run folder>/export)")
+    for run in args.runs:
+        _export_one(args, run)
+    return 0
+
+
+def _export_one(args: argparse.Namespace, run: str) -> None:
+    result, triton_versions, registered = publish(run, args.out, args.repository, args.register, args.registry,
                                                   args.tolerance)
     for name, folder in result.models.items():
         print(f"{name:<12} {folder / 'model.onnx'}  (parity: max abs diff {result.parity[name]:.2g})")
@@ -83,4 +93,3 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         print(f"registered {registered.task} version {registered.version} in {registry_uri(args.registry)} "
               f"(see `recsys models show {registered.version} --task {registered.task}`)")
-    return 0

@@ -259,17 +259,32 @@ def _ray_logs_to(path: Path) -> None:
         logger.propagate = False
 
 
+def ensure_ray(workers: int, quiet: bool = True) -> None:
+    """Connect to the running cluster (``RAY_ADDRESS``) or start a local one, unless this process has one;
+    ``quiet``: Ray's workers' output stays in their logs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    options = {"log_to_driver": not quiet, "logging_level": logging.WARNING if quiet else logging.INFO}
+    if os.environ.get("RAY_ADDRESS"):  # a running cluster (e.g. the serving one): its resources, not ours
+        ray.init(**options)
+    else:
+        ray.init(num_cpus=max(4, 2 * workers), include_dashboard=False, **options)
+
+
 def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: dict[str, Any] | None = None,
-        callbacks: list | None = None, stop_file: str | None = None, progress: bool = True) -> TrainResult:
+        callbacks: list | None = None, stop_file: str | None = None, progress: bool = True,
+        bar_position: int = 0) -> TrainResult:
     """Train ``task`` (dlrm | two-tower) on ``cfg.workers`` Ray workers; starts a local Ray if none runs.
 
     With ``progress`` (the CLI, the loop) the terminal shows a progress bar and a line per epoch; the workers'
     output and Ray's own log lines go to ``<run>/logs/``. A sweep trial passes ``progress=False``, its W&B
     ``group`` (the sweep), its sampled ``hyperparameters`` (added to the W&B config), extra Ray Train
     ``callbacks`` (Tune's report callback) and a ``stop_file``: training ends cleanly, at the next step, once that
-    file exists.
+    file exists. ``bar_position``: which line its progress bar takes, when several runs train at once.
     """
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -286,13 +301,7 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
     run_dir.mkdir(parents=True, exist_ok=True)
     if progress:
         _ray_logs_to(run_dir / LOG_DIR / "ray-driver.log")
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        quiet = {"log_to_driver": not progress, "logging_level": logging.WARNING if progress else logging.INFO}
-        if os.environ.get("RAY_ADDRESS"):  # a running cluster (e.g. the serving one): its resources, not ours
-            ray.init(**quiet)
-        else:
-            ray.init(num_cpus=max(4, cfg.workers + 2), include_dashboard=False, **quiet)
+    ensure_ray(cfg.workers, progress)
     if progress:
         where = (f"on {cfg.workers} Ray Train worker(s); their output and Ray's: {run_dir / LOG_DIR}" if cfg.workers
                  else "in this process (Ray Train's local mode)")
@@ -313,7 +322,7 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
     )
     if cfg.workers == 0 and callbacks:
         _IN_PROCESS_CALLBACKS[str(run_dir)] = list(callbacks)
-    bar = ProgressBar(run_dir, f"{task} {name}") if progress else None
+    bar = ProgressBar(run_dir, f"{task} {name}", position=bar_position) if progress else None
     if bar is not None:
         bar.start()
     try:

@@ -55,10 +55,10 @@ def send_output_to(path: Path) -> None:
 class ProgressBar(threading.Thread):
     """In the driver: follows ``<run>/progress.jsonl`` and draws it (tqdm) until `stop`."""
 
-    def __init__(self, run_dir: str | Path, title: str, every_s: float = 0.5):
+    def __init__(self, run_dir: str | Path, title: str, every_s: float = 0.5, position: int = 0):
         super().__init__(name="recsys-progress", daemon=True)
         self.path = Path(run_dir) / PROGRESS_FILE
-        self.title, self.every_s = title, every_s
+        self.title, self.every_s, self.position = title, every_s, position
         self._out = sys.stderr  # (an in-process run sends sys.stderr to its log while it trains: not the bar)
         self._halt = threading.Event()
         self._offset = self.path.stat().st_size if self.path.is_file() else 0  # (a resumed run's earlier lines)
@@ -80,7 +80,8 @@ class ProgressBar(threading.Thread):
         if row["kind"] == "step":
             total = max(1, row["steps"] * row["epochs"])
             if self._bar is None:
-                self._bar = tqdm(total=total, desc=self.title, unit="step", dynamic_ncols=True, file=self._out)
+                self._bar = tqdm(total=total, desc=self.title, unit="step", dynamic_ncols=True, file=self._out,
+                                 position=self.position)
             self._bar.n = min(total, row["epoch"] * row["steps"] + row["step"])
             if row.get("loss") is not None:
                 self._bar.set_postfix_str(f"epoch {row['epoch'] + 1}/{row['epochs']}  loss {row['loss']:.4f}")
