@@ -32,8 +32,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     sub = train.add_subparsers(dest="model", metavar="<model>", required=True)
     for model, help_text in (("dlrm", "the DLRM click ranker (ranking examples)"),
                              ("two-tower", "the two-tower retriever (retrieval examples)"),
-                             ("both", "both models at the same time, on the same cluster (their start-up overlaps); "
-                                      "a {model} in --set name=... becomes each model's name")):
+                             ("both", "both models at the same time, on the same cluster (their start-up overlaps; "
+                                      "with --workers 0 one after the other); a {model} in --set name=... becomes "
+                                      "each model's name")):
         add_arguments(sub.add_parser(model, help=help_text, description=f"Train {help_text}."))
     train.set_defaults(func=cmd_train)
 
@@ -75,21 +76,15 @@ def summary(result) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from recsys.training.job import ensure_ray, run  # torch, TorchRec and Ray load only when training
+    from recsys.training.job import run, run_together  # torch, TorchRec and Ray load only when training
 
     if args.model != "both":
         cfg = config_from(args)
         print(summary(run(args.model, replace(cfg, name=cfg.name.replace("{model}", args.model)))))
         return 0
-    from concurrent.futures import ThreadPoolExecutor
-
     base = config_from(args)
-    configs = {m: replace(base, name=base.name.replace("{model}", m) if base.name else "") for m in MODELS}
-    ensure_ray(base.workers)
-    with ThreadPoolExecutor(len(configs)) as pool:
-        futures = {m: pool.submit(run, m, cfg, bar_position=n) for n, (m, cfg) in enumerate(configs.items())}
-        results = [futures[m].result() for m in configs]
-    print("\n\n".join(summary(r) for r in results))
+    results = run_together({m: replace(base, name=base.name.replace("{model}", m)) for m in MODELS})
+    print("\n\n".join(summary(r) for r in results.values()))
     return 0
 
 

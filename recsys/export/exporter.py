@@ -15,6 +15,7 @@ TorchRec's. Output layout (``out``)::
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -55,6 +56,8 @@ def export_onnx(module: torch.nn.Module, signature: ModelSignature, example: dic
     names = [s.name for s in signature.inputs]
     outputs = [s.name for s in signature.outputs]
     args = tuple(torch.from_numpy(example[n]) for n in names)
+    # torch's one-time note, when TorchRec's modules ask is_fx_tracing(), that the call means two things now
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     with torch.no_grad(), warnings.catch_warnings():
         # the legacy exporter's notes on deprecation and on aten::index (ids are never negative here)
         warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))

@@ -16,6 +16,7 @@ unsharded model in one process, and a resumed run may use another plan.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,8 @@ def load_model(path: str | Path):
     else:
         model = TwoTower(schema, meta["cardinalities"], cfg.two_tower)
     weights = {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
-    dcp.load({"model": weights}, checkpoint_id=Path(path), no_dist=True)
+    with warnings.catch_warnings():  # (DCP's note that it loads in one process, which no_dist asks for)
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load({"model": weights}, checkpoint_id=Path(path), no_dist=True)
     model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in weights.items()})
     return model.eval(), meta

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -259,19 +260,23 @@ def _ray_logs_to(path: Path) -> None:
         logger.propagate = False
 
 
+_RAY_STARTING = threading.Lock()  # (runs trained at once, in threads, start one cluster)
+
+
 def ensure_ray(workers: int, quiet: bool = True) -> None:
     """Connect to the running cluster (``RAY_ADDRESS``) or start a local one, unless this process has one;
     ``quiet``: Ray's workers' output stays in their logs."""
     import ray
 
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    options = {"log_to_driver": not quiet, "logging_level": logging.WARNING if quiet else logging.INFO}
-    if os.environ.get("RAY_ADDRESS"):  # a running cluster (e.g. the serving one): its resources, not ours
-        ray.init(**options)
-    else:
-        ray.init(num_cpus=max(4, 2 * workers), include_dashboard=False, **options)
+    with _RAY_STARTING:
+        if ray.is_initialized():
+            return
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        options = {"log_to_driver": not quiet, "logging_level": logging.WARNING if quiet else logging.INFO}
+        if os.environ.get("RAY_ADDRESS"):  # a running cluster (e.g. the serving one): its resources, not ours
+            ray.init(**options)
+        else:  # room for two runs' workers at once (`recsys train both`)
+            ray.init(num_cpus=max(4, 2 * workers), include_dashboard=False, **options)
 
 
 def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: dict[str, Any] | None = None,
@@ -342,3 +347,17 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
     return TrainResult(task=task, dataset_id=dataset.id, metrics=summary["metrics"], baselines=summary["baselines"],
                        epoch_losses=summary["epoch_losses"], sharding=summary["sharding"], path=str(run_dir),
                        checkpoint=summary["checkpoint"], resumed=summary["resumed"])
+
+
+def run_together(configs: dict[str, TrainConfig], progress: bool = True) -> dict[str, TrainResult]:
+    """Train several models (task -> its config) at once on one cluster, each from a thread of this process: most
+    of a run is its processes starting (importing torch, TorchRec, Lightning), which runs can overlap. Runs in this
+    process (``workers: 0``) train one after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if any(cfg.workers == 0 for cfg in configs.values()):
+        return {task: run(task, cfg, progress=progress) for task, cfg in configs.items()}
+    with ThreadPoolExecutor(len(configs)) as pool:
+        futures = {task: pool.submit(run, task, cfg, progress=progress, bar_position=n)
+                   for n, (task, cfg) in enumerate(configs.items())}
+        return {task: future.result() for task, future in futures.items()}

@@ -16,7 +16,7 @@ from recsys.deploy import server
 from recsys.deploy.server import free_port, free_port_block
 from recsys.serving_config import ServingConfig
 from recsys.training.config import TrainConfig
-from recsys.training.job import run
+from recsys.training.job import run_together
 from serving.features import OnlineFeatures
 from serving.launch import SPARE_PORTS, direct_ingress_env, direct_ingress_ports, healthy_ports, run_app
 from tests.conftest import ROOT
@@ -46,15 +46,10 @@ def tiny_train_config(dataset, output, **overrides) -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def tiny_runs(local_ray, tiny_dataset, tmp_path_factory) -> dict:
-    """Both tiny models trained on 2 Ray Train workers each, at the same time: most of a run is its processes
-    starting (importing torch, TorchRec, Lightning), which two runs can overlap on the 2-core machine."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    configs = {"dlrm": tiny_train_config(tiny_dataset, tmp_path_factory.mktemp("train")),
-               "two-tower": tiny_train_config(tiny_dataset, tmp_path_factory.mktemp("train"), batch_size=128)}
-    with ThreadPoolExecutor(2) as pool:
-        futures = {task: pool.submit(run, task, cfg, progress=False) for task, cfg in configs.items()}
-        return {task: f.result() for task, f in futures.items()}
+    """Both tiny models trained on 2 Ray Train workers each, at the same time (as `recsys train both` trains)."""
+    return run_together({"dlrm": tiny_train_config(tiny_dataset, tmp_path_factory.mktemp("train")),
+                         "two-tower": tiny_train_config(tiny_dataset, tmp_path_factory.mktemp("train"),
+                                                        batch_size=128)}, progress=False)
 
 
 @pytest.fixture(scope="session")

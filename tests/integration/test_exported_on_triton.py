@@ -1,6 +1,8 @@
 """The trained models end to end: checkpoint -> `recsys export --repository` -> the real tritonserver, whose
 answers over HTTP and gRPC match the trained TorchRec models on real rows within 1e-5."""
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -22,11 +24,19 @@ pytestmark = pytest.mark.integration
 def served(dlrm_run, two_tower_run, tmp_path_factory):
     work = tmp_path_factory.mktemp("served")
     repo = work / "triton_models"
-    for run in (dlrm_run, two_tower_run):
-        assert recsys_main(["export", run.path, "--out", str(work / run.task), "--repository", str(repo)]) == 0
+    # both runs in one call, each into <run>/export, as the demo exports them
+    assert recsys_main(["export", dlrm_run.path, two_tower_run.path, "--repository", str(repo)]) == 0
+    assert all((Path(run.path) / "export" / "export.json").is_file() for run in (dlrm_run, two_tower_run))
     info = server.start(repo, ["dlrm", "query_tower"], run_dir=work / "server")
     yield repo, info
     server.stop(work / "server")
+
+
+def test_one_output_folder_for_several_runs_is_one_clear_error(dlrm_run, two_tower_run, tmp_path, capsys):
+    assert recsys_main(["export", dlrm_run.path, two_tower_run.path, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out names one output folder, but 2 runs were given") and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
