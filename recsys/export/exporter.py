@@ -36,6 +36,9 @@ from recsys.export.signature import ModelSignature, TensorSpec, serving_inputs
 from recsys.models.inputs import InputSpec, make_batch
 from recsys.training.checkpoint import load_model
 
+# torch's one-time note, when TorchRec's modules ask is_fx_tracing(), that the call now means two things
+logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
 OPSET = 17
 PARITY_ROWS = 2048
 
@@ -56,8 +59,6 @@ def export_onnx(module: torch.nn.Module, signature: ModelSignature, example: dic
     names = [s.name for s in signature.inputs]
     outputs = [s.name for s in signature.outputs]
     args = tuple(torch.from_numpy(example[n]) for n in names)
-    # torch's one-time note, when TorchRec's modules ask is_fx_tracing(), that the call means two things now
-    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     with torch.no_grad(), warnings.catch_warnings():
         # the legacy exporter's notes on deprecation and on aten::index (ids are never negative here)
         warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))

@@ -310,7 +310,7 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
     if progress:
         where = (f"on {cfg.workers} Ray Train worker(s); their output and Ray's: {run_dir / LOG_DIR}" if cfg.workers
                  else "in this process (Ray Train's local mode)")
-        print(f"training {task} {where}", flush=True)
+        print(f"training {task} {where}\n", end="", flush=True)  # (one write: runs print from threads)
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"task": task, "cfg": asdict(cfg), "run_dir": str(run_dir), "code_version": code_version(),
