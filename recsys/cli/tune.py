@@ -55,7 +55,8 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from recsys.training.sweep import load_sweep, sweep  # Ray Tune, torch and TorchRec load only when sweeping
+    from recsys.training.sweep import sweep  # Ray Tune, torch and TorchRec load only when sweeping
+    from recsys.training.sweep_config import load_sweep
 
     print(sweep(load_sweep(args.config, overrides_from(args))).table())
     return 0

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from recsys.training.sweep import load_sweep, sweep
+from recsys.training.sweep import sweep
+from recsys.training.sweep_config import load_sweep
 from tests.conftest import ROOT
 from tests.wandb_records import run_info
 
