@@ -76,7 +76,7 @@ def measure(front: str, args: argparse.Namespace) -> dict:
     from recsys.cli import main as recsys_main
     from recsys.data.dataset import Dataset
     from recsys.deploy import server
-    from recsys.deploy.server import free_port, free_port_block
+    from recsys.deploy.ports import free_port, free_port_block
     from recsys.schema import load_schema
     from recsys.serving_config import ServingConfig
     from recsys.training.job import newest_dataset

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.cli import main as recsys_main
     from recsys.cli.export import final_checkpoint
     from recsys.deploy import server
-    from recsys.deploy.server import free_port, free_port_block
+    from recsys.deploy.ports import free_port, free_port_block
     from recsys.serving_config import ServingConfig
     from serving.launch import SPARE_PORTS, direct_ingress_env, run_app, wait_healthy
 

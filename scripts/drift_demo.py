@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.config import DataConfig, load_config
     from recsys.data.generate import ShopWorld
     from recsys.deploy import server
+    from recsys.deploy.ports import free_port, free_port_block
     from recsys.retrain.scenario import (
         DriftScenario,
         monitor_factory,
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out / 'mlflow.db'}"  # a registry of the demo's own
     ports = ServingConfig.ingress_replicas + SPARE_PORTS
-    os.environ.update(direct_ingress_env(server.free_port_block(ports), ports))
+    os.environ.update(direct_ingress_env(free_port_block(ports), ports))
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     schema = load_schema()
     raw = yaml.safe_load(Path(args.data_config).read_text())["generator"]
@@ -71,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
                     before_events=cfg.generator.target_events * cfg.generator.drift.start_day // cfg.generator.days,
                     progress=True)
     config = ServingConfig(dataset=str(stage.dataset.path), retrieval_export=str(out / "two-tower"),
-                           triton_url=stage.triton.grpc_url, event_log=str(out / "events"), port=server.free_port(),
+                           triton_url=stage.triton.grpc_url, event_log=str(out / "events"), port=free_port(),
                            rollout_file=str(stage.rollout_file), rollout_poll_s=0.5)
     loop_config = write_loop_config(stage, config.event_log, Path(args.train_config), canary={
         "share": 0.5, "min_impressions": args.min_impressions, "alpha": 0.05, "max_wait_minutes": 30, "poll_s": 2.0})
     running = None
     try:
-        running = run_app(config, "127.0.0.1", proxy_port=server.free_port(), run_dir=out / "run")
+        running = run_app(config, "127.0.0.1", proxy_port=free_port(), run_dir=out / "run")
         url = running.url
         print(f"== serving on {url}; simulated shoppers visit, then their tastes shift")
         monitor = monitor_factory(stage, config.event_log, ROOT / "configs" / "monitoring" / "alerts.yaml",

@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import ray
 
-    from recsys.deploy.server import free_port, free_port_block
+    from recsys.deploy.ports import free_port, free_port_block
     from recsys.serving_config import from_args
     from serving import supervisor
     from serving.launch import SPARE_PORTS, direct_ingress_env, run_app

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -32,11 +31,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from recsys.deploy.ports import HOST, free_port
 from recsys.deploy.repository import CPU_CONFIG_NAME, models
 from recsys.errors import RecsysError
 from recsys.io import atomic_write_text
 
-HOST = "127.0.0.1"
 STATE_FILE = "server.json"
 LOG_FILE = "tritonserver.log"
 CONFIG_NAMES = ("auto", "cpu", "default")
@@ -145,50 +144,6 @@ def resolve_config_name(config_name: str, backends: Path) -> str:
 
 
 # ---------------------------------------------------------------- processes
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    """The range the kernel picks client connections' source ports from."""
-    try:
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-        return low, high
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-# Ports for servers come from below the kernel's ephemeral range (and above Ray's worker ports, 10002-19999): a
-# port there can be taken by any outgoing connection's source port, so a server restarted on its old port (Triton
-# under the supervisor, an ingress replica Ray starts again) could find it taken.
-SERVER_PORTS = (20000, 32000)
-
-
-def free_port_block(n: int = 1, attempts: int = 200) -> int:
-    """The first of ``n`` consecutive ports on 127.0.0.1 that are free now, outside the ephemeral range."""
-    import random
-
-    low, high = SERVER_PORTS
-    ephemeral = _ephemeral_range()
-    if not (high <= ephemeral[0] or low > ephemeral[1]):  # an unusual kernel setting: anywhere will do
-        low, high = 1024, 65535 - n
-    for _ in range(attempts):
-        first = random.randint(low, high - n)
-        sockets = []
-        try:
-            for port in range(first, first + n):
-                sockets.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                sockets[-1].bind((HOST, port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RecsysError(f"found no {n} consecutive free port(s) in {low}-{high} on {HOST}")
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that is free now (see `free_port_block`)."""
-    return free_port_block(1)
 
 
 def _proc_stat(pid: int) -> list[str] | None:

@@ -206,7 +206,7 @@ def _one_process_group() -> None:
 
     if dist.is_initialized():
         return
-    from recsys.deploy.server import free_port
+    from recsys.deploy.ports import free_port
 
     # (an address of its own rather than the torchrun variables, which Ray Train's local mode would take for a
     # multi-process launch)

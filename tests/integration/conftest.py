@@ -13,7 +13,7 @@ from recsys.cli import main as recsys_main
 from recsys.config import load_config
 from recsys.data.features import META_USER
 from recsys.deploy import server
-from recsys.deploy.server import free_port, free_port_block
+from recsys.deploy.ports import free_port, free_port_block
 from recsys.serving_config import ServingConfig
 from recsys.training.config import TrainConfig
 from recsys.training.job import run_together

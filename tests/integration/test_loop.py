@@ -20,7 +20,7 @@ import ray
 from recsys.config import DataConfig, load_config
 from recsys.data.generate import ShopWorld
 from recsys.deploy import rollout, server
-from recsys.deploy.server import free_port
+from recsys.deploy.ports import free_port
 from recsys.registry import list_versions
 from recsys.retrain.scenario import (
     RETRAINING_RULES,
