@@ -34,57 +34,13 @@ from typing import Any
 
 from recsys.config import load_config
 from recsys.errors import RecsysError
-from recsys.io import atomic_write_text
 from recsys.retrain.config import RANKER, LoopConfig
+from recsys.retrain.state import LoopState, timestamp
 from recsys.retrain.verdict import CanaryCounts, ctr_test
 
 log = logging.getLogger(__name__)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-# ---- state ----------------------------------------------------------------------------------------------------------
-class LoopState:
-    """``<work_dir>/state.json``: the cycle in progress (its finished steps) and the finished cycles."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data: dict[str, Any] = {"current": None, "cycles": [], "triggers_seen": 0}
-        if path.is_file():
-            try:
-                self.data = json.loads(path.read_text())
-            except ValueError as exc:
-                raise RecsysError(f"{path} is not a loop state (fix or remove it): {exc}") from exc
-
-    def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.data, indent=2, default=str), fsync=True)
-
-    @property
-    def current(self) -> dict[str, Any] | None:
-        return self.data["current"]
-
-    def done(self, step: str) -> dict[str, Any] | None:
-        return (self.current or {}).get("steps", {}).get(step)
-
-    def finish_step(self, step: str, result: dict[str, Any]) -> dict[str, Any]:
-        assert self.current is not None
-        self.current["steps"][step] = {"finished_at": _now(), **result}
-        self.save()
-        return self.current["steps"][step]
-
-    def end_cycle(self, outcome: str, detail: str) -> dict[str, Any]:
-        cycle = self.current
-        assert cycle is not None
-        cycle |= {"outcome": outcome, "detail": detail, "ended_at": _now()}
-        self.data["cycles"].append(cycle)
-        self.data["current"] = None
-        self.save()
-        return cycle
-
-
-# ---- the loop -------------------------------------------------------------------------------------------------------
 class Loop:
     def __init__(self, cfg: LoopConfig, registry: str | None = None, echo: Callable[[str], None] = print):
         self.cfg, self.registry, self.echo = cfg, registry, echo
@@ -121,7 +77,7 @@ class Loop:
         path = Path(self.cfg.trigger_file)
         seen = len([x for x in path.read_text().splitlines() if x.strip()]) if path.is_file() else 0
         cycle_id = f"cycle-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-        self.state.data |= {"current": {"id": cycle_id, "reason": reason, "started_at": _now(), "steps": {}},
+        self.state.data |= {"current": {"id": cycle_id, "reason": reason, "started_at": timestamp(), "steps": {}},
                             "triggers_seen": seen}
         self.state.save()
         self.echo(f"{cycle_id}: started ({reason})")
@@ -317,7 +273,7 @@ class Loop:
             raise RecsysError(f"the registry's {RANKER} candidate is not v{version} any more (moved by hand?)")
         state = self._rollout(self.cfg.canary.share, f"recsys loop {self.state.current['id']}: canary v{version} "
                               f"for {self.cfg.canary.share:.0%} of users", "canary")
-        return {"since": _now(), "triton_version": state.candidate, "share": state.candidate_share,
+        return {"since": timestamp(), "triton_version": state.candidate, "share": state.candidate_share,
                 "summary": f"{RANKER} v{version} (Triton version {state.candidate}) serves "
                            f"{state.candidate_share:.0%} of users"}
 
