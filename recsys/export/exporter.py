@@ -15,7 +15,6 @@ TorchRec's. Output layout (``out``)::
 from __future__ import annotations
 
 import json
-import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ import onnx
 import polars as pl
 import torch
 
+from recsys import framework_notes
 from recsys.data.dataset import Dataset
 from recsys.data.features import META_ITEM
 from recsys.errors import RecsysError
@@ -36,8 +36,7 @@ from recsys.export.signature import ModelSignature, TensorSpec, serving_inputs
 from recsys.models.inputs import InputSpec, make_batch
 from recsys.training.checkpoint import load_model
 
-# torch's one-time note, when TorchRec's modules ask is_fx_tracing(), that the call now means two things
-logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+framework_notes.quiet()
 
 OPSET = 17
 PARITY_ROWS = 2048

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from recsys import framework_notes
 from recsys.config import from_dict
 from recsys.data.dataset import Dataset
 from recsys.errors import RecsysError
@@ -74,8 +75,7 @@ def _train(config: dict[str, Any]) -> None:
     from recsys.training.progress import PROGRESS_FILE, send_output_to
     from recsys.training.strategy import OneProcess, TorchRecStrategy
 
-    # fbgemm logs every embedding kernel's full argument list at INFO on the root logger
-    logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("[TBE="))
+    framework_notes.quiet()
     task, cfg = config["task"], from_dict(TrainConfig, config["cfg"])
     run_dir = Path(config["run_dir"])
     in_process = cfg.workers == 0  # Ray Train's local mode: this is the driver's (or a Tune trial's) own process

@@ -90,12 +90,14 @@ def _report_in_this_thread(stop_file: Path):
     return ReportInThisThread()
 
 
-def _stop_run(name: str) -> None:
-    """Ask trial ``name``'s training run to stop at its next step, and wait until it has finished."""
+def _stop_runs() -> None:
+    """Ask the training run of this process's trial to stop at its next step, and wait until it has finished."""
     from ray.train._internal.session import get_session
 
-    stop_file, finished = _RUNNING.pop(name, (None, None))
-    if stop_file and not finished.is_set():
+    while _RUNNING:
+        _, (stop_file, finished) = _RUNNING.popitem()
+        if finished.is_set():
+            continue
         stop_file.parent.mkdir(parents=True, exist_ok=True)
         stop_file.touch()
         # a run in this process waits in ray.tune.report for a next step Tune will not ask for: let it go on to
@@ -105,11 +107,16 @@ def _stop_run(name: str) -> None:
 
 
 class _StopsItsRun:
-    """Mixed into a trial's Tune trainable: when Tune stops the trial, its training run stops cleanly first."""
+    """Mixed into a trial's Tune trainable: when Tune stops the trial, or hands its process to the next trial
+    (``reuse_actors``), its training run stops cleanly first."""
 
     def cleanup(self) -> None:
-        _stop_run(self.trial_name)
+        _stop_runs()
         super().cleanup()
+
+    def reset_config(self, new_config: dict) -> bool:
+        _stop_runs()
+        return super().reset_config(new_config)
 
 
 def _trainable(cfg: SweepConfig, base: dict[str, Any], sweep_dir: Path, group: str):
@@ -239,7 +246,10 @@ def sweep(cfg: SweepConfig) -> SweepResult:
                                     # Tune's own max_concurrent_trials is ignored beside a given search_alg
                                     search_alg=BasicVariantGenerator(max_concurrent=cfg.max_concurrent,
                                                                      random_state=cfg.seed),
-                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                                    # the next trial runs in the last one's process: torch, TorchRec and
+                                    # Lightning already imported (a run in that process needs nothing else)
+                                    reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(sweep_dir), name="tune"),
     )
     grid = tuner.fit()
