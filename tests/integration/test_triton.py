@@ -283,6 +283,40 @@ def test_unload_and_load_again(triton):
         client.close()
 
 
+def test_the_ranker_client_ranks_on_its_first_call_once_a_restarted_server_is_back(repo, tmp_path):
+    """The app's gRPC client fails while Triton is down and ranks again on its very next call once Triton is back
+    on its ports. gRPC shares a subchannel, with its reconnect backoff, between a process's channels to one
+    address: while another channel held it, a new client kept failing fast ("Connection refused") for a second or
+    more after the server was back (the app answered degraded after /readyz had said ready)."""
+    import asyncio
+
+    from serving.ranker import TritonRanker
+
+    data = batch(5)
+    expected = onnx_scores(repo, 1, data).reshape(-1)
+    first = server.start(repo, ["ranker"], run_dir=tmp_path)
+    ranker = TritonRanker(first.grpc_url, "ranker", "1", timeout_s=5.0)
+    probe = grpcclient.InferenceServerClient(first.grpc_url)  # another client to the same address, kept open
+    loop = asyncio.new_event_loop()
+    try:
+        assert probe.is_server_live()
+        np.testing.assert_allclose(loop.run_until_complete(ranker.rank(data))[0], expected, atol=1e-5)
+        server.stop(tmp_path)
+        down = loop.run_until_complete(ranker.rank_within_deadline(data, None, 5.0))
+        assert down.scores is None and down.note.startswith("ranker unavailable"), down
+        assert not loop.run_until_complete(ranker.ready(1.0))
+        server.start(repo, ["ranker"], run_dir=tmp_path, http_port=first.http_port, grpc_port=first.grpc_port,
+                     metrics_port=first.metrics_port)
+        assert loop.run_until_complete(ranker.ready(1.0))
+        back = loop.run_until_complete(ranker.rank_within_deadline(data, None, 5.0))
+        assert back.scores is not None, back.note
+        np.testing.assert_allclose(back.scores, expected, atol=1e-5)
+    finally:
+        loop.close()
+        probe.close()
+        server.stop(tmp_path)
+
+
 def test_stop_leaves_no_process(triton):
     out = recsys("triton", "stop", "--run-dir", triton.run_dir).stdout
     assert f"tritonserver (pid {triton.pid}) stopped" in out
