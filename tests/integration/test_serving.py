@@ -365,10 +365,11 @@ def test_degraded_when_triton_stops_and_recovers_when_it_returns(app, http):
     server.start(Path(info.repository), ["dlrm"], run_dir=app.work / "triton", http_port=info.http_port,
                  grpc_port=info.grpc_port, metrics_port=info.metrics_port)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and http.get("/readyz").status_code != 200:
+    while http.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the app not ready within 60 s of Triton's restart"
         time.sleep(0.5)
     answer = recommend(http, user_id=user, k=6)
-    assert not answer["degraded"] and answer["items"][0]["score"] is not None
+    assert not answer["degraded"] and answer["items"][0]["score"] is not None, answer
 
 
 
