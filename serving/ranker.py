@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,11 +57,11 @@ class TritonRanker:
             self._client = grpcclient.InferenceServerClient(self.url, channel_args=_channel_args())
         return self._client
 
-    async def _drop(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):  # a broken channel may fail to close; it is dropped either way
-                await client.close()
+    def _drop(self) -> None:
+        """The next call makes a new client. The old one is not closed here: closing a gRPC channel cancels the
+        calls other requests still have in flight on it (they raised CancelledError: a 500); it closes itself
+        once the last of them is done and nothing holds it."""
+        self._client = None
 
     async def rank(self, inputs: dict[str, np.ndarray], version: str | None = None) -> tuple[np.ndarray, str]:
         """Scores ``(n,)`` for one request's candidates, and the model version that gave them (``version``:
@@ -79,7 +78,7 @@ class TritonRanker:
                                                  model_version=self.version if version is None else version,
                                                  client_timeout=self.timeout_s)
         except Exception:
-            await self._drop()
+            self._drop()
             raise
         response = result.get_response()
         output = response.outputs[0].name
@@ -90,6 +89,10 @@ class TritonRanker:
         """`rank`, or why it gave nothing within ``deadline_s`` (never raises)."""
         try:
             scores, model = await asyncio.wait_for(self.rank(inputs, version), deadline_s)
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # this request is being cancelled: let it be
+                raise
+            return Ranking("", None, note="ranker unavailable (its gRPC call was cancelled)")
         except Exception as exc:
             why = ("ranker slower than the deadline" if isinstance(exc, TimeoutError)
                    else f"ranker unavailable ({type(exc).__name__}: {str(exc)[:300]})")
@@ -108,7 +111,7 @@ class TritonRanker:
                     return False
             return True
         except Exception:  # not ready, whatever the reason
-            await self._drop()
+            self._drop()
             return False
 
     async def input_names(self, timeout_s: float) -> list[str]:

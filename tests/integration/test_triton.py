@@ -317,6 +317,33 @@ def test_the_ranker_client_ranks_on_its_first_call_once_a_restarted_server_is_ba
         server.stop(tmp_path)
 
 
+def test_a_failing_call_does_not_cancel_the_calls_in_flight_beside_it(triton, repo):
+    """One request's failed call replaces the app's shared gRPC client; the calls other requests have in flight
+    on the old one still answer (closing it cancelled them: CancelledError out of the ranker, a 500 when Triton
+    died under load)."""
+    import asyncio
+
+    from serving.ranker import TritonRanker
+
+    good, bad = batch(200), {**batch(3), "user_id": np.zeros((3, 7), dtype=np.int64)}  # a shape Triton refuses
+    ranker = TritonRanker(triton.grpc_url, "ranker", "1", timeout_s=10.0)
+
+    async def requests() -> list:
+        out = []
+        for delay in [0, 0.0005, 0.001, 0.002, 0.004] * 4:  # the failure lands at different points of the calls
+            in_flight = [asyncio.ensure_future(ranker.rank_within_deadline(good, None, 10.0)) for _ in range(3)]
+            await asyncio.sleep(delay)
+            failed = await ranker.rank_within_deadline(bad, None, 10.0)
+            assert failed.scores is None and failed.note.startswith("ranker unavailable"), failed
+            out += await asyncio.gather(*in_flight, return_exceptions=True)
+        return out
+
+    answers = asyncio.run(requests())
+    assert [type(a).__name__ for a in answers if not hasattr(a, "scores")] == []  # nothing raised
+    assert [a.note for a in answers if a.scores is None] == []  # and every one ranked
+    np.testing.assert_allclose(answers[0].scores, onnx_scores(repo, 1, good).reshape(-1), atol=1e-5)
+
+
 def test_stop_leaves_no_process(triton):
     out = recsys("triton", "stop", "--run-dir", triton.run_dir).stdout
     assert f"tritonserver (pid {triton.pid}) stopped" in out
