@@ -104,6 +104,9 @@ curl -fs "http://127.0.0.1:$port/readyz" >/dev/null || { echo "the app did not b
 echo "  app ready on http://127.0.0.1:$port (OpenAPI at /docs)"
 python scripts/demo_report.py --url "http://127.0.0.1:$port" --dataset "$dataset" \
   --dlrm-run "$runs/train/demo-dlrm-$stamp" --two-tower-run "$runs/train/demo-two-tower-$stamp" --out "$runs/report"
+echo "  what shoppers would click (scripts/bench_quality.py: the app's lists under the generator's click model):"
+python scripts/bench_quality.py --url "http://127.0.0.1:$port" --dataset "$dataset" --users 300 \
+  --out "$runs/report" | sed 's/^/  /'
 if [ "$keep_serving" = 1 ]; then
   echo
   echo "serving on http://127.0.0.1:$port (POST /recommend, POST /feedback, /docs) with Triton at $grpc_url;"

@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  per stage (median ms): " + ", ".join(f"{k} {np.median(v):.1f}" for k, v in stages.items()))
 
     d, t = runs["dlrm"], runs["two-tower"]
-    rows = [("DLRM test AUC", d["metrics"]["test/auc"], d["baselines"]["popularity_auc"],
-             d["baselines"].get("oracle_auc"))]
+    rows = [(f"DLRM test {metric.upper()}", d["metrics"][f"test/{metric}"], d["baselines"][f"popularity_{metric}"],
+             d["baselines"].get(f"oracle_{metric}")) for metric in ("auc", "gauc") if f"test/{metric}" in d["metrics"]]
     for k in (10, 50, 100):
         rows.append((f"two-tower recall@{k}", t["metrics"][f"test/recall@{k}"],
                      t["baselines"][f"popularity_recall@{k}"], t["baselines"].get(f"oracle_recall@{k}")))

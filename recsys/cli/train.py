@@ -52,13 +52,15 @@ def summary(result) -> str:
     lines = [f"{result.task} trained on dataset {result.dataset_id}",
              "  loss per epoch: " + " -> ".join(f"{x:.4f}" for x in result.epoch_losses)]
     lines += [f"  {k:<24} {v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith(("val/", "test/"))]
-    if "test/auc" in result.metrics and result.baselines:
-        lines.append("  test AUC: model {:.4f} | popularity {:.4f}".format(result.metrics["test/auc"],
-                                                                         result.baselines["popularity_auc"])
-                     + (" | oracle {:.4f} (model reaches {:.1%} of the oracle's lift over chance)".format(
-                         result.baselines["oracle_auc"],
-                         (result.metrics["test/auc"] - 0.5) / (result.baselines["oracle_auc"] - 0.5))
-                        if "oracle_auc" in result.baselines else ""))
+    for metric in ("auc", "gauc"):  # over every impression; within each user's impressions
+        model, popular = result.metrics.get(f"test/{metric}"), result.baselines.get(f"popularity_{metric}")
+        if model is None or popular is None:
+            continue
+        line = f"  test {metric.upper()}: model {model:.4f} | popularity {popular:.4f}"
+        if (oracle := result.baselines.get(f"oracle_{metric}")) is not None:
+            line += f" | oracle {oracle:.4f} (model reaches {(model - 0.5) / (oracle - 0.5):.1%} of the oracle's " \
+                    "lift over chance)"
+        lines.append(line)
     if "test/recall@100" in result.metrics and result.baselines:
         model, popular = result.metrics["test/recall@100"], result.baselines["popularity_recall@100"]
         line = f"  test recall@100: model {model:.4f} | popularity {popular:.4f} ({model / popular:.2f}x)"

@@ -6,12 +6,14 @@ generated export): no model can rank the data better. It exists only for generat
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 
 import polars as pl
 
 from recsys.data.dataset import Dataset
-from recsys.data.features import META_EVENT_ID
+from recsys.data.features import META_EVENT_ID, META_USER
+from recsys.evaluation.lists import NoUserOfBothClasses, gauc
 from recsys.evaluation.metrics import auc, log_loss
 from recsys.schema import PROJECT_ROOT, FeatureSchema
 
@@ -30,13 +32,16 @@ def ground_truth_dir(dataset: Dataset) -> Path | None:
 
 
 def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "test") -> dict[str, float]:
-    """AUC (and log-loss where there are probabilities) of the baselines on every row of a ranking split, and
-    ``rows``, how many rows that is (the oracle is left out unless the ground truth covers every row)."""
+    """AUC, GAUC (`recsys.evaluation.lists.gauc`) and, where there are probabilities, log-loss of the baselines on
+    every row of a ranking split, and ``rows``, how many rows that is (the oracle is left out unless the ground
+    truth covers every row)."""
     label = schema.label("dlrm")
     popularity = next(f for f in schema.features if f.op == "item_event_count")  # item views in a window
-    df = dataset.read("ranking", split).select(META_EVENT_ID, label.name, popularity.name)
+    df = dataset.read("ranking", split).select(META_EVENT_ID, META_USER, label.name, popularity.name)
     y = df[label.name].to_numpy()
     out = {"popularity_auc": auc(y, df[popularity.name].to_numpy()), "rows": float(df.height)}
+    with suppress(NoUserOfBothClasses):
+        out["popularity_gauc"] = gauc(df[META_USER].to_numpy(), y, df[popularity.name].to_numpy())
     truth = ground_truth_dir(dataset)
     if truth is not None:
         p = pl.read_parquet(truth / "impressions" / "*.parquet", columns=["event_id", "p_click"])
@@ -45,4 +50,6 @@ def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "tes
             truth_y = joined[label.name].to_numpy()  # the join's row order, not df's
             out["oracle_auc"] = auc(truth_y, joined["p_click"].to_numpy())
             out["oracle_logloss"] = log_loss(truth_y, joined["p_click"].to_numpy())
+            with suppress(NoUserOfBothClasses):
+                out["oracle_gauc"] = gauc(joined[META_USER].to_numpy(), truth_y, joined["p_click"].to_numpy())
     return out

@@ -8,9 +8,13 @@ so the model and the baselines (`recsys.evaluation.baselines`) are scored on the
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 import numpy as np
 import polars as pl
 
+from recsys.data.features import META_USER
+from recsys.evaluation.lists import NoUserOfBothClasses, gauc
 from recsys.evaluation.metrics import auc, log_loss
 
 
@@ -30,8 +34,11 @@ def ranking_scores(model, rows: pl.DataFrame, batch_size: int = 8192) -> np.ndar
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def ranking_metrics(labels: np.ndarray, probs: np.ndarray, prefix: str = "test") -> dict[str, float]:
-    """``<prefix>/auc`` (when both classes occur), ``<prefix>/logloss`` and ``<prefix>/rows``, the rows scored."""
+def ranking_metrics(labels: np.ndarray, probs: np.ndarray, prefix: str = "test",
+                    users: np.ndarray | None = None) -> dict[str, float]:
+    """``<prefix>/auc`` (when both classes occur), ``<prefix>/logloss`` and ``<prefix>/rows``, the rows scored;
+    with each row's ``users``, ``<prefix>/gauc`` too (`recsys.evaluation.lists.gauc`: the AUC within each user's
+    impressions, where a model must tell one shopper's items apart, not only popular from unpopular ones)."""
     labels = np.asarray(labels)
     if len(labels) != len(probs):
         raise ValueError(f"{len(labels)} labels but {len(probs)} scores: they must be the same rows")
@@ -40,11 +47,15 @@ def ranking_metrics(labels: np.ndarray, probs: np.ndarray, prefix: str = "test")
     out = {f"{prefix}/logloss": log_loss(labels, probs), f"{prefix}/rows": float(len(labels))}
     if 0 < labels.sum() < len(labels):
         out[f"{prefix}/auc"] = auc(labels, probs)
+    if users is not None:  # (a split this small may have no GAUC, as one of a single class has no AUC)
+        with suppress(NoUserOfBothClasses):
+            out[f"{prefix}/gauc"] = gauc(users, labels, probs)
     return out
 
 
 def ranking_report(model, rows: pl.DataFrame, label: str, prefix: str = "test",
                    batch_size: int = 8192) -> dict[str, float]:
-    """The model's AUC, log-loss and row count over every row of ``rows`` (a split's examples, label column
-    ``label``)."""
-    return ranking_metrics(rows[label].to_numpy(), ranking_scores(model, rows, batch_size), prefix)
+    """The model's AUC, GAUC (where ``rows`` name their users), log-loss and row count over every row of ``rows``
+    (a split's examples, label column ``label``)."""
+    users = rows[META_USER].to_numpy() if META_USER in rows.columns else None
+    return ranking_metrics(rows[label].to_numpy(), ranking_scores(model, rows, batch_size), prefix, users)

@@ -30,6 +30,8 @@ def test_dlrm_trains_on_two_workers_with_sharded_tables(dlrm_run, tiny_dataset, 
     assert result.epoch_losses[-1] < result.epoch_losses[0]
     assert 0.55 < result.metrics["val/auc"] < 1 and 0.5 < result.metrics["test/auc"] < 1
     assert {"popularity_auc", "oracle_auc"} <= set(result.baselines)  # compared on the same test split
+    # within each user's impressions too (GAUC), beside the same baselines
+    assert 0.5 < result.metrics["test/gauc"] < 1 and {"popularity_gauc", "oracle_gauc"} <= set(result.baselines)
     tables = {t.name for t in InputSpec.for_part(schema, "dlrm").embedding_tables(
         tiny_dataset.manifest.cardinalities, 8)}
     assert {name.rsplit(".", 1)[-1] for name in result.sharding} == tables

@@ -42,3 +42,18 @@ def test_one_class_has_no_auc_and_mismatched_or_no_rows_are_refused():
         ranking_metrics(np.ones(3), np.full(2, 0.9))
     with pytest.raises(ValueError, match="no test rows to evaluate"):
         ranking_metrics(np.zeros(0), np.zeros(0))
+
+
+def test_the_reports_gauc_is_the_impression_weighted_mean_of_each_users_sklearn_auc(tiny_dataset, ranker):
+    rows = tiny_dataset.read("ranking", "test")
+    report = ranking_report(ranker, rows, "click")
+    scored = rows.select("_user", "click").with_columns(score=ranking_scores(ranker, rows))
+    aucs, weights = [], []
+    for (_,), user in scored.group_by(["_user"]):
+        if 0 < user["click"].sum() < user.height:
+            aucs.append(roc_auc_score(user["click"].to_numpy(), user["score"].to_numpy()))
+            weights.append(user.height)
+    assert len(aucs) > 10
+    assert report["test/gauc"] == pytest.approx(np.average(aucs, weights=weights), abs=1e-12)
+    # one user who only clicked: no GAUC, and no error
+    assert "test/gauc" not in ranking_metrics(np.array([1, 1, 0]), np.array([.9, .8, .1]), users=np.array([1, 1, 2]))
