@@ -1,4 +1,5 @@
-"""`scripts/bench_quality.py` against the live app on the tiny shop: every list scored, none degraded."""
+"""`scripts/bench_quality.py` against the live app on the tiny shop: every list scored, none degraded (after
+test_serving.py: the session's app starts once the loop test, which runs an app of its own, is done)."""
 
 import json
 import subprocess
