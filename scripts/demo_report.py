@@ -76,15 +76,18 @@ def main(argv: list[str] | None = None) -> int:
 
     d, t = runs["dlrm"], runs["two-tower"]
     rows = [(f"DLRM test {metric.upper()}", d["metrics"][f"test/{metric}"], d["baselines"][f"popularity_{metric}"],
-             d["baselines"].get(f"oracle_{metric}")) for metric in ("auc", "gauc") if f"test/{metric}" in d["metrics"]]
+             d["baselines"].get(f"logistic_{metric}"), d["baselines"].get(f"oracle_{metric}"))
+            for metric in ("auc", "gauc") if f"test/{metric}" in d["metrics"]]
     for k in (10, 50, 100):
         rows.append((f"two-tower recall@{k}", t["metrics"][f"test/recall@{k}"],
-                     t["baselines"][f"popularity_recall@{k}"], t["baselines"].get(f"oracle_recall@{k}")))
-    table = ["| metric | model | popularity | oracle |", "|---|---|---|---|"]
-    table += [f"| {name} | {m:.4f} | {pop:.4f} | {'' if orc is None else f'{orc:.4f}'} |" for name, m, pop, orc in rows]
+                     t["baselines"][f"popularity_recall@{k}"], None, t["baselines"].get(f"oracle_recall@{k}")))
+    shown = lambda x: "" if x is None else f"{x:.4f}"  # noqa: E731
+    table = ["| metric | model | popularity | logistic regression | oracle |", "|---|---|---|---|---|"]
+    table += [f"| {name} | {m:.4f} | {pop:.4f} | {shown(lr)} | {shown(orc)} |" for name, m, pop, lr, orc in rows]
     print("  evaluation on the test split:")
-    for name, m, pop, orc in rows:
-        print(f"    {name:<22} model {m:.4f}  popularity {pop:.4f}" + (f"  oracle {orc:.4f}" if orc else ""))
+    for name, m, pop, lr, orc in rows:
+        print(f"    {name:<22} model {m:.4f}  popularity {pop:.4f}" + (f"  logistic {lr:.4f}" if lr else "")
+              + (f"  oracle {orc:.4f}" if orc else ""))
     print(f"  W&B runs (offline, `wandb sync` them): {d['wandb_run']}, {t['wandb_run']}")
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -95,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     axes[0].set(title="training loss per epoch", xlabel="epoch")
     labels = [r[0].replace("two-tower ", "") for r in rows]
     x = np.arange(len(rows))
-    for offset, column, label in ((-0.25, 1, "model"), (0, 2, "popularity"), (0.25, 3, "oracle")):
-        axes[1].bar(x + offset, [r[column] or 0 for r in rows], width=0.25, label=label)
+    for offset, column, label in ((-0.3, 1, "model"), (-0.1, 2, "popularity"), (0.1, 3, "logistic regression"),
+                                  (0.3, 4, "oracle")):
+        axes[1].bar(x + offset, [r[column] or 0 for r in rows], width=0.2, label=label)
     axes[1].set_xticks(x, labels, rotation=15)
     axes[1].set(title="test metrics against the baselines")
     axes[1].legend()

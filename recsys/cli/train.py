@@ -57,6 +57,8 @@ def summary(result) -> str:
         if model is None or popular is None:
             continue
         line = f"  test {metric.upper()}: model {model:.4f} | popularity {popular:.4f}"
+        if (logistic := result.baselines.get(f"logistic_{metric}")) is not None:
+            line += f" | logistic regression {logistic:.4f}"
         if (oracle := result.baselines.get(f"oracle_{metric}")) is not None:
             line += f" | oracle {oracle:.4f} (model reaches {(model - 0.5) / (oracle - 0.5):.1%} of the oracle's " \
                     "lift over chance)"

@@ -1,4 +1,5 @@
-"""What a trained model is compared with: a popularity baseline and the oracle.
+"""What a trained model is compared with: a popularity baseline, logistic regression on the same inputs
+(`recsys.evaluation.logistic`: the floor a click model must clear) and the oracle.
 
 The oracle scores every example with the generator's true click probability (``ground_truth/`` of a
 generated export): no model can rank the data better. It exists only for generated data.
@@ -14,7 +15,9 @@ import polars as pl
 from recsys.data.dataset import Dataset
 from recsys.data.features import META_EVENT_ID, META_USER
 from recsys.evaluation.lists import NoUserOfBothClasses, gauc
+from recsys.evaluation.logistic import LogisticBaseline
 from recsys.evaluation.metrics import auc, log_loss
+from recsys.evaluation.ranking import ranking_metrics
 from recsys.schema import PROJECT_ROOT, FeatureSchema
 
 
@@ -31,6 +34,9 @@ def ground_truth_dir(dataset: Dataset) -> Path | None:
     return None
 
 
+LOGISTIC_TRAIN_ROWS = 500_000  # logistic regression fits on at most this many training rows (a seeded sample)
+
+
 def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "test") -> dict[str, float]:
     """AUC, GAUC (`recsys.evaluation.lists.gauc`) and, where there are probabilities, log-loss of the baselines on
     every row of a ranking split, and ``rows``, how many rows that is (the oracle is left out unless the ground
@@ -42,6 +48,7 @@ def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "tes
     out = {"popularity_auc": auc(y, df[popularity.name].to_numpy()), "rows": float(df.height)}
     with suppress(NoUserOfBothClasses):
         out["popularity_gauc"] = gauc(df[META_USER].to_numpy(), y, df[popularity.name].to_numpy())
+    out |= _logistic(dataset, schema, split)
     truth = ground_truth_dir(dataset)
     if truth is not None:
         p = pl.read_parquet(truth / "impressions" / "*.parquet", columns=["event_id", "p_click"])
@@ -53,3 +60,21 @@ def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "tes
             with suppress(NoUserOfBothClasses):
                 out["oracle_gauc"] = gauc(joined[META_USER].to_numpy(), truth_y, joined["p_click"].to_numpy())
     return out
+
+
+def _logistic(dataset: Dataset, schema: FeatureSchema, split: str) -> dict[str, float]:
+    """``logistic_auc``, ``logistic_gauc`` and ``logistic_logloss``: fitted on the training split, scored on
+    ``split``."""
+    from recsys.models.inputs import InputSpec  # (TorchRec: only when it is needed)
+
+    spec = InputSpec.for_part(schema, "dlrm")
+    train = dataset.read("ranking", "train")
+    if train.height > LOGISTIC_TRAIN_ROWS:
+        train = train.sample(LOGISTIC_TRAIN_ROWS, seed=0)
+    if train[spec.label.name].n_unique() < 2:
+        return {}
+    rows = dataset.read("ranking", split)
+    fitted = LogisticBaseline.fit(train, spec, dataset.manifest.cardinalities)
+    metrics = ranking_metrics(rows[spec.label.name].to_numpy(), fitted.predict(rows), "logistic",
+                              rows[META_USER].to_numpy())
+    return {name.replace("/", "_"): value for name, value in metrics.items() if not name.endswith("/rows")}

@@ -3,6 +3,8 @@ schema's dlrm inputs; the click label trains it with binary cross-entropy in `DL
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +35,14 @@ class Ranker(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.dlrm(batch.dense, batch.sparse).squeeze(-1)  # (B,) logits
+
+    def start_at_click_rate(self, click_rate: float) -> None:
+        """Set the logit's bias to the log-odds of the training click rate: an untrained model then predicts about
+        the base rate instead of 0.5, and on a low-CTR shop the first steps are not spent learning it."""
+        if not 0 < click_rate < 1:
+            raise ValueError(f"the click rate must be between 0 and 1 (exclusive), got {click_rate}")
+        with torch.no_grad():
+            self.dlrm.over_arch.model[-1].bias.fill_(math.log(click_rate / (1 - click_rate)))  # the last Linear
 
 
 class DLRMTrain(nn.Module):

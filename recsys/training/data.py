@@ -44,6 +44,12 @@ def item_log_q(dataset: Dataset, schema: FeatureSchema) -> np.ndarray:
     return np.log(counts / counts.sum()).astype(np.float32)
 
 
+def click_rate(dataset: Dataset, schema: FeatureSchema) -> float:
+    """The share of the ranking training split's impressions that were clicked (every shard)."""
+    label = schema.label("dlrm").name
+    return float(pl.scan_parquet(dataset.shards("ranking", "train")).select(pl.col(label).mean()).collect().item())
+
+
 def read_shard(dataset: Dataset, task: str, split: str, shard_index: int, columns: list[str]) -> pl.DataFrame:
     shards = dataset.shards(task, split)
     if not 0 <= shard_index < len(shards):

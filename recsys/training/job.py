@@ -70,7 +70,14 @@ def _train(config: dict[str, Any]) -> None:
     from recsys.models.dlrm import DLRMTrain, Ranker
     from recsys.models.two_tower import TwoTower, TwoTowerTrain
     from recsys.training.checkpoint import load_model
-    from recsys.training.data import EpochBatches, item_log_q, ranking_batches, read_shard, retrieval_batches
+    from recsys.training.data import (
+        EpochBatches,
+        click_rate,
+        item_log_q,
+        ranking_batches,
+        read_shard,
+        retrieval_batches,
+    )
     from recsys.training.module import KeepCheckpoints, ProgressFile, RecsysModule, StopWhenAsked
     from recsys.training.progress import PROGRESS_FILE, send_output_to
     from recsys.training.strategy import OneProcess, TorchRecStrategy
@@ -99,6 +106,7 @@ def _train(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     if task == "dlrm":
         model = Ranker(schema, dataset.manifest.cardinalities, cfg.dlrm)
+        model.start_at_click_rate(click_rate(dataset, schema))
         module = RecsysModule(DLRMTrain(model), cfg.optim, description)
         columns = model.spec.columns
     else:

@@ -53,6 +53,21 @@ def _overfit(step, params, n=40):
 
 
 @pytest.mark.parametrize("interaction", ["dot", "dcn"])
+def test_an_untrained_dlrm_started_at_the_click_rate_predicts_about_it(tiny_dataset, schema, ranking, interaction):
+    torch.manual_seed(0)
+    model = Ranker(schema, tiny_dataset.manifest.cardinalities, DLRMConfig(interaction=interaction)).eval()
+    batch = make_batch(ranking, model.spec)
+    with torch.no_grad():
+        before = torch.sigmoid(model(batch)).mean().item()
+        model.start_at_click_rate(0.02)
+        after = torch.sigmoid(model(batch)).mean().item()
+    assert abs(before - 0.5) < 0.2  # (an untrained model's logits sit near 0)
+    assert 0.01 < after < 0.04  # about the rate: the rest of the network adds only small logits at the start
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        model.start_at_click_rate(0.0)
+
+
+@pytest.mark.parametrize("interaction", ["dot", "dcn"])
 def test_dlrm_scores_every_row_and_learns(tiny_dataset, schema, ranking, interaction):
     torch.manual_seed(0)
     model = Ranker(schema, tiny_dataset.manifest.cardinalities, DLRMConfig(interaction=interaction))

@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 
 from recsys.models.inputs import InputSpec
-from recsys.training.data import batches, item_log_q, ranking_batches, read_shard, retrieval_batches
+from recsys.training.data import batches, click_rate, item_log_q, ranking_batches, read_shard, retrieval_batches
 
 
 def test_workers_read_disjoint_shards_covering_the_split(tiny_dataset):
@@ -40,3 +40,8 @@ def test_batches_carry_labels_and_log_q(tiny_dataset, schema):
     # most popular training item has the highest sampling probability
     counts = tiny_dataset.read("retrieval", "train")["item_id"].value_counts().sort("count")
     assert log_q[counts["item_id"][-1]] == log_q.max()
+
+
+def test_the_click_rate_is_the_share_of_clicked_training_impressions(tiny_dataset, schema):
+    labels = np.concatenate([pl.read_parquet(p)["click"].to_numpy() for p in tiny_dataset.shards("ranking", "train")])
+    assert click_rate(tiny_dataset, schema) == pytest.approx(labels.sum() / len(labels), abs=1e-7)  # (float32 labels)
