@@ -122,8 +122,7 @@ def prepare_backends(run_dir: Path) -> Path:
                           f"{sys.version_info.major}.{sys.version_info.minor} ({stub})")
     target = run_dir / "backends" / "python"
     target.mkdir(parents=True, exist_ok=True)
-    # (its files only: an installer that compiles bytecode leaves a __pycache__ folder beside them)
-    for source in [*(f for f in (root / "backends" / "python").iterdir() if f.is_file()), stub]:
+    for source in [*(f for f in (root / "backends" / "python").iterdir() if f.is_file()), stub]:  # no __pycache__
         dest = target / source.name
         if not dest.exists() or dest.stat().st_size != source.stat().st_size:
             shutil.copy2(source, dest)

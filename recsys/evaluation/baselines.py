@@ -43,12 +43,13 @@ def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "tes
     truth covers every row)."""
     label = schema.label("dlrm")
     popularity = next(f for f in schema.features if f.op == "item_event_count")  # item views in a window
-    df = dataset.read("ranking", split).select(META_EVENT_ID, META_USER, label.name, popularity.name)
+    rows = dataset.read("ranking", split)
+    df = rows.select(META_EVENT_ID, META_USER, label.name, popularity.name)
     y = df[label.name].to_numpy()
     out = {"popularity_auc": auc(y, df[popularity.name].to_numpy()), "rows": float(df.height)}
     with suppress(NoUserOfBothClasses):
         out["popularity_gauc"] = gauc(df[META_USER].to_numpy(), y, df[popularity.name].to_numpy())
-    out |= _logistic(dataset, schema, split)
+    out |= _logistic(dataset, schema, rows)
     truth = ground_truth_dir(dataset)
     if truth is not None:
         p = pl.read_parquet(truth / "impressions" / "*.parquet", columns=["event_id", "p_click"])
@@ -62,9 +63,9 @@ def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "tes
     return out
 
 
-def _logistic(dataset: Dataset, schema: FeatureSchema, split: str) -> dict[str, float]:
+def _logistic(dataset: Dataset, schema: FeatureSchema, rows: pl.DataFrame) -> dict[str, float]:
     """``logistic_auc``, ``logistic_gauc`` and ``logistic_logloss``: fitted on the training split, scored on
-    ``split``."""
+    ``rows`` (a split's examples)."""
     from recsys.models.inputs import InputSpec  # (TorchRec: only when it is needed)
 
     spec = InputSpec.for_part(schema, "dlrm")
@@ -73,7 +74,6 @@ def _logistic(dataset: Dataset, schema: FeatureSchema, split: str) -> dict[str, 
         train = train.sample(LOGISTIC_TRAIN_ROWS, seed=0)
     if train[spec.label.name].n_unique() < 2:
         return {}
-    rows = dataset.read("ranking", split)
     fitted = LogisticBaseline.fit(train, spec, dataset.manifest.cardinalities)
     metrics = ranking_metrics(rows[spec.label.name].to_numpy(), fitted.predict(rows), "logistic",
                               rows[META_USER].to_numpy())
