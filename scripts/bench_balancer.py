@@ -77,10 +77,10 @@ def measure(front: str, args: argparse.Namespace) -> dict:
     from recsys.data.dataset import Dataset
     from recsys.deploy import server
     from recsys.deploy.ports import free_port, free_port_block
+    from recsys.online.features import OnlineFeatures
     from recsys.schema import load_schema
     from recsys.serving_config import ServingConfig
     from recsys.training.job import newest_dataset
-    from serving.features import OnlineFeatures
     from serving.launch import SPARE_PORTS, direct_ingress_env, run_app
 
     work = Path(args.work).resolve() / front

@@ -2,19 +2,16 @@
 
 It asks a running app (`recsys serve`, or `./scripts/demo.sh --keep-serving`) for the top-``k`` list of
 ``--users`` known users and scores every list by its expected clicks under the generator's click model
-(`recsys.evaluation.expected_clicks`: the users' true tastes, no coin flips). Beside it, the same users' lists from:
-
-- a bestseller list: the app's own cold-start list (the most viewed available items), the same for everyone;
-- the ceiling of what views reveal: each user's taste estimated as the mean true vector of the items they viewed,
-  then the best items for it (a model that had learnt every item perfectly could do this much);
-- the oracle: each user's best available items under their true taste;
-- random available items.
+(`recsys.evaluation.expected_clicks`: the users' true tastes, no coin flips), beside the same users' reference lists
+(`recsys.evaluation.list_quality`: a bestseller list, the ceiling of what views reveal, the oracle, random items).
+With ``--retrieval`` and ``--ranker`` (the exports the app serves) it also builds the same lists offline, as the app
+does, and says how far apart the live and offline figures are.
 
 It prints expected clicks per list, the share of the personalisation lift (bestseller -> oracle) each reaches, and
 the variety of the lists (distinct items over all lists, the share of lists holding the most common item).
 
     python scripts/bench_quality.py --url http://127.0.0.1:8000 [--dataset runs/datasets/<id>] [--users 300] \\
-        [--k 10] [--out runs/quality]
+        [--k 10] [--out runs/quality] [--retrieval <two-tower run>/export --ranker <dlrm run>/export/dlrm]
 
 The dataset must be the one the app serves and built from generated data (its ``ground_truth/``).
 """
@@ -29,15 +26,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import polars as pl
 
 from recsys.data.dataset import Dataset
-from recsys.data.features import META_ITEM, META_USER
-from recsys.evaluation.expected_clicks import best_lists, expected_clicks, oracle_lists, taste_from_views, world_of
-from recsys.evaluation.lists import list_coverage
+from recsys.evaluation import list_quality
+from recsys.evaluation.expected_clicks import world_of
+from recsys.online.features import OnlineFeatures
 from recsys.schema import load_schema
 from recsys.training.job import newest_dataset
-from serving.features import OnlineFeatures
+
+SERVED = "served by the app"
 
 
 def served_lists(url: str, users: np.ndarray, k: int, threads: int = 4) -> tuple[np.ndarray, int]:
@@ -66,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=10, help="list length (default 10)")
     p.add_argument("--seed", type=int, default=0, help="which users are drawn")
     p.add_argument("--out", type=Path, help="a folder for quality.json and quality.png")
+    p.add_argument("--retrieval", help="the retrieval export the app serves: also build the lists offline, as the "
+                                       "app does, and say how far apart the two are (needs --ranker)")
+    p.add_argument("--ranker", help="the ranker export the app serves (e.g. runs/train/<dlrm run>/export/dlrm)")
+    p.add_argument("--candidates", type=int, default=100, help="candidates retrieved per list, as the app's "
+                                                                "`candidates` (default 100)")
     args = p.parse_args(argv)
 
     schema = load_schema()
@@ -76,37 +78,26 @@ def main(argv: list[str] | None = None) -> int:
               "there is no true click model to score lists with", file=sys.stderr)
         return 2
     features = OnlineFeatures(dataset, schema, args.k)
-    known = features.users[META_USER].to_numpy()
-    users = np.sort(np.random.default_rng(args.seed).choice(known, min(args.users, len(known)), replace=False))
-    allowed = features.items.filter(features.available)[META_ITEM].to_numpy()
-    views = pl.concat([dataset.read("retrieval", split).select(META_USER, META_ITEM) for split in ("train", "val")])
-
+    users = list_quality.known_users(features, args.users, args.seed)
     served, degraded = served_lists(args.url, users, args.k)
-    rng = np.random.default_rng(args.seed + 1)
-    lists = {
-        "served by the app": served,
-        "bestseller list (the app's cold start)": np.tile(np.array(features.popular[:args.k]), (len(users), 1)),
-        "ceiling: taste from viewed items": best_lists(
-            world, taste_from_views(world, views, META_USER, META_ITEM)[users - 1], args.k, allowed),
-        "oracle: true taste": oracle_lists(world, users, args.k, allowed=allowed),
-        "random available items": np.stack([rng.choice(allowed, args.k, replace=False) for _ in users]),
-    }
-    clicks = {name: expected_clicks(world, users, found) for name, found in lists.items()}
-    popular, oracle = (clicks[n].mean() for n in ("bestseller list (the app's cold start)", "oracle: true taste"))
-    rows = []
-    for name, found in lists.items():
-        cover = list_coverage(row[row > 0] for row in found)
-        rows.append({"list": name, "expected_clicks": float(clicks[name].mean()),
-                     "lift_share": float((clicks[name].mean() - popular) / (oracle - popular)),
-                     "distinct_items": cover.distinct_items, "top_item_share": cover.top_item_share})
+    lists = {SERVED: served}
+    if args.retrieval and args.ranker:
+        lists[list_quality.BUILT], _ = list_quality.offline_lists(
+            features, list_quality.QueryRetriever(args.retrieval, schema.hash),
+            list_quality.OnnxRanker(args.ranker, schema.hash), users, args.k, args.candidates)
+    lists.update(list_quality.reference_lists(world, dataset, features, users, args.k, args.seed))
+    scores = list_quality.compare(world, users, lists)
     print(f"{len(users)} known users of dataset {dataset.id}, top-{args.k} lists ({degraded} answers degraded); "
           "expected clicks under the generator's click model:")
-    print(f"  {'list':<40} {'clicks/list':>11} {'of the lift':>11} {'items':>6} {'top item in':>11}")
-    for r in rows:
-        print(f"  {r['list']:<40} {r['expected_clicks']:>11.3f} {r['lift_share']:>11.0%} {r['distinct_items']:>6} "
-              f"{r['top_item_share']:>11.0%}")
+    print(list_quality.table(scores))
+    by_name = {s.list: s for s in scores}
+    if list_quality.BUILT in by_name:
+        online, offline = by_name[SERVED].expected_clicks, by_name[list_quality.BUILT].expected_clicks
+        print(f"served vs built offline: {online / offline - 1:+.2%} expected clicks "
+              f"({float((served == lists[list_quality.BUILT]).all(axis=1).mean()):.0%} of the lists identical)")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
+        rows = [s.to_dict() for s in scores]
         (args.out / "quality.json").write_text(json.dumps(
             {"dataset": dataset.id, "users": len(users), "k": args.k, "degraded": degraded, "lists": rows}, indent=2))
         print(f"written: {args.out / 'quality.json'}, {plot(rows, args.out / 'quality.png')}")
@@ -122,7 +113,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 3.2))
     names = [r["list"] for r in rows][::-1]
     ax.barh(names, [r["expected_clicks"] for r in rows][::-1],
-            color=["tab:blue" if n.startswith("served") else "tab:gray" for n in names])
+            color=["tab:blue" if n in (SERVED, list_quality.BUILT) else "tab:gray" for n in names])
     ax.set_xlabel("expected clicks per list (generator's click model)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -113,9 +113,9 @@ class Naive:
 
         from recsys.data.dataset import Dataset
         from recsys.export.ann import load_index
+        from recsys.online.features import OnlineFeatures, model_inputs
         from recsys.schema import load_schema
         from recsys.training.checkpoint import load_model
-        from serving.features import OnlineFeatures, model_inputs
 
         torch.set_num_threads(1)
         schema = load_schema()

@@ -106,6 +106,7 @@ python scripts/demo_report.py --url "http://127.0.0.1:$port" --dataset "$dataset
   --dlrm-run "$runs/train/demo-dlrm-$stamp" --two-tower-run "$runs/train/demo-two-tower-$stamp" --out "$runs/report"
 echo "  what shoppers would click (scripts/bench_quality.py: the app's lists under the generator's click model):"
 python scripts/bench_quality.py --url "http://127.0.0.1:$port" --dataset "$dataset" --users 300 \
+  --retrieval "$runs/train/demo-two-tower-$stamp/export" --ranker "$runs/train/demo-dlrm-$stamp/export/dlrm" \
   --out "$runs/report" | sed 's/^/  /'
 if [ "$keep_serving" = 1 ]; then
   echo

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.data.generate import ShopWorld
     from recsys.deploy import server
     from recsys.deploy.ports import free_port, free_port_block
+    from recsys.online.features import OnlineFeatures
     from recsys.retrain.scenario import (
         DriftScenario,
         monitor_factory,
@@ -52,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.serving_config import ServingConfig
     from recsys.training.config import TrainConfig
     from recsys.training.job import run
-    from serving.features import OnlineFeatures
     from serving.launch import SPARE_PORTS, direct_ingress_env, run_app
 
     out = Path(args.out).resolve()

@@ -110,10 +110,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 class Ingress:
     def __init__(self, config: ServingConfig, retriever: DeploymentHandle):
         from recsys.data.dataset import Dataset
+        from recsys.online.features import OnlineFeatures, model_inputs
         from recsys.schema import load_schema
         from recsys.training.job import newest_dataset
         from serving.datasets import FeaturesByDataset
-        from serving.features import OnlineFeatures, model_inputs
 
         # this class reaches the replica pickled by value (with copies of the module's globals); the middleware
         # reads the module's own REPLICA, so set that one
@@ -189,11 +189,7 @@ class Ingress:
                 reason = f"retrieval failed ({type(exc).__name__}): popular items"
                 self.metrics.errors.labels(stage="retrieve").inc()
             t = lap("retrieve", t)
-            kept = self.features.keep(body.user_id, candidates, exclude)
-            if len(kept) < body.k:  # most candidates bought or excluded: top up with popular items, ranked too
-                seen = set(kept)
-                extra = self.features.keep(body.user_id, self.features.popular_items(), exclude | seen)
-                kept += extra[: body.k - len(kept)]
+            kept = self.features.to_rank(body.user_id, candidates, exclude, body.k)  # topped up with popular items
             t = lap("filter", t)
             items = kept[: body.k]
             if kept and not degraded:

@@ -19,7 +19,7 @@ import numpy as np
 from recsys.data.dataset import Dataset
 from recsys.errors import RecsysError
 from recsys.export.signature import TensorSpec
-from serving.features import OnlineFeatures
+from recsys.online.features import OnlineFeatures
 
 log = logging.getLogger(__name__)
 

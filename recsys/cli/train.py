@@ -89,7 +89,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     base = config_from(args)
     results = run_together({m: replace(base, name=base.name.replace("{model}", m)) for m in MODELS})
     print("\n\n".join(summary(r) for r in results.values()))
+    if base.export:
+        print(lists_summary(results["two-tower"], results["dlrm"]))
     return 0
+
+
+def lists_summary(retrieval, ranking) -> str:
+    """The lists the two exported models would serve, scored on a generated shop (`recsys.evaluation.list_quality`);
+    written to the DLRM run's ``lists.json``."""
+    import json
+    from pathlib import Path
+
+    from recsys.data.dataset import Dataset
+    from recsys.evaluation.list_quality import evaluate_exports, table
+    from recsys.schema import load_schema
+
+    schema = load_schema()
+    dataset = Dataset.open(ranking.dataset_path, schema)
+    found = evaluate_exports(dataset, schema, str(Path(retrieval.path) / "export"),
+                             str(Path(ranking.path) / "export" / "dlrm"))
+    if found is None:
+        return "\n(no list metric: the dataset is a real shop's, without a true click model)"
+    users, scores = found
+    (Path(ranking.path) / "lists.json").write_text(json.dumps({"users": len(users), "lists": [
+        s.to_dict() for s in scores]}, indent=2))
+    return (f"\nthe top-10 lists both models would serve {len(users)} known users, built offline as serving does, "
+            f"expected clicks under the generator's click model:\n{table(scores)}")
 
 
 def main_for(model: str, argv: list[str] | None = None) -> int:

@@ -98,3 +98,19 @@ def best_lists(world: ShopWorld, taste: np.ndarray, k: int, allowed: np.ndarray 
     best = np.argpartition(-logits, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(logits, best, axis=1), axis=1)
     return np.take_along_axis(best, order, axis=1) + 1
+
+
+def best_of(world: ShopWorld, users: np.ndarray, candidates: list[list[int]], k: int,
+            when_s: float | None = None) -> np.ndarray:
+    """(n, k) each user's ``candidates`` (shop item ids) ordered by true click probability, the best k (0 where a
+    user has fewer): the best list a perfect ranker could build from what retrieval found."""
+    users = _indices(np.asarray(users).reshape(-1), world.cfg.n_users, "user")
+    taste = world.user_vectors(users, np.full(len(users), world.end_s if when_s is None else when_s))
+    out = np.zeros((len(users), k), dtype=np.int64)
+    for row, found in enumerate(candidates):
+        items = _indices(np.asarray(found, dtype=np.int64), world.cfg.n_items, "item")
+        logits = world.cfg.affinity_scale * world.item_vec[items] @ taste[row] + world.cfg.popularity_weight * \
+            world.log_pop[items]
+        best = items[np.argsort(-logits, kind="stable")[:k]]
+        out[row, : len(best)] = best + 1
+    return out

@@ -255,6 +255,7 @@ class TrainResult:
     path: str  # the run folder
     checkpoint: str  # the final checkpoint (`recsys.training.checkpoint.load_model` rebuilds the model from it)
     resumed: bool  # whether the run restarted from a checkpoint after a failure
+    dataset_path: str = ""  # the dataset folder it trained on
 
 
 def _ray_logs_to(path: Path) -> None:
@@ -354,7 +355,7 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
         export_checkpoint(summary["checkpoint"], run_dir / "export")
     return TrainResult(task=task, dataset_id=dataset.id, metrics=summary["metrics"], baselines=summary["baselines"],
                        epoch_losses=summary["epoch_losses"], sharding=summary["sharding"], path=str(run_dir),
-                       checkpoint=summary["checkpoint"], resumed=summary["resumed"])
+                       checkpoint=summary["checkpoint"], resumed=summary["resumed"], dataset_path=cfg.dataset)
 
 
 def run_together(configs: dict[str, TrainConfig], progress: bool = True) -> dict[str, TrainResult]:

@@ -14,10 +14,10 @@ from recsys.config import load_config
 from recsys.data.features import META_USER
 from recsys.deploy import server
 from recsys.deploy.ports import free_port, free_port_block
+from recsys.online.features import OnlineFeatures
 from recsys.serving_config import ServingConfig
 from recsys.training.config import TrainConfig
 from recsys.training.job import run_together
-from serving.features import OnlineFeatures
 from serving.launch import SPARE_PORTS, direct_ingress_env, direct_ingress_ports, healthy_ports, run_app
 from tests.conftest import ROOT
 

@@ -21,6 +21,7 @@ from recsys.config import DataConfig, load_config
 from recsys.data.generate import ShopWorld
 from recsys.deploy import rollout, server
 from recsys.deploy.ports import free_port
+from recsys.online.features import OnlineFeatures
 from recsys.registry import list_versions
 from recsys.retrain.scenario import (
     RETRAINING_RULES,
@@ -34,7 +35,6 @@ from recsys.retrain.scenario import (
 from recsys.retrain.simulate import Shoppers
 from recsys.serving_config import ServingConfig
 from recsys.training.job import run
-from serving.features import OnlineFeatures
 from serving.launch import run_app
 from tests.conftest import ROOT
 from tests.integration.conftest import TINY_TRAIN, tiny_train_config

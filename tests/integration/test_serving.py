@@ -38,8 +38,8 @@ from recsys.eventlog.feedback import FEEDBACK_GLOB as EVENT_GLOB
 from recsys.events import EVENTS
 from recsys.export.signature import ModelSignature, serving_inputs
 from recsys.models.inputs import make_batch
+from recsys.online.features import model_inputs
 from recsys.training.checkpoint import load_model
-from serving.features import model_inputs
 from serving.launch import direct_ingress_ports, healthy_ports
 from tests.integration.conftest import known_users, recommend
 from tests.integration.test_triton import inputs_for

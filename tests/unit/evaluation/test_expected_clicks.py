@@ -10,6 +10,7 @@ from recsys.data.features import META_ITEM, META_USER
 from recsys.data.generate import ShopWorld
 from recsys.evaluation.expected_clicks import (
     best_lists,
+    best_of,
     expected_clicks,
     oracle_lists,
     taste_from_views,
@@ -106,3 +107,21 @@ def test_lists_from_viewed_taste_sit_between_a_bestseller_list_and_the_oracle(ti
     assert oracle > ceiling
     bestsellers = views[META_ITEM].value_counts(sort=True)[META_ITEM].to_numpy()[:10]
     assert ceiling > expected_clicks(world, users, np.tile(bestsellers, (len(users), 1))).mean()
+
+
+def test_a_perfect_ranker_orders_the_candidates_by_true_click_probability(world):
+    """Hand-worked: the candidates' own click probabilities at one position, highest first, the rest dropped; a
+    user with fewer candidates than slots gets empty ones."""
+    candidates = [[9, 2, 5, 11, 3], [4]]
+    when = world.start_s
+    got = best_of(world, np.array([2, 6]), candidates, k=3, when_s=when)
+
+    def at_top(user: int, item: int) -> float:
+        return float(expected_clicks(world, np.array([user]), np.array([[item]]), when_s=when)[0])
+
+    by_hand = sorted(candidates[0], key=lambda item: -at_top(2, item))[:3]
+    assert got[0].tolist() == by_hand and got[1].tolist() == [4, 0, 0]
+    # no ordering of the same candidates expects more clicks
+    best = expected_clicks(world, np.array([2]), got[:1], when_s=when)[0]
+    for other in ([9, 2, 5], [11, 3, 9], by_hand[::-1]):
+        assert best >= expected_clicks(world, np.array([2]), np.array([other]), when_s=when)[0] - 1e-12

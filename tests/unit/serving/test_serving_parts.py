@@ -21,9 +21,9 @@ from recsys.eventlog.feedback import FEEDBACK_INGEST, FeedbackLog, event_id_for
 from recsys.eventlog.request_ids import KEY_ENV, RequestIds, request_key, variant_of
 from recsys.events import EVENTS
 from recsys.export.signature import serving_inputs
+from recsys.online.features import OnlineFeatures, encoded_default, model_inputs
 from recsys.serving_config import ServingConfig, from_args
 from serving.datasets import DatasetUnavailable, FeaturesByDataset
-from serving.features import OnlineFeatures, encoded_default, model_inputs
 from serving.request_body import RequestBody
 
 

@@ -1,4 +1,4 @@
-"""Online features for serving: the dataset's online tables (encoded by the same schema code as training),
+"""Online features as serving reads them: the dataset's online tables (encoded by the same schema code as training),
 looked up per request and assembled into model inputs.
 
 * query tower inputs: the user's row of ``online/users.parquet``;
@@ -11,7 +11,8 @@ looked up per request and assembled into model inputs.
 * cold start: items by recent popularity (``item_views_7d``), optionally within one category.
 
 No Ray and no I/O after construction: the skew test and the replicas use the same object
-(`serving.datasets.FeaturesByDataset` holds one per dataset the rollout names).
+(`serving.datasets.FeaturesByDataset` holds one per dataset the rollout names), and
+`recsys.evaluation.list_quality` builds serving's lists offline with it.
 """
 
 from __future__ import annotations
@@ -105,6 +106,15 @@ class OnlineFeatures:
                 continue
             out.append(item)
         return out
+
+    def to_rank(self, user_id: int, candidates: list[int], exclude: set[int], k: int) -> list[int]:
+        """The candidates a known user's list is ranked from: ``candidates`` kept (`keep`), topped up with popular
+        items when fewer than ``k`` remain (most of them bought or excluded)."""
+        kept = self.keep(user_id, candidates, exclude)
+        if len(kept) < k:
+            extra = self.keep(user_id, self.popular_items(), exclude | set(kept))
+            kept += extra[: k - len(kept)]
+        return kept
 
     def popular_items(self, category: str | None = None) -> list[int]:
         if category is None:
