@@ -31,6 +31,8 @@ from recsys.data.dataset import Dataset
 from recsys.evaluation import list_quality
 from recsys.evaluation.expected_clicks import world_of
 from recsys.online.features import OnlineFeatures
+from recsys.online.ranking import OnnxRanker
+from recsys.online.retrieval import QueryRetriever
 from recsys.schema import load_schema
 from recsys.training.job import newest_dataset
 
@@ -83,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     lists = {SERVED: served}
     if args.retrieval and args.ranker:
         lists[list_quality.BUILT], _ = list_quality.offline_lists(
-            features, list_quality.QueryRetriever(args.retrieval, schema.hash),
-            list_quality.OnnxRanker(args.ranker, schema.hash), users, args.k, args.candidates)
+            features, QueryRetriever(args.retrieval, schema.hash), OnnxRanker(args.ranker, schema.hash), users, args.k,
+            args.candidates)
     lists.update(list_quality.reference_lists(world, dataset, features, users, args.k, args.seed))
     scores = list_quality.compare(world, users, lists)
     print(f"{len(users)} known users of dataset {dataset.id}, top-{args.k} lists ({degraded} answers degraded); "

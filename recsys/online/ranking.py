@@ -7,25 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys.errors import RecsysError
-from recsys.export.signature import ModelSignature
+from recsys.online.session import open_exported
 
 
 class OnnxRanker:
     """Click scores for one user's candidates from an exported ranker's ``model.onnx``."""
 
     def __init__(self, folder: str | Path, schema_hash: str, threads: int = 1):
-        import onnxruntime as ort
-
-        folder = Path(folder)
-        self.signature = ModelSignature.read(folder)
-        if self.signature.schema_hash != schema_hash:
-            raise RecsysError(f"{folder} was exported for feature schema {self.signature.schema_hash}, "
-                              f"this dataset uses {schema_hash}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.signature, self.session = open_exported(folder, schema_hash, threads)
 
     def scores(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """(n,) scores for n candidates' encoded inputs (one row each)."""

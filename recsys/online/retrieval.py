@@ -7,28 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys.errors import RecsysError
-from recsys.export.signature import ModelSignature
+from recsys.online.session import open_exported
 
 
 class QueryRetriever:
-    """Query tower + ANN index, without Ray (the deployment below wraps it)."""
+    """Query tower + ANN index, without Ray (`serving.retriever.Retriever` wraps it in Ray Serve)."""
 
     def __init__(self, export: str | Path, schema_hash: str, threads: int = 1):
-        import onnxruntime as ort
-
         from recsys.export.ann import load_index
 
         export = Path(export)
-        tower = export / "query_tower"
-        self.signature = ModelSignature.read(tower)
-        if self.signature.schema_hash != schema_hash:
-            raise RecsysError(f"{tower} was exported for feature schema {self.signature.schema_hash}, "
-                              f"serving uses {schema_hash}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(tower / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.signature, self.session = open_exported(export / "query_tower", schema_hash, threads)
         self.index, self.item_ids, self.info = load_index(export / "items")
         self.version = self.signature.metadata.get("training_run", str(export))
 
