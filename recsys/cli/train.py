@@ -51,6 +51,10 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
 def summary(result) -> str:
     lines = [f"{result.task} trained on dataset {result.dataset_id}",
              "  loss per epoch: " + " -> ".join(f"{x:.4f}" for x in result.epoch_losses)]
+    if result.monitor:
+        lines.append(f"  early stopping on {result.monitor}: kept epoch {result.kept_epoch} of the "
+                     f"{len(result.epoch_losses)} trained (its {result.monitor} "
+                     f"{result.metrics.get(result.monitor, float('nan')):.4f})")
     lines += [f"  {k:<24} {v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith(("val/", "test/"))]
     for metric in ("auc", "gauc"):  # over every impression; within each user's impressions
         model, popular = result.metrics.get(f"test/{metric}"), result.baselines.get(f"popularity_{metric}")

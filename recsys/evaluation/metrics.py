@@ -76,3 +76,17 @@ def recall_ndcg(ranked: np.ndarray, relevant: Sequence[np.ndarray], ks: Sequence
         out[f"recall@{k}"] = float(np.mean(recalls))
         out[f"ndcg@{k}"] = float(np.mean(ndcgs))
     return out
+
+
+def catalogue_hits(users: torch.Tensor, items: torch.Tensor, positives: torch.Tensor, k: int) -> torch.Tensor:
+    """(B,) whether each positive pair's item ranks in its user's top ``k`` of the whole catalogue.
+
+    Args:
+        users: (B, D) user vectors; items: (N, D) every candidate's vector; positives: (B,) the row in ``items`` of
+        each user's positive item (-1: not in the catalogue, a miss). Ties rank the positive first.
+    """
+    scores = users @ items.T  # (B, N)
+    found = positives >= 0
+    mine = scores.gather(1, positives.clamp(min=0)[:, None])  # (B, 1)
+    above = (scores > mine).sum(dim=1)
+    return found & (above < k)

@@ -27,6 +27,7 @@ from recsys.training.config import TrainConfig
 from recsys.training.progress import LOG_DIR, ProgressBar
 
 TASK_OF = {"dlrm": "ranking", "two-tower": "retrieval"}
+MONITOR = {"dlrm": "val/auc", "two-tower": "val/recall@100"}  # each model's validation metric, higher is better
 
 
 def newest_dataset(root: str | Path = "runs/datasets") -> Path:
@@ -42,6 +43,32 @@ def worker_shards(n_shards: int, world: int, rank: int) -> list[int]:
         raise RecsysError(f"the dataset has {n_shards} shards per split, which {world} workers cannot share "
                           f"evenly; use --workers dividing {n_shards} or rebuild with build.shards={world}")
     return list(range(rank, n_shards, world))
+
+
+def monitor_of(task: str, cfg: TrainConfig) -> str:
+    """The validation metric early stopping watches (higher is better)."""
+    return cfg.monitor or MONITOR[task]
+
+
+def checkpoints_kept(cfg: TrainConfig) -> int:
+    """Epoch checkpoints kept: with early stopping, the best epoch is at most ``patience`` epochs before the last
+    (else training would have stopped), so keeping ``patience + 1`` of the newest keeps it."""
+    return max(cfg.keep_checkpoints, cfg.patience + 1)
+
+
+def kept_epoch(epochs: list[tuple[Path, dict[str, Any]]], monitor: str | None) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint the run keeps among its epochs' (checkpoint, metrics), oldest first, the deleted ones
+    included: with a ``monitor``, the best epoch by it (the earliest of equals), else the last."""
+    there = [(path, metrics) for path, metrics in epochs if path.exists()]
+    if not there:
+        raise RecsysError("the run reported no checkpoint that still exists")
+    if monitor is None:
+        return there[-1]
+    scored = [(path, metrics) for path, metrics in there if monitor in metrics]
+    if not scored:
+        raise RecsysError(f"early stopping watches {monitor!r}, which no epoch reported (they reported "
+                          f"{sorted(there[-1][1])}); set monitor to one of them")
+    return max(scored, key=lambda pm: (pm[1][monitor], -scored.index(pm)))
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -61,6 +88,7 @@ def _train(config: dict[str, Any]) -> None:
     import ray.train
     import torch
     import wandb
+    from pytorch_lightning.callbacks import EarlyStopping
     from pytorch_lightning.loggers import WandbLogger
     from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
     from torch.utils.data import DataLoader
@@ -78,7 +106,7 @@ def _train(config: dict[str, Any]) -> None:
         read_shard,
         retrieval_batches,
     )
-    from recsys.training.module import KeepCheckpoints, ProgressFile, RecsysModule, StopWhenAsked
+    from recsys.training.module import Catalogue, KeepCheckpoints, ProgressFile, RecsysModule, StopWhenAsked
     from recsys.training.progress import PROGRESS_FILE, send_output_to
     from recsys.training.strategy import OneProcess, TorchRecStrategy
 
@@ -111,7 +139,9 @@ def _train(config: dict[str, Any]) -> None:
         columns = model.spec.columns
     else:
         model = TwoTower(schema, dataset.manifest.cardinalities, cfg.two_tower)
-        module = RecsysModule(TwoTowerTrain(model, cfg.two_tower), cfg.optim, description)
+        # the items as validation ended (the test start): each validation view's item is ranked against them all
+        catalogue = Catalogue.of(dataset.at_test_start("items"), model.item_spec, schema.item_id.name)
+        module = RecsysModule(TwoTowerTrain(model, cfg.two_tower), cfg.optim, description, catalogue)
         columns = list(dict.fromkeys([*model.user_spec.columns, *model.item_spec.columns]))
         log_q = item_log_q(dataset, schema)
 
@@ -124,6 +154,8 @@ def _train(config: dict[str, Any]) -> None:
         frame = pl.concat([read_shard(dataset, TASK_OF[task], split, k, columns) for k in mine])
         # every worker takes the same number of steps: the sharded tables exchange data at each one
         fewest = min(rows_of(split, worker) for worker in range(world))
+        if not shuffle:  # evaluation: all of a small split, in one batch
+            batch_size = max(1, min(batch_size, fewest))
         frame = frame.head(fewest // batch_size * batch_size)
         if task == "dlrm":
             make = lambda seed: ranking_batches(frame, model.spec, batch_size, seed)  # noqa: E731
@@ -141,9 +173,12 @@ def _train(config: dict[str, Any]) -> None:
     device = torch.device("cuda" if cfg.gpus_per_worker else "cpu") if in_process else None
     strategy = TorchRecStrategy(device=device)
     steps = min(rows_of("train", worker) for worker in range(world)) // cfg.batch_size  # (every worker's, per epoch)
-    keep = KeepCheckpoints(run_dir, RayTrainReportCallback.CHECKPOINT_NAME, cfg.keep_checkpoints,
+    keep = KeepCheckpoints(run_dir, RayTrainReportCallback.CHECKPOINT_NAME, checkpoints_kept(cfg),
                            report_to=_IN_PROCESS_CALLBACKS.get(str(run_dir)))
     callbacks = [keep if in_process else RayTrainReportCallback(), ProgressFile(run_dir / PROGRESS_FILE, steps)]
+    if cfg.patience:
+        callbacks.append(EarlyStopping(monitor=monitor_of(task, cfg), mode="max", patience=cfg.patience,
+                                       check_on_train_epoch_end=True))
     if config.get("stop_file"):  # a sweep trial, which the sweep may stop early
         callbacks.append(StopWhenAsked(config["stop_file"]))
     trainer = L.Trainer(accelerator="gpu" if cfg.gpus_per_worker else "cpu", devices="auto", strategy=strategy,
@@ -167,9 +202,11 @@ def _train(config: dict[str, Any]) -> None:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     probe = _probe(module, task, read_shard(dataset, TASK_OF[task], "val", 0, columns).head(PROBE_ROWS))
     if rank == 0:
-        model_path = (KeepCheckpoints.saved(run_dir)[-1] if in_process else
-                      Path(ray.train.get_all_reported_checkpoints()[-1].checkpoint.path)
-                      / RayTrainReportCallback.CHECKPOINT_NAME)
+        epochs = (KeepCheckpoints.reported(run_dir) if in_process else
+                  [(Path(r.checkpoint.path) / RayTrainReportCallback.CHECKPOINT_NAME, r.metrics)
+                   for r in ray.train.get_all_reported_checkpoints()])
+        model_path, kept_metrics = kept_epoch(epochs, monitor_of(task, cfg) if cfg.patience else None)
+        metrics |= {k: float(v) for k, v in kept_metrics.items() if k.startswith("val/")}  # the kept epoch's
         # evaluated like every later consumer will use it: rebuilt, unsharded, from the checkpoint alone, on every
         # test row the baselines see (the per-epoch test metrics saw the rows the workers could split into batches)
         trained, _ = load_model(model_path)
@@ -181,10 +218,14 @@ def _train(config: dict[str, Any]) -> None:
         else:
             retrieval, baselines = retrieval_report(trained, dataset, cfg.eval_users or None)
             metrics |= retrieval
+        last = trainer.current_epoch - 1  # (0-based, as the epochs report themselves)
+        kept = int(kept_metrics.get("epoch", last))
         summary = {"metrics": metrics, "epoch_losses": module.epoch_losses, "sharding": strategy.sharding,
-                   "epochs": trainer.current_epoch, "workers": world, "dataset_id": dataset.id,
-                   "checkpoint": str(model_path), "resumed": resume_from is not None, "probe": probe,
-                   "baselines": baselines}
+                   "epochs": trainer.current_epoch, "kept_epoch": kept + 1,
+                   "monitor": monitor_of(task, cfg) if cfg.patience else None, "workers": world,
+                   "dataset_id": dataset.id, "checkpoint": str(model_path), "resumed": resume_from is not None,
+                   # the trained model's outputs, to check its checkpoint against (when the last epoch is kept)
+                   "probe": probe if kept == last else None, "baselines": baselines}
         run = logger.experiment
         model_artifact = wandb.Artifact(f"model-{task}-{dataset.id}", type="model", metadata={
             "schema_hash": schema.hash, "dataset_id": dataset.id, "metrics": metrics, "run": run_dir.name})
@@ -256,6 +297,8 @@ class TrainResult:
     checkpoint: str  # the final checkpoint (`recsys.training.checkpoint.load_model` rebuilds the model from it)
     resumed: bool  # whether the run restarted from a checkpoint after a failure
     dataset_path: str = ""  # the dataset folder it trained on
+    monitor: str | None = None  # with early stopping: the validation metric that chose the kept epoch
+    kept_epoch: int = 0  # the epoch (1-based) whose checkpoint is kept: the best by ``monitor``, else the last
 
 
 def _ray_logs_to(path: Path) -> None:
@@ -308,6 +351,10 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
     cfg = replace(cfg, dataset=str(dataset.path.resolve()))
     for split in ("train", "val"):
         worker_shards(len(dataset.manifest.splits[TASK_OF[task]][split]["shards"]), max(cfg.workers, 1), 0)
+    if cfg.patience and not min(s["rows"] for s in dataset.manifest.splits[TASK_OF[task]]["val"]["shards"]):
+        raise RecsysError(f"early stopping (patience {cfg.patience}) watches the validation split, but dataset "
+                          f"{dataset.id} has a validation shard without {TASK_OF[task]} examples; set patience=0 "
+                          f"or give the split more days (build.val_days)")
     name = cfg.name or f"{task}-{dataset.id}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.output).resolve() / name
     if (run_dir / "metrics.json").is_file():
@@ -331,7 +378,7 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
         # an interrupted run of the same name (same folder) resumes from its newest checkpoint
         run_config=RunConfig(storage_path=str(run_dir.parent), name=name,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                             checkpoint_config=CheckpointConfig(num_to_keep=checkpoints_kept(cfg)),
                              callbacks=callbacks),
     )
     if cfg.workers == 0 and callbacks:
@@ -355,7 +402,8 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
         export_checkpoint(summary["checkpoint"], run_dir / "export")
     return TrainResult(task=task, dataset_id=dataset.id, metrics=summary["metrics"], baselines=summary["baselines"],
                        epoch_losses=summary["epoch_losses"], sharding=summary["sharding"], path=str(run_dir),
-                       checkpoint=summary["checkpoint"], resumed=summary["resumed"], dataset_path=cfg.dataset)
+                       checkpoint=summary["checkpoint"], resumed=summary["resumed"], dataset_path=cfg.dataset,
+                       monitor=summary.get("monitor"), kept_epoch=summary["kept_epoch"])
 
 
 def run_together(configs: dict[str, TrainConfig], progress: bool = True) -> dict[str, TrainResult]:

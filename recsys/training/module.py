@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytorch_lightning as L
 import torch
 from torchrec import EmbeddingBagCollection
@@ -21,29 +23,34 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from recsys.evaluation.metrics import auc, log_loss
+from recsys.evaluation.metrics import auc, catalogue_hits, log_loss
 from recsys.models.dlrm import DLRMTrain, Ranker
-from recsys.models.inputs import Batch
+from recsys.models.inputs import Batch, InputSpec, make_batch
 from recsys.models.two_tower import TwoTower, TwoTowerTrain
 from recsys.training.config import OptimConfig
 from recsys.training.data import RetrievalBatch
 
 EVAL_SPLITS = ("val", "test")  # the evaluation dataloaders, in order
+CATALOGUE_K = 100  # retrieval's validation metric: recall@100 of each validation pair against every item
 
 
 class RecsysModule(L.LightningModule):
     """Trains a `Ranker` on ranking batches or a `TwoTower` on retrieval batches."""
 
     def __init__(self, train_wrapper: DLRMTrain | TwoTowerTrain, optim: OptimConfig,
-                 description: dict | None = None):
-        """``description`` (task, config, schema hash, dataset id …) goes into every checkpoint."""
+                 description: dict | None = None, catalogue: Catalogue | None = None):
+        """``description`` (task, config, schema hash, dataset id …) goes into every checkpoint. ``catalogue``
+        (retrieval): every item's inputs, against which each validation pair's item is ranked (val/recall@100)."""
         super().__init__()
         self.train_wrapper, self.optim = train_wrapper, optim  # the wrapper holds the model: one copy of it
         self.description = description or {}
+        self.catalogue = catalogue
+        self._item_vectors: torch.Tensor | None = None
         embeddings = [p for m in self.model.modules() if isinstance(m, EmbeddingBagCollection)
                       for p in m.parameters()]
         apply_optimizer_in_backward(torch.optim.Adagrad, embeddings, {"lr": optim.embedding_lr})
         self._outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._hits: dict[str, list[np.ndarray]] = {}
         self._step_started: float | None = None
         self._epoch_started, self._epoch_examples = 0.0, 0
         self.epoch_losses: list[float] = []  # mean training loss of each epoch, all workers
@@ -93,6 +100,15 @@ class RecsysModule(L.LightningModule):
         for i, group in enumerate(self.trainer.optimizers[0].param_groups):
             self.log(f"train/lr_dense_{i}", group["lr"], batch_size=len(batch))
 
+    def _tower(self, name: str) -> torch.nn.Module:
+        model = self.model
+        return getattr(getattr(model, "module", model), name)  # (TorchRec's DistributedModelParallel wraps it)
+
+    def on_validation_epoch_start(self) -> None:
+        if self.catalogue is not None:  # every worker, in step: the item tower's tables may be sharded
+            with torch.no_grad():
+                self._item_vectors = self._tower("item_tower")(self.catalogue.inputs.to(self.device))
+
     def _evaluate_step(self, batch: Batch | RetrievalBatch, prefix: str) -> None:
         loss, logits = self._loss(batch)
         self.log(f"{prefix}/loss", loss, batch_size=len(batch), prog_bar=prefix == "val", sync_dist=True,
@@ -100,14 +116,19 @@ class RecsysModule(L.LightningModule):
         if isinstance(batch, Batch) and batch.labels is not None:
             probs = torch.sigmoid(logits).detach().cpu().numpy()
             self._outputs.setdefault(prefix, []).append((probs, batch.labels.cpu().numpy()))
+        if isinstance(batch, RetrievalBatch) and prefix == "val" and self._item_vectors is not None:
+            with torch.no_grad():
+                users = self._tower("user_tower")(batch.users)
+            rows = self.catalogue.rows(batch.item_ids).to(users.device)
+            hits = catalogue_hits(users, self._item_vectors, rows, CATALOGUE_K).cpu().numpy()
+            self._hits.setdefault(prefix, []).append(hits)
 
     def _evaluate_end(self, prefix: str) -> None:
-        """AUC and log-loss over every worker's rows (ranking)."""
-        outputs = self._outputs.pop(prefix, [])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, outputs)
-            outputs = [o for rank in gathered for o in rank]
+        """AUC and log-loss over every worker's rows (ranking); recall@100 against the catalogue (retrieval)."""
+        hits = _gathered(self._hits.pop(prefix, []))
+        if hits:
+            self.log(f"{prefix}/recall@{CATALOGUE_K}", float(np.concatenate(hits).mean()), add_dataloader_idx=False)
+        outputs = _gathered(self._outputs.pop(prefix, []))
         if not outputs:
             return
         probs = np.concatenate([p for p, _ in outputs])
@@ -137,6 +158,34 @@ class RecsysModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.epoch_losses = list(checkpoint.get("epoch_losses", []))
+
+
+def _gathered(outputs: list) -> list:
+    """Every worker's ``outputs``, concatenated (this process's alone when it trains by itself)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, outputs)
+        return [o for rank in gathered for o in rank]
+    return outputs
+
+
+@dataclass
+class Catalogue:
+    """Every item's tower inputs (one row each) and, for an item's embedding row (its encoded id), its row here."""
+
+    inputs: Batch
+    row_of_id: torch.Tensor  # (max id + 1,) int64, -1 for an id not in the catalogue
+
+    @classmethod
+    def of(cls, items: pl.DataFrame, spec: InputSpec, item_column: str) -> Catalogue:
+        ids = torch.from_numpy(items[item_column].to_numpy().astype(np.int64))
+        row_of_id = torch.full((int(ids.max()) + 1 if len(ids) else 1,), -1, dtype=torch.int64)
+        row_of_id[ids] = torch.arange(len(ids))
+        return cls(make_batch(items, spec), row_of_id)
+
+    def rows(self, item_ids: torch.Tensor) -> torch.Tensor:
+        inside = item_ids < len(self.row_of_id)
+        return torch.where(inside, self.row_of_id[item_ids.clamp(max=len(self.row_of_id) - 1)], -1)
 
 
 class StopWhenAsked(L.Callback):
@@ -187,6 +236,7 @@ class KeepCheckpoints(L.Callback):
     ``<run>/checkpoint_epoch-<n>/checkpoint.ckpt``, the newest ``keep`` of them, as Ray Train keeps them."""
 
     PREFIX = "checkpoint_epoch-"
+    METRICS = "metrics.json"  # beside each checkpoint: its epoch's metrics, as Ray Train reports them
 
     def __init__(self, run_dir: str | Path, name: str, keep: int, report_to: list | None = None):
         """``report_to``: Ray Train callbacks (e.g. Tune's) that get each epoch's metrics, as Ray Train's controller
@@ -196,13 +246,20 @@ class KeepCheckpoints(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import shutil
 
-        trainer.save_checkpoint(str(self.run_dir / f"{self.PREFIX}{trainer.current_epoch:03d}" / self.name))
-        for old in self.saved(self.run_dir)[: -self.keep or None]:
-            shutil.rmtree(old.parent, ignore_errors=True)
+        folder = self.run_dir / f"{self.PREFIX}{trainer.current_epoch:03d}"
+        trainer.save_checkpoint(str(folder / self.name))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         metrics |= {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        (folder / self.METRICS).write_text(json.dumps(metrics))
+        for old in self.saved(self.run_dir)[: -self.keep or None]:
+            shutil.rmtree(old.parent, ignore_errors=True)
         for callback in self.report_to:
             callback.after_report(None, [metrics], None)
+
+    @classmethod
+    def reported(cls, run_dir: str | Path) -> list[tuple[Path, dict]]:
+        """(checkpoint, the metrics of its epoch) of the kept checkpoints, oldest first."""
+        return [(path, json.loads((path.parent / cls.METRICS).read_text())) for path in cls.saved(run_dir)]
 
     @classmethod
     def saved(cls, run_dir: str | Path) -> list[Path]:

@@ -46,10 +46,11 @@ def tiny_train_config(dataset, output, **overrides) -> TrainConfig:
 
 @pytest.fixture(scope="session")
 def tiny_runs(local_ray, tiny_dataset, tmp_path_factory) -> dict:
-    """Both tiny models trained on 2 Ray Train workers each, at the same time (as `recsys train both` trains)."""
+    """Both tiny models trained on 2 Ray Train workers each, at the same time (as `recsys train both` trains); the
+    two-tower with early stopping on its validation recall@100 (at most 3 epochs)."""
     return run_together({"dlrm": tiny_train_config(tiny_dataset, tmp_path_factory.mktemp("train")),
                          "two-tower": tiny_train_config(tiny_dataset, tmp_path_factory.mktemp("train"),
-                                                        batch_size=128)}, progress=False)
+                                                        batch_size=128, patience=1)}, progress=False)
 
 
 @pytest.fixture(scope="session")

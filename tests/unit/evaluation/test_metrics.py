@@ -6,7 +6,7 @@ import torch
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import ndcg_score, roc_auc_score
 
-from recsys.evaluation.metrics import auc, log_loss, recall_ndcg, top_k
+from recsys.evaluation.metrics import auc, catalogue_hits, log_loss, recall_ndcg, top_k
 
 
 def test_auc_and_log_loss_match_sklearn():
@@ -48,3 +48,16 @@ def test_recall_and_ndcg_hand_worked_and_against_sklearn():
     assert m["ndcg@4"] == pytest.approx(ndcg_score(true, score, k=4))
     users_without = recall_ndcg(ranked, [np.array([1, 0]), np.array([], dtype=int)], ks=(2,))
     assert users_without["recall@2"] == 0.5  # a user with nothing to find does not count
+
+
+def test_catalogue_hits_rank_each_positive_against_every_item_hand_worked():
+    items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7], [-1.0, 0.0]])
+    users = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    # user 0's item 0 scores 1.0, the best: rank 0. User 1's item 1 scores 0, under items 0 (1.0) and 2 (0.7):
+    # rank 2. User 2's item 3 scores 0, under items 1 (1.0) and 2 (0.7), tied with item 0: rank 2 (ties count
+    # for the positive). User 3's item is not in the catalogue.
+    positives = torch.tensor([0, 1, 3, -1])
+    assert catalogue_hits(users, items, positives, k=1).tolist() == [True, False, False, False]
+    assert catalogue_hits(users, items, positives, k=2).tolist() == [True, False, False, False]
+    assert catalogue_hits(users, items, positives, k=3).tolist() == [True, True, True, False]
+    assert catalogue_hits(users, items, positives, k=100).tolist() == [True, True, True, False]
