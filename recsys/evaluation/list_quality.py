@@ -4,8 +4,9 @@ its expected clicks under a generated shop's click model (`recsys.evaluation.exp
 The reference lists (every one restricted to the items serving may show):
 
 - a bestseller list: serving's cold-start list (the most viewed available items), the same for everyone;
-- the ceiling of what views reveal: each user's taste estimated as the mean true vector of the items they viewed,
-  then the best items for it (a model that had learnt every item perfectly could do this much);
+- the ceiling of what views reveal: each user's taste estimated from the true vectors of the items they viewed (the
+  mean, or its direction shrunk by how few views back it, whichever lists expect the most clicks for these users),
+  then the best items for it: a model that had learnt every item perfectly could do about this much;
 - the oracle: each user's best items under their true taste;
 - random items.
 
@@ -25,14 +26,7 @@ from tqdm import tqdm
 from recsys.data.dataset import Dataset
 from recsys.data.features import META_ITEM, META_USER
 from recsys.data.generate import ShopWorld
-from recsys.evaluation.expected_clicks import (
-    best_lists,
-    best_of,
-    expected_clicks,
-    oracle_lists,
-    taste_from_views,
-    world_of,
-)
+from recsys.evaluation.expected_clicks import best_of, expected_clicks, oracle_lists, view_ceiling_lists, world_of
 from recsys.evaluation.lists import list_coverage
 from recsys.online.features import OnlineFeatures, model_inputs
 from recsys.online.ranking import OnnxRanker
@@ -75,7 +69,7 @@ def reference_lists(world: ShopWorld, dataset: Dataset, features: OnlineFeatures
     rng = np.random.default_rng(seed + 1)
     return {
         BESTSELLER: np.tile(np.array(features.popular[:k]), (len(users), 1)),
-        CEILING: best_lists(world, taste_from_views(world, views, META_USER, META_ITEM)[users - 1], k, allowed),
+        CEILING: view_ceiling_lists(world, views, META_USER, META_ITEM, users, k, allowed)[0],
         ORACLE: oracle_lists(world, users, k, allowed=allowed),
         RANDOM: np.stack([rng.choice(allowed, k, replace=False) for _ in users]),
     }

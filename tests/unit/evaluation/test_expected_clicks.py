@@ -13,7 +13,9 @@ from recsys.evaluation.expected_clicks import (
     best_of,
     expected_clicks,
     oracle_lists,
+    shrunk_taste,
     taste_from_views,
+    view_ceiling_lists,
     world_of,
 )
 
@@ -107,6 +109,29 @@ def test_lists_from_viewed_taste_sit_between_a_bestseller_list_and_the_oracle(ti
     assert oracle > ceiling
     bestsellers = views[META_ITEM].value_counts(sort=True)[META_ITEM].to_numpy()[:10]
     assert ceiling > expected_clicks(world, users, np.tile(bestsellers, (len(users), 1))).mean()
+
+
+def test_a_shrunk_taste_is_the_mean_direction_trusted_by_the_number_of_views():
+    mean = np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -0.5]])
+    counts = np.array([2, 0, 6])
+    # user 0: direction (0.6, 0.8), length 1.5 * 2 / (2 + 2) = 0.75; user 1: no views, no taste;
+    # user 2: direction (0, -1), length 1.5 * 6 / 8 = 1.125
+    np.testing.assert_allclose(shrunk_taste(mean, counts, scale=1.5, prior=2.0),
+                               [[0.45, 0.6], [0.0, 0.0], [0.0, -1.125]])
+
+
+def test_the_view_ceiling_is_the_best_of_its_estimates_and_under_the_oracle(tiny_dataset, world):
+    views = pl.concat([tiny_dataset.read("retrieval", s).select(META_USER, META_ITEM) for s in ("train", "val")])
+    users = np.unique(views[META_USER].to_numpy())[:200]
+    lists, (scale, prior) = view_ceiling_lists(world, views, META_USER, META_ITEM, users, 10)
+    ceiling = expected_clicks(world, users, lists).mean()
+    plain = best_lists(world, taste_from_views(world, views, META_USER, META_ITEM)[users - 1], 10)
+    assert ceiling >= expected_clicks(world, users, plain).mean()
+    assert ceiling < expected_clicks(world, users, oracle_lists(world, users, 10)).mean()
+    if scale is not None:  # the chosen estimate's own lists are the ones returned
+        counts = np.bincount(views[META_USER].to_numpy() - 1, minlength=world.cfg.n_users)[users - 1]
+        mean = taste_from_views(world, views, META_USER, META_ITEM)[users - 1]
+        np.testing.assert_array_equal(lists, best_lists(world, shrunk_taste(mean, counts, scale, prior), 10))
 
 
 def test_a_perfect_ranker_orders_the_candidates_by_true_click_probability(world):
