@@ -56,11 +56,13 @@ def summary(result) -> str:
                      f"{len(result.epoch_losses)} trained (its {result.monitor} "
                      f"{result.metrics.get(result.monitor, float('nan')):.4f})")
     lines += [f"  {k:<24} {v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith(("val/", "test/"))]
-    for metric in ("auc", "gauc"):  # over every impression; within each user's impressions
+    # over every impression; within each user's impressions; the clicks within each request, scored as served
+    for metric in ("auc", "gauc", "ndcg@10"):
         model, popular = result.metrics.get(f"test/{metric}"), result.baselines.get(f"popularity_{metric}")
         if model is None or popular is None:
             continue
-        line = f"  test {metric.upper()}: model {model:.4f} | popularity {popular:.4f}"
+        name = metric.upper() if "@" not in metric else "NDCG@10 within requests"
+        line = f"  test {name}: model {model:.4f} | popularity {popular:.4f}"
         if (logistic := result.baselines.get(f"logistic_{metric}")) is not None:
             line += f" | logistic regression {logistic:.4f}"
         if (oracle := result.baselines.get(f"oracle_{metric}")) is not None:

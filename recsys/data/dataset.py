@@ -43,7 +43,7 @@ from recsys.hashing import file_sha256, stable_hash
 from recsys.io import atomic_dir
 from recsys.schema import PROJECT_ROOT, FeatureSchema, Kind
 
-PIPELINE_VERSION = 4  # bump when feature logic changes what a build writes
+PIPELINE_VERSION = 5  # bump when feature logic changes what a build writes (5: ranking examples name their request)
 TASKS = ("ranking", "retrieval")
 SPLITS = ("train", "val", "test")
 VALIDATED_TABLES = ("events", "users", "items")

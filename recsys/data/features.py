@@ -33,6 +33,7 @@ CAT = "__category"  # an integer code per category name
 # metadata columns every example table carries beside the encoded features
 META_EVENT_ID, META_TS, META_USER, META_ITEM = "_event_id", "_timestamp", "_user", "_item"
 META_COLUMNS = (META_EVENT_ID, META_TS, META_USER, META_ITEM)
+META_REQUEST = "_request"  # ranking examples: the request whose list showed the impression
 META_AVAILABLE, META_CATEGORY = "_available", "_category"  # online item / user x category tables
 
 F = "f:"  # prefix of computed features inside a frame (feature and event column names may coincide)
@@ -303,6 +304,8 @@ def encode_examples(builder: FeatureBuilder, rows: pl.LazyFrame, task: str) -> p
     """Metadata and encoded features of example ``rows`` (a time-ordered slice of `example_rows`)."""
     features = task_features(builder.schema, task)
     meta = [pl.col(c).alias(m) for c, m in zip((EVENT_ID, TS, USER, ITEM), META_COLUMNS, strict=True)]
+    if task == "ranking":
+        meta.append(pl.col(REQUEST).alias(META_REQUEST))
     return builder.add(rows, features).select(*meta, *_named(features))
 
 

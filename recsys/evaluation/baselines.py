@@ -17,7 +17,7 @@ from recsys.data.features import META_EVENT_ID, META_USER
 from recsys.evaluation.lists import NoUserOfBothClasses, gauc
 from recsys.evaluation.logistic import LogisticBaseline
 from recsys.evaluation.metrics import auc, log_loss
-from recsys.evaluation.ranking import ranking_metrics
+from recsys.evaluation.ranking import ndcg_metric, ranking_metrics, served_order
 from recsys.schema import PROJECT_ROOT, FeatureSchema
 
 
@@ -49,6 +49,8 @@ def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "tes
     out = {"popularity_auc": auc(y, df[popularity.name].to_numpy()), "rows": float(df.height)}
     with suppress(NoUserOfBothClasses):
         out["popularity_gauc"] = gauc(df[META_USER].to_numpy(), y, df[popularity.name].to_numpy())
+    out |= {k.replace("/", "_"): v for k, v in ndcg_metric(rows, y, df[popularity.name].to_numpy(),
+                                                          "popularity").items()}
     out |= _logistic(dataset, schema, rows)
     truth = ground_truth_dir(dataset)
     if truth is not None:
@@ -67,6 +69,7 @@ def _logistic(dataset: Dataset, schema: FeatureSchema, rows: pl.DataFrame) -> di
     """``logistic_auc``, ``logistic_gauc`` and ``logistic_logloss``: fitted on the training split, scored on
     ``rows`` (a split's examples)."""
     from recsys.models.inputs import InputSpec  # (TorchRec: only when it is needed)
+    from recsys.online.features import serving_context
 
     spec = InputSpec.for_part(schema, "dlrm")
     train = dataset.read("ranking", "train")
@@ -75,6 +78,8 @@ def _logistic(dataset: Dataset, schema: FeatureSchema, rows: pl.DataFrame) -> di
     if train[spec.label.name].n_unique() < 2:
         return {}
     fitted = LogisticBaseline.fit(train, spec, dataset.manifest.cardinalities)
-    metrics = ranking_metrics(rows[spec.label.name].to_numpy(), fitted.predict(rows), "logistic",
-                              rows[META_USER].to_numpy())
+    labels = rows[spec.label.name].to_numpy()
+    metrics = ranking_metrics(labels, fitted.predict(rows), "logistic", rows[META_USER].to_numpy())
+    served = served_order(rows, serving_context(schema, dataset.encoders(schema)))
+    metrics |= ndcg_metric(rows, labels, fitted.predict(served), "logistic")
     return {name.replace("/", "_"): value for name, value in metrics.items() if not name.endswith("/rows")}

@@ -13,8 +13,8 @@ from contextlib import suppress
 import numpy as np
 import polars as pl
 
-from recsys.data.features import META_USER
-from recsys.evaluation.lists import NoUserOfBothClasses, gauc
+from recsys.data.features import META_REQUEST, META_USER
+from recsys.evaluation.lists import NoUserOfBothClasses, gauc, ndcg_in_requests
 from recsys.evaluation.metrics import auc, log_loss
 
 
@@ -53,9 +53,34 @@ def ranking_metrics(labels: np.ndarray, probs: np.ndarray, prefix: str = "test",
     return out
 
 
-def ranking_report(model, rows: pl.DataFrame, label: str, prefix: str = "test",
-                   batch_size: int = 8192) -> dict[str, float]:
+def served_order(rows: pl.DataFrame, context: dict[str, object] | None) -> pl.DataFrame:
+    """``rows`` with each ``context`` input (e.g. the position) set to what serving gives every candidate."""
+    if not context:
+        return rows
+    return rows.with_columns(pl.lit(value, dtype=rows[name].dtype).alias(name) for name, value in context.items())
+
+
+def ndcg_metric(rows: pl.DataFrame, labels: np.ndarray, scores: np.ndarray, prefix: str) -> dict[str, float]:
+    """``<prefix>/ndcg@10`` of the clicks within each logged request (rows without a request left out), when the
+    rows name their requests and one of them has a click."""
+    if META_REQUEST not in rows.columns:
+        return {}
+    known = rows[META_REQUEST].is_not_null().to_numpy()
+    with suppress(ValueError):  # (no request with a click)
+        return {f"{prefix}/ndcg@10": ndcg_in_requests(rows[META_REQUEST].to_numpy()[known], labels[known],
+                                                      scores[known], k=10)}
+    return {}
+
+
+def ranking_report(model, rows: pl.DataFrame, label: str, prefix: str = "test", batch_size: int = 8192,
+                   context: dict[str, object] | None = None) -> dict[str, float]:
     """The model's AUC, GAUC (where ``rows`` name their users), log-loss and row count over every row of ``rows``
-    (a split's examples, label column ``label``)."""
+    (a split's examples, label column ``label``), and NDCG@10 within each logged request (where they name their
+    requests), each request's items scored as serving scores candidates: the ``context`` inputs (the position) at
+    their serving value, so the order is the model's, not the logged slots'."""
     users = rows[META_USER].to_numpy() if META_USER in rows.columns else None
-    return ranking_metrics(rows[label].to_numpy(), ranking_scores(model, rows, batch_size), prefix, users)
+    labels = rows[label].to_numpy()
+    out = ranking_metrics(labels, ranking_scores(model, rows, batch_size), prefix, users)
+    if META_REQUEST in rows.columns:
+        out |= ndcg_metric(rows, labels, ranking_scores(model, served_order(rows, context), batch_size), prefix)
+    return out

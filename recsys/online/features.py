@@ -174,10 +174,15 @@ class OnlineFeatures:
                       else np.zeros(0, np.float32))
             default = encoded_default(self.encoders, f, 0.0)
             self._cross[f.name] = (np.where(np.isnan(values), default, values).astype(np.float32), default)
-        self._constant = {f.name: encoded_default(self.encoders, f, 0) for f in self.schema.by_scope(Scope.CONTEXT)}
+        self._constant = serving_context(self.schema, self.encoders)
 
     def _specs(self, scope: Scope) -> tuple[TensorSpec, ...]:
         return tensor_specs(self.schema.by_scope(scope))
+
+
+def serving_context(schema: FeatureSchema, encoders) -> dict[str, object]:
+    """The encoded value serving gives each context input (the position) for every candidate: its raw 0."""
+    return {f.name: encoded_default(encoders, f, 0) for f in schema.by_scope(Scope.CONTEXT)}
 
 
 def model_inputs(schema: FeatureSchema, part: str) -> tuple[TensorSpec, ...]:

@@ -59,6 +59,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_path: str | Path, batch_
     from recsys.data.features import META_EVENT_ID
     from recsys.evaluation.ranking import ranking_report
     from recsys.evaluation.retrieval import model_metrics, retrieval_task
+    from recsys.online.features import serving_context
     from recsys.schema import load_schema
     from recsys.training.checkpoint import load_model
 
@@ -82,4 +83,5 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_path: str | Path, batch_
         if not np.array_equal(np.sort(rows[META_EVENT_ID].to_numpy()), np.sort(shards.to_numpy())):
             raise RecsysError(f"dataset {dataset.id}'s test events encoded again give {rows.height} rows, its test "
                               f"shards hold {shards.len()}: they should be the same impressions")
-    return ranking_report(model, rows, label, batch_size=batch_size)
+    encoders = builder.encoders if builder is not None else dataset.encoders(schema)
+    return ranking_report(model, rows, label, batch_size=batch_size, context=serving_context(schema, encoders))

@@ -97,6 +97,7 @@ def _train(config: dict[str, Any]) -> None:
     from recsys.evaluation.retrieval import retrieval_report
     from recsys.models.dlrm import DLRMTrain, Ranker
     from recsys.models.two_tower import TwoTower, TwoTowerTrain
+    from recsys.online.features import serving_context
     from recsys.training.checkpoint import load_model
     from recsys.training.data import (
         EpochBatches,
@@ -213,7 +214,8 @@ def _train(config: dict[str, Any]) -> None:
         if task == "dlrm":
             metrics.pop("test/auc", None)  # (a split of one class has none)
             metrics |= ranking_report(trained, dataset.read("ranking", "test"), schema.label("dlrm").name,
-                                      batch_size=cfg.eval_batch_size)
+                                      batch_size=cfg.eval_batch_size,
+                                      context=serving_context(schema, dataset.encoders(schema)))
             baselines = ranking_baselines(dataset, schema)
         else:
             retrieval, baselines = retrieval_report(trained, dataset, cfg.eval_users or None)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from recsys.errors import RecsysError
+from recsys.evaluation.lists import ndcg_in_requests
 from recsys.models.inputs import InputSpec, make_batch
 from recsys.training.checkpoint import load_model
 from recsys.training.data import read_shard
@@ -77,6 +78,13 @@ def test_the_recorded_test_auc_is_the_checkpoints_over_every_test_row(dlrm_run, 
     assert recorded["test/logloss"] == pytest.approx(log_loss(labels, scores), abs=1e-6)
     # the model and the baselines were scored on the same rows: all of the split's
     assert recorded.get("test/rows") == expected_rows and summary["baselines"].get("rows") == expected_rows
+    # and within each request, every shown item scored as serving scores a candidate (at slot 0, encoded 1)
+    served = rows.with_columns(position=1)
+    with torch.no_grad():
+        served_scores = torch.sigmoid(model(make_batch(served, model.spec))).numpy().reshape(-1)
+    assert recorded["test/ndcg@10"] == pytest.approx(
+        ndcg_in_requests(rows["_request"].to_numpy(), labels, served_scores), abs=1e-9)
+    assert {"popularity_ndcg@10", "logistic_ndcg@10"} <= set(summary["baselines"])
 
 
 def _registered_checkpoints(run_dir: Path) -> int:

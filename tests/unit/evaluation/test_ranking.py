@@ -9,6 +9,7 @@ from recsys.evaluation.ranking import ranking_metrics, ranking_report, ranking_s
 from recsys.models.config import DLRMConfig
 from recsys.models.dlrm import Ranker
 from recsys.models.inputs import make_batch
+from recsys.online.features import serving_context
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +58,27 @@ def test_the_reports_gauc_is_the_impression_weighted_mean_of_each_users_sklearn_
     assert report["test/gauc"] == pytest.approx(np.average(aucs, weights=weights), abs=1e-12)
     # one user who only clicked: no GAUC, and no error
     assert "test/gauc" not in ranking_metrics(np.array([1, 1, 0]), np.array([.9, .8, .1]), users=np.array([1, 1, 2]))
+
+
+def test_ndcg_within_requests_scores_every_candidate_at_the_serving_position(tiny_dataset, ranker, schema):
+    rows = tiny_dataset.read("ranking", "test")
+    assert rows["_request"].null_count() == 0  # generated impressions all name their request
+    context = serving_context(schema, tiny_dataset.encoders(schema))
+    assert context == {"position": 1}  # slot 0, encoded (index 0 is kept for a missing value)
+    report = ranking_report(ranker, rows, "click", context=context)
+    served = rows.with_columns(position=1)
+    scores = ranking_scores(ranker, served)
+    # by hand (numpy): per request with a click, the shown items ordered by the served score, clicks last on ties
+    ndcgs = []
+    for request in np.unique(rows["_request"].to_numpy()):
+        mine = rows["_request"].to_numpy() == request
+        labels, s = rows["click"].to_numpy()[mine], scores[mine]
+        if not labels.any():
+            continue
+        order = np.lexsort((labels, -s))[:10]
+        discount = 1 / np.log2(np.arange(2, 2 + len(order)))
+        ideal = np.sort(labels)[::-1][:10]
+        ndcgs.append((labels[order] * discount).sum() / (ideal * discount[: len(ideal)]).sum())
+    assert report["test/ndcg@10"] == pytest.approx(np.mean(ndcgs), abs=1e-9)
+    at_logged = ranking_report(ranker, rows, "click")["test/ndcg@10"]  # no context: the logged positions
+    assert at_logged != pytest.approx(report["test/ndcg@10"], abs=1e-6)
