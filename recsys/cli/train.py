@@ -59,13 +59,13 @@ def summary(result) -> str:
     # over every impression; within each user's impressions; the clicks within each request, scored as served
     for metric in ("auc", "gauc", "ndcg@10"):
         model, popular = result.metrics.get(f"test/{metric}"), result.baselines.get(f"popularity_{metric}")
-        if model is None or popular is None:
+        if result.task != "dlrm" or model is None or popular is None:
             continue
         name = metric.upper() if "@" not in metric else "NDCG@10 within requests"
         line = f"  test {name}: model {model:.4f} | popularity {popular:.4f}"
         if (logistic := result.baselines.get(f"logistic_{metric}")) is not None:
             line += f" | logistic regression {logistic:.4f}"
-        if (oracle := result.baselines.get(f"oracle_{metric}")) is not None:
+        if metric != "ndcg@10" and (oracle := result.baselines.get(f"oracle_{metric}")) is not None:
             line += f" | oracle {oracle:.4f} (model reaches {(model - 0.5) / (oracle - 0.5):.1%} of the oracle's " \
                     "lift over chance)"
         lines.append(line)
