@@ -250,7 +250,9 @@ class KeepCheckpoints(L.Callback):
         trainer.save_checkpoint(str(folder / self.name))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         metrics |= {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        (folder / self.METRICS).write_text(json.dumps(metrics))
+        written = folder / f"{self.METRICS}.partial"
+        written.write_text(json.dumps(metrics))
+        written.replace(folder / self.METRICS)  # (atomic: the checkpoint counts as saved from here on)
         for old in self.saved(self.run_dir)[: -self.keep or None]:
             shutil.rmtree(old.parent, ignore_errors=True)
         for callback in self.report_to:
@@ -263,6 +265,7 @@ class KeepCheckpoints(L.Callback):
 
     @classmethod
     def saved(cls, run_dir: str | Path) -> list[Path]:
-        """The kept checkpoints, oldest first."""
+        """The kept checkpoints, oldest first: those whose metrics were written, which happens once the checkpoint
+        is complete (a process killed while saving leaves one without, which a resume must not read)."""
         found = (folder / "checkpoint.ckpt" for folder in Path(run_dir).glob(f"{cls.PREFIX}*"))
-        return sorted(path for path in found if path.exists())
+        return sorted(path for path in found if path.exists() and (path.parent / cls.METRICS).is_file())

@@ -46,3 +46,15 @@ def test_a_monitor_no_epoch_reported_is_a_clear_error(tmp_path):
 def test_enough_checkpoints_are_kept_for_the_best_to_survive(keep, patience, expected):
     # the best epoch is at most `patience` epochs before the last, or training would have stopped
     assert checkpoints_kept(TrainConfig(keep_checkpoints=keep, patience=patience)) == expected
+
+
+def test_a_checkpoint_a_killed_process_left_half_written_is_not_resumed_from(tmp_path):
+    from recsys.training.module import KeepCheckpoints
+
+    for epoch, complete in ((0, True), (1, False)):  # killed while saving epoch 1: no metrics written yet
+        folder = tmp_path / f"{KeepCheckpoints.PREFIX}{epoch:03d}"
+        (folder / "checkpoint.ckpt").mkdir(parents=True)
+        if complete:
+            (folder / KeepCheckpoints.METRICS).write_text('{"epoch": 0, "val/auc": 0.7}')
+    assert KeepCheckpoints.saved(tmp_path) == [tmp_path / f"{KeepCheckpoints.PREFIX}000" / "checkpoint.ckpt"]
+    assert KeepCheckpoints.reported(tmp_path)[0][1] == {"epoch": 0, "val/auc": 0.7}
