@@ -34,6 +34,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                               "test/recall@100) beats the current production version's by more "
                                               "than --margin on the same test set (both re-evaluated on the "
                                               "candidate's dataset when they were trained on different ones). "
+                                              "--metric compares another test metric (test/gauc, test/ndcg@10); "
+                                              "--floor makes either alias require beating the named baselines "
+                                              "recorded beside the model. "
                                               "Exit code 1, naming every failed check, when refused."),
         "rollback": sub.add_parser("rollback", help="production back to the previous production version",
                                    description="Point production at the version that was production before the "
@@ -62,6 +65,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     promote.add_argument("--margin", type=float, default=0.0,
                          help="production only: how much the metric must beat production by (default 0: strictly "
                               "better)")
+    promote.add_argument("--metric", help="the test metric compared (default: dlrm test/auc, two-tower "
+                         "test/recall@100), e.g. test/gauc or test/ndcg@10 (the clicks within each request)")
+    promote.add_argument("--floor", default="", metavar="BASELINES",
+                         help="comma-separated baselines the version's metric must beat, for either alias: "
+                              "popularity, logistic (regression on the same inputs), oracle")
     promote.add_argument("--force", metavar="REASON", help="override failed checks; the reason is recorded")
     deploy = parsers["deploy"]
     deploy.add_argument("--share", type=float, default=0.1, help="share of users for the candidate (default 0.1)")
@@ -121,7 +129,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         try:
             if args.action == "promote":
                 event = registry.promote(task, args.version, args.to, margin=args.margin, force_reason=args.force,
-                                         reason=args.reason, who=args.who, registry=args.registry)
+                                         reason=args.reason, who=args.who, registry=args.registry,
+                                         metric=args.metric, floor=tuple(b for b in args.floor.split(",") if b))
             else:
                 event = registry.rollback(task, reason=args.reason, who=args.who, registry=args.registry)
         except registry.GateRefused as exc:

@@ -1,10 +1,12 @@
 """The promotion gate: what a version must pass to become ``candidate`` or ``production``, and rollback.
 
-To ``candidate``: export parity passed and the schema hash equals the serving schema's. To ``production``:
-the same, and its offline metric (`PRIMARY_METRIC`) beats the current production version's by more than
-``margin`` on the same test set: the recorded metrics when both were evaluated on the same dataset, else both
-checkpoints re-evaluated on the candidate dataset's test events, each encoded with the encoders of the dataset
-the model was trained on (`recsys.registry.evaluate`). ``force_reason`` overrides failed checks, on the record.
+To ``candidate``: export parity passed and the schema hash equals the serving schema's; with a ``floor``, its
+metric beats the named baselines recorded beside it (popularity, logistic regression). To ``production``:
+the same, and its offline metric (`PRIMARY_METRIC`, or the ``metric`` asked for: GAUC, NDCG within requests)
+beats the current production version's by more than ``margin`` on the same test set: the recorded metrics
+when both were evaluated on the same dataset, else both checkpoints re-evaluated on the candidate dataset's test
+events, each encoded with the encoders of the dataset the model was trained on (`recsys.registry.evaluate`).
+``force_reason`` overrides failed checks, on the record.
 """
 
 from __future__ import annotations
@@ -56,10 +58,47 @@ def basic_checks(version: ModelVersion, serving_schema_hash: str) -> list[dict[s
                    f"{serving_schema_hash}")]
 
 
+BASELINE_NAMES = {"popularity": "popularity", "logistic": "logistic regression", "oracle": "the oracle"}
+
+
+def gate_metric(task: str, metric: str | None) -> str:
+    """The test metric a promotion compares: ``metric`` (e.g. ``test/gauc``, ``test/ndcg@10``), else the task's
+    primary one."""
+    if metric is None:
+        return PRIMARY_METRIC[task]
+    if not metric.startswith("test/"):
+        raise RecsysError(f"the gate compares test metrics (test/<name>, e.g. test/gauc), got {metric!r}")
+    return metric
+
+
+def floor_check(version: ModelVersion, metric: str, floor: tuple[str, ...]) -> dict[str, Any]:
+    """Whether ``metric`` beats each baseline named in ``floor`` (popularity, logistic, oracle) recorded beside it at
+    training, on the same test rows; a baseline not recorded for this model (no logistic regression for a
+    retriever) fails the check, as nothing shows the model clears it."""
+    unknown = sorted(set(floor) - set(BASELINE_NAMES))
+    if unknown:
+        raise RecsysError(f"unknown baselines {unknown} for the floor; expected some of {sorted(BASELINE_NAMES)}")
+    mine, name = version.metrics.get(metric), metric.split("/", 1)[1]
+    if mine is None:
+        return _check("floor", False, f"{metric} is not recorded for v{version.version}")
+    below, beaten = [], []
+    for baseline in floor:
+        theirs = version.baselines.get(f"{baseline}_{name}")
+        if theirs is None:
+            below.append(f"{BASELINE_NAMES[baseline]}'s {metric} is not recorded")
+        elif mine > theirs:
+            beaten.append(f"{BASELINE_NAMES[baseline]} {theirs:.4f}")
+        else:
+            below.append(f"does not beat {BASELINE_NAMES[baseline]}'s {theirs:.4f}")
+    detail = f"{metric} {mine:.4f} " + "; ".join(below + ([f"beats {', '.join(beaten)}"] if beaten else []))
+    return _check("floor", not below, detail)
+
+
 def compare_with_production(version: ModelVersion, production: ModelVersion | None, margin: float,
-                            evaluate: Callable[[str, str], dict[str, float]] | None = None) -> dict[str, Any]:
+                            evaluate: Callable[[str, str], dict[str, float]] | None = None,
+                            metric: str | None = None) -> dict[str, Any]:
     """The metric comparison for a promotion to production (``passed`` says whether it beats production)."""
-    key = PRIMARY_METRIC[version.task]
+    key = gate_metric(version.task, metric)
     dataset = version.tags.get("dataset_id")
     if production is None:
         return {"metric": key, "candidate": version.metrics.get(key), "production_version": None, "margin": margin,
@@ -104,11 +143,15 @@ def compare_with_production(version: ModelVersion, production: ModelVersion | No
 def promote(task: str, version: int, to: str, margin: float = 0.0, force_reason: str | None = None,
             serving_schema_hash: str | None = None, reason: str = "", who: str | None = None,
             registry: str | None = None,
-            evaluate: Callable[[str, str], dict[str, float]] | None = None) -> AliasEvent:
+            evaluate: Callable[[str, str], dict[str, float]] | None = None,
+            metric: str | None = None, floor: tuple[str, ...] = ()) -> AliasEvent:
     """Move alias ``to`` (candidate | production) to ``version`` if the gate passes (or ``force_reason`` is given).
 
     Args:
         margin: how much the production metric must be beaten by (strictly).
+        metric: the test metric compared (default: the task's `PRIMARY_METRIC`), e.g. ``test/gauc`` or
+            ``test/ndcg@10`` (the clicks within each request) for the ranker.
+        floor: baselines (popularity, logistic, oracle) the version's ``metric`` must beat, for either alias.
         force_reason: override failed checks; recorded in the event. Without it a failure raises `GateRefused`.
         serving_schema_hash: the schema serving runs (default: the project's `recsys.schema.load_schema()`).
         evaluate: ``(checkpoint, dataset_path) -> metrics`` for re-evaluation (default: `evaluate_checkpoint`).
@@ -120,12 +163,15 @@ def promote(task: str, version: int, to: str, margin: float = 0.0, force_reason:
     candidate = get_version(task, version, registry)
     if current(task, to, registry) == candidate.version:
         raise RecsysError(f"{task} v{candidate.version} is already {to}")
+    key = gate_metric(task, metric)
     checks = basic_checks(candidate, _serving_schema(serving_schema_hash))
+    if floor:
+        checks.append(floor_check(candidate, key, tuple(floor)))
     comparison = None
     if to == "production":
         now = current(task, "production", registry)
         production = get_version(task, now, registry) if now is not None else None
-        comparison = compare_with_production(candidate, production, margin, evaluate)
+        comparison = compare_with_production(candidate, production, margin, evaluate, key)
         checks.append(_check("metric", comparison["passed"], comparison["detail"]))
     failed = [c for c in checks if not c["passed"]]
     if failed and not force_reason:

@@ -34,6 +34,11 @@ class ModelVersion:
         return parsed(self.tags, "metrics")
 
     @property
+    def baselines(self) -> dict[str, float]:
+        """The baselines' test metrics recorded beside the model's at training (``popularity_auc`` …)."""
+        return parsed(self.tags, "baselines")
+
+    @property
     def primary_metric(self) -> tuple[str, float | None]:
         """The metric the promotion gate compares, and its recorded value (None if missing)."""
         key = PRIMARY_METRIC[self.task]

@@ -30,8 +30,10 @@ def registry(empty_store, tmp_path, monkeypatch) -> str:
 
 
 def make_export(root: Path, name: str, task: str = "dlrm", metric: float = 0.75, dataset_id: str = "ds-a",
-                schema_hash: str | None = None, parity: float = 1e-7) -> Path:
-    """A training run folder and its export as `recsys train` and `recsys export` write them (no weights).
+                schema_hash: str | None = None, parity: float = 1e-7, extra_metrics: dict | None = None,
+                extra_baselines: dict | None = None) -> Path:
+    """A training run folder and its export as `recsys train` and `recsys export` write them (no weights);
+    ``extra_metrics`` and ``extra_baselines`` are added to (or replace) the made-up ones.
 
     Returns the export folder.
     """
@@ -54,6 +56,8 @@ def make_export(root: Path, name: str, task: str = "dlrm", metric: float = 0.75,
                    "test/ndcg@100": 0.26, "test/retrieval_users": 100.0}
         baselines = {"popularity_recall@100": 0.5}
         models, diffs, index = ["query_tower"], {"query_tower": parity, "item_embeddings": 0.0}, {"kind": "flat"}
+    metrics |= extra_metrics or {}
+    baselines |= extra_baselines or {}
     wandb_files = run / "wandb" / "offline-run-20261127_150000-abcdef123456" / "files"
     (run / "metrics.json").write_text(json.dumps({"metrics": metrics, "baselines": baselines, "dataset_id": dataset_id,
                                                   "checkpoint": str(checkpoint), "wandb_run": str(wandb_files)}))

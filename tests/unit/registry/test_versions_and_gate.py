@@ -191,3 +191,49 @@ def test_a_withdrawn_candidate_loses_its_alias_and_the_move_is_recorded(registry
     assert last[1:5] == ["candidate", "withdraw", "v2", "(none)"], last
     promote("dlrm", 2, "candidate")  # and it can come back
 
+
+
+def test_a_floor_refuses_a_ranker_that_does_not_beat_logistic_regression_even_as_the_first_candidate(registry,
+                                                                                                      tmp_path):
+    # the demo shop's figures of 2026-12-02: the DLRM under logistic regression on AUC, above it within requests
+    register(make_export(tmp_path, "demo", metric=0.7627, extra_metrics={"test/ndcg@10": 0.6455},
+                         extra_baselines={"popularity_auc": 0.6979, "logistic_auc": 0.7636,
+                                          "popularity_ndcg@10": 0.6249, "logistic_ndcg@10": 0.6434}))
+    with pytest.raises(GateRefused, match=r"test/auc 0\.7627 does not beat logistic regression's 0\.7636; beats "
+                                          r"popularity 0\.6979"):
+        promote("dlrm", 1, "candidate", floor=("popularity", "logistic"))
+    assert current("dlrm", "candidate") is None and not history("dlrm")  # nothing moved
+    event = promote("dlrm", 1, "candidate", metric="test/ndcg@10", floor=("popularity", "logistic"))
+    floor = next(c for c in event.checks if c["name"] == "floor")
+    assert floor["passed"] and floor["detail"] == ("test/ndcg@10 0.6455 beats popularity 0.6249, logistic "
+                                                   "regression 0.6434")
+    with pytest.raises(GateRefused, match="logistic regression's test/recall@100 is not recorded"):  # a retriever
+        register(make_export(tmp_path, "tt", task="two-tower", metric=0.6))
+        promote("two-tower", 1, "production", floor=("popularity", "logistic"))
+
+
+def test_production_can_be_compared_on_another_metric(registry, tmp_path):
+    register(make_export(tmp_path, "a", metric=0.760, extra_metrics={"test/gauc": 0.7600}))
+    register(make_export(tmp_path, "b", metric=0.758, extra_metrics={"test/gauc": 0.7650}))  # lower AUC, higher GAUC
+    promote("dlrm", 1, "production")
+    with pytest.raises(GateRefused, match=r"test/auc 0\.7580 does not beat production v1's 0\.7600"):
+        promote("dlrm", 2, "production")
+    event = promote("dlrm", 2, "production", metric="test/gauc")
+    assert event.comparison["metric"] == "test/gauc" and event.comparison["candidate"] == 0.765
+    with pytest.raises(RecsysError, match=r"the gate compares test metrics \(test/<name>, e.g. test/gauc\), got "
+                                          r"'val/auc'"):
+        promote("dlrm", 1, "production", metric="val/auc")
+    with pytest.raises(RecsysError, match=r"unknown baselines \['bestseller'\]"):
+        promote("dlrm", 1, "candidate", floor=("bestseller",))
+
+
+def test_the_cli_gate_takes_the_metric_and_the_floor(registry, tmp_path, capsys):
+    from recsys.cli import main
+
+    register(make_export(tmp_path, "demo", metric=0.7627, extra_metrics={"test/gauc": 0.7638},
+                         extra_baselines={"popularity_gauc": 0.6973, "logistic_gauc": 0.7652}))
+    assert main(["models", "promote", "1", "--to", "candidate", "--metric", "test/gauc",
+                 "--floor", "popularity,logistic"]) == 1
+    assert "test/gauc 0.7638 does not beat logistic regression's 0.7652" in capsys.readouterr().err
+    assert main(["models", "promote", "1", "--to", "candidate", "--floor", "popularity"]) == 0
+    assert "pass  floor   test/auc 0.7627 beats popularity 0.6900" in capsys.readouterr().out
