@@ -90,7 +90,7 @@ def floor_check(version: ModelVersion, metric: str, floor: tuple[str, ...]) -> d
             beaten.append(f"{BASELINE_NAMES[baseline]} {theirs:.4f}")
         else:
             below.append(f"does not beat {BASELINE_NAMES[baseline]}'s {theirs:.4f}")
-    detail = f"{metric} {mine:.4f} " + "; ".join(below + ([f"beats {', '.join(beaten)}"] if beaten else []))
+    detail = f"{metric} {mine:.4f}: " + "; ".join(below + ([f"beats {', '.join(beaten)}"] if beaten else []))
     return _check("floor", not below, detail)
 
 

@@ -21,6 +21,14 @@ class CanaryConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """What the registry gate asks of one model's new versions in the loop (`recsys.registry.promote`)."""
+
+    metric: str = ""  # the test metric compared with production (e.g. test/gauc); empty: the model's primary one
+    floor: tuple[str, ...] = ()  # baselines the metric must beat for either alias, e.g. [popularity, logistic]
+
+
+@dataclass(frozen=True)
 class LoopConfig:
     """Where the loop reads, writes and serves; paths relative to the working directory."""
 
@@ -40,12 +48,16 @@ class LoopConfig:
     schedule_hours: float = 0.0  # also start a cycle this long after the last one began (0: only on requests)
     cooldown_minutes: float = 0.0  # requests that arrive sooner than this after a cycle ended wait
     canary: CanaryConfig = field(default_factory=CanaryConfig)
+    gate: dict[str, GateConfig] = field(default_factory=dict)  # per model; a model not named: the default gate
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.models) - {"dlrm", "two-tower"})
         if unknown or RANKER not in self.models:
             raise ConfigError(f"loop config: models must include {RANKER!r} and be among dlrm, two-tower; "
                               f"got {list(self.models)}")
+        if set(self.gate) - set(self.models):
+            raise ConfigError(f"loop config: gate names {sorted(set(self.gate) - set(self.models))}, which the loop "
+                              f"does not train (models: {list(self.models)})")
         if not 0.0 < self.canary.share < 1.0:
             raise ConfigError(f"loop config: canary.share must be within (0, 1), got {self.canary.share}")
         if not 0.0 < self.canary.alpha < 1.0:

@@ -34,7 +34,7 @@ from typing import Any
 
 from recsys.config import load_config
 from recsys.errors import RecsysError
-from recsys.retrain.config import RANKER, LoopConfig
+from recsys.retrain.config import RANKER, GateConfig, LoopConfig
 from recsys.retrain.state import LoopState, timestamp
 from recsys.retrain.verdict import CanaryCounts, ctr_test
 
@@ -231,6 +231,11 @@ class Loop:
 
         return running(self.cfg.triton_run_dir)
 
+    def _gate(self, model: str) -> dict[str, Any]:
+        """The registry gate's settings for ``model`` (the loop config's ``gate``)."""
+        gate = self.cfg.gate.get(model, GateConfig())
+        return {"metric": gate.metric or None, "floor": gate.floor}
+
     def _candidate(self) -> dict[str, Any]:
         from recsys.registry import promote, withdraw_candidate
         from recsys.registry.aliases import current
@@ -241,7 +246,7 @@ class Loop:
                 version = self.state.done(f"register.{model}")["version"]
                 if current(model, "candidate", self.registry) != version:
                     promote(model, version, "candidate", reason=f"recsys loop {self.state.current['id']}",
-                            who="recsys loop", registry=self.registry)
+                            who="recsys loop", registry=self.registry, **self._gate(model))
                     changed.append(model)
                 moved[model] = version
         except Exception as exc:  # all or nothing: no model stays a candidate without the others
@@ -331,7 +336,8 @@ class Loop:
                 version = self.state.done(f"register.{model}")["version"]
                 before = current(model, "production", self.registry)
                 if before != version:
-                    promote(model, version, "production", reason=reason, who="recsys loop", registry=self.registry)
+                    promote(model, version, "production", reason=reason, who="recsys loop", registry=self.registry,
+                            **self._gate(model))
                     moved.append((model, before))
                 promoted[model] = version
             self._rollout(0.0, reason, "promote")

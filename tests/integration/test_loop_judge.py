@@ -15,9 +15,9 @@ import pytest
 
 from recsys.deploy import rollout, server, triton_control
 from recsys.deploy.registry_state import state_from_registry
-from recsys.registry import history, promote, register
+from recsys.registry import GateRefused, history, promote, register
 from recsys.registry.aliases import current
-from recsys.retrain.config import CanaryConfig, LoopConfig
+from recsys.retrain.config import CanaryConfig, GateConfig, LoopConfig
 from recsys.retrain.loop import Loop
 from recsys.schema import load_schema
 from serving.canary import Canary
@@ -105,3 +105,20 @@ def test_the_judge_ends_the_cycle_when_a_replica_rolled_the_candidate_back(world
     assert again.candidate is None
     events = [json.loads(line) for line in rollout.events_path(loop.cfg.rollout_file).read_text().splitlines()]
     assert [e.get("action") for e in events[-2:]] == ["automatic_rollback", "canary_rollback"]
+
+
+def test_the_loops_gate_floor_refuses_a_candidate_under_its_baselines(world):
+    """With ``gate: {dlrm: {floor: [popularity, logistic]}}`` the DLRM's v2 (no logistic regression recorded beside
+    it) cannot become a candidate, and the two-tower does not stay one without it."""
+    w = world["work"]
+    cfg = LoopConfig(work_dir=str(w / "floor"), trigger_file=str(w / "floor" / "retrain.jsonl"),
+                     event_log=str(w / "floor" / "events"), rollout_file=str(w / "rollout.json"),
+                     triton_run_dir=str(w / "triton"), gate={"dlrm": GateConfig(floor=("popularity", "logistic"))})
+    loop = Loop(cfg, echo=lambda _: None)
+    loop.start("test")
+    for task in ("dlrm", "two-tower"):
+        loop.state.finish_step(f"register.{task}", {"version": world["versions"][task, 2]})
+    with pytest.raises(GateRefused, match=r"test/auc 0\.8000: logistic regression's test/auc is not recorded; beats "
+                                          r"popularity 0\.6900"):
+        loop._candidate()
+    assert current("dlrm", "candidate") is None and current("two-tower", "candidate") is None

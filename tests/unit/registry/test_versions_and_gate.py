@@ -199,13 +199,13 @@ def test_a_floor_refuses_a_ranker_that_does_not_beat_logistic_regression_even_as
     register(make_export(tmp_path, "demo", metric=0.7627, extra_metrics={"test/ndcg@10": 0.6455},
                          extra_baselines={"popularity_auc": 0.6979, "logistic_auc": 0.7636,
                                           "popularity_ndcg@10": 0.6249, "logistic_ndcg@10": 0.6434}))
-    with pytest.raises(GateRefused, match=r"test/auc 0\.7627 does not beat logistic regression's 0\.7636; beats "
+    with pytest.raises(GateRefused, match=r"test/auc 0\.7627: does not beat logistic regression's 0\.7636; beats "
                                           r"popularity 0\.6979"):
         promote("dlrm", 1, "candidate", floor=("popularity", "logistic"))
     assert current("dlrm", "candidate") is None and not history("dlrm")  # nothing moved
     event = promote("dlrm", 1, "candidate", metric="test/ndcg@10", floor=("popularity", "logistic"))
     floor = next(c for c in event.checks if c["name"] == "floor")
-    assert floor["passed"] and floor["detail"] == ("test/ndcg@10 0.6455 beats popularity 0.6249, logistic "
+    assert floor["passed"] and floor["detail"] == ("test/ndcg@10 0.6455: beats popularity 0.6249, logistic "
                                                    "regression 0.6434")
     with pytest.raises(GateRefused, match="logistic regression's test/recall@100 is not recorded"):  # a retriever
         register(make_export(tmp_path, "tt", task="two-tower", metric=0.6))
@@ -234,6 +234,6 @@ def test_the_cli_gate_takes_the_metric_and_the_floor(registry, tmp_path, capsys)
                          extra_baselines={"popularity_gauc": 0.6973, "logistic_gauc": 0.7652}))
     assert main(["models", "promote", "1", "--to", "candidate", "--metric", "test/gauc",
                  "--floor", "popularity,logistic"]) == 1
-    assert "test/gauc 0.7638 does not beat logistic regression's 0.7652" in capsys.readouterr().err
+    assert "test/gauc 0.7638: does not beat logistic regression's 0.7652" in capsys.readouterr().err
     assert main(["models", "promote", "1", "--to", "candidate", "--floor", "popularity"]) == 0
-    assert "pass  floor   test/auc 0.7627 beats popularity 0.6900" in capsys.readouterr().out
+    assert "pass  floor   test/auc 0.7627: beats popularity 0.6900" in capsys.readouterr().out
