@@ -81,8 +81,7 @@ def taste_from_views(world: ShopWorld, views: pl.DataFrame, user_column: str, it
     items = _indices(views[item_column].to_numpy(), world.cfg.n_items, "item")
     taste = np.zeros_like(world.user_vec)
     np.add.at(taste, users, world.item_vec[items])
-    counts = np.bincount(users, minlength=world.cfg.n_users)
-    return taste / np.maximum(counts, 1)[:, None]
+    return taste / np.maximum(views_per_user(world, views, user_column), 1)[:, None]
 
 
 def views_per_user(world: ShopWorld, views: pl.DataFrame, user_column: str) -> np.ndarray:

@@ -24,10 +24,10 @@ from recsys.evaluation.baselines import ranking_baselines
 from recsys.schema import load_schema
 from recsys.tracking import PROJECT, code_version, prepare_wandb_dirs, wandb_mode
 from recsys.training.config import TrainConfig
+from recsys.training.early_stopping import checkpoints_kept, kept_epoch, monitor_of
 from recsys.training.progress import LOG_DIR, ProgressBar
 
 TASK_OF = {"dlrm": "ranking", "two-tower": "retrieval"}
-MONITOR = {"dlrm": "val/auc", "two-tower": "val/recall@100"}  # each model's validation metric, higher is better
 
 
 def newest_dataset(root: str | Path = "runs/datasets") -> Path:
@@ -43,32 +43,6 @@ def worker_shards(n_shards: int, world: int, rank: int) -> list[int]:
         raise RecsysError(f"the dataset has {n_shards} shards per split, which {world} workers cannot share "
                           f"evenly; use --workers dividing {n_shards} or rebuild with build.shards={world}")
     return list(range(rank, n_shards, world))
-
-
-def monitor_of(task: str, cfg: TrainConfig) -> str:
-    """The validation metric early stopping watches (higher is better)."""
-    return cfg.monitor or MONITOR[task]
-
-
-def checkpoints_kept(cfg: TrainConfig) -> int:
-    """Epoch checkpoints kept: with early stopping, the best epoch is at most ``patience`` epochs before the last
-    (else training would have stopped), so keeping ``patience + 1`` of the newest keeps it."""
-    return max(cfg.keep_checkpoints, cfg.patience + 1)
-
-
-def kept_epoch(epochs: list[tuple[Path, dict[str, Any]]], monitor: str | None) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint the run keeps among its epochs' (checkpoint, metrics), oldest first, the deleted ones
-    included: with a ``monitor``, the best epoch by it (the earliest of equals), else the last."""
-    there = [(path, metrics) for path, metrics in epochs if path.exists()]
-    if not there:
-        raise RecsysError("the run reported no checkpoint that still exists")
-    if monitor is None:
-        return there[-1]
-    scored = [(path, metrics) for path, metrics in there if monitor in metrics]
-    if not scored:
-        raise RecsysError(f"early stopping watches {monitor!r}, which no epoch reported (they reported "
-                          f"{sorted(there[-1][1])}); set monitor to one of them")
-    return max(scored, key=lambda pm: (pm[1][monitor], -scored.index(pm)))
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -141,7 +115,8 @@ def _train(config: dict[str, Any]) -> None:
     else:
         model = TwoTower(schema, dataset.manifest.cardinalities, cfg.two_tower)
         # the items as validation ended (the test start): each validation view's item is ranked against them all
-        catalogue = Catalogue.of(dataset.at_test_start("items"), model.item_spec, schema.item_id.name)
+        catalogue = Catalogue.of(dataset.at_test_start("items"), model.item_spec, schema.item_id.name,
+                                 dataset.manifest.cardinalities[schema.item_id.embedding_table])
         module = RecsysModule(TwoTowerTrain(model, cfg.two_tower), cfg.optim, description, catalogue)
         columns = list(dict.fromkeys([*model.user_spec.columns, *model.item_spec.columns]))
         log_q = item_log_q(dataset, schema)
@@ -206,7 +181,7 @@ def _train(config: dict[str, Any]) -> None:
         epochs = (KeepCheckpoints.reported(run_dir) if in_process else
                   [(Path(r.checkpoint.path) / RayTrainReportCallback.CHECKPOINT_NAME, r.metrics)
                    for r in ray.train.get_all_reported_checkpoints()])
-        model_path, kept_metrics = kept_epoch(epochs, monitor_of(task, cfg) if cfg.patience else None)
+        model_path, kept_metrics = kept_epoch(epochs, monitor_of(task, cfg))
         metrics |= {k: float(v) for k, v in kept_metrics.items() if k.startswith("val/")}  # the kept epoch's
         # evaluated like every later consumer will use it: rebuilt, unsharded, from the checkpoint alone, on every
         # test row the baselines see (the per-epoch test metrics saw the rows the workers could split into batches)
@@ -224,7 +199,7 @@ def _train(config: dict[str, Any]) -> None:
         kept = int(kept_metrics.get("epoch", last))
         summary = {"metrics": metrics, "epoch_losses": module.epoch_losses, "sharding": strategy.sharding,
                    "epochs": trainer.current_epoch, "kept_epoch": kept + 1,
-                   "monitor": monitor_of(task, cfg) if cfg.patience else None, "workers": world,
+                   "monitor": monitor_of(task, cfg), "workers": world,
                    "dataset_id": dataset.id, "checkpoint": str(model_path), "resumed": resume_from is not None,
                    # the trained model's outputs, to check its checkpoint against (when the last epoch is kept)
                    "probe": probe if kept == last else None, "baselines": baselines}

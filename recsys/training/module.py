@@ -174,18 +174,18 @@ class Catalogue:
     """Every item's tower inputs (one row each) and, for an item's embedding row (its encoded id), its row here."""
 
     inputs: Batch
-    row_of_id: torch.Tensor  # (max id + 1,) int64, -1 for an id not in the catalogue
+    row_of_id: torch.Tensor  # (the id table's rows,) int64, -1 for an id not in the catalogue
 
     @classmethod
-    def of(cls, items: pl.DataFrame, spec: InputSpec, item_column: str) -> Catalogue:
+    def of(cls, items: pl.DataFrame, spec: InputSpec, item_column: str, n_ids: int) -> Catalogue:
+        """``n_ids``: the rows of the item id's embedding table (every encoded id is below it)."""
         ids = torch.from_numpy(items[item_column].to_numpy().astype(np.int64))
-        row_of_id = torch.full((int(ids.max()) + 1 if len(ids) else 1,), -1, dtype=torch.int64)
+        row_of_id = torch.full((n_ids,), -1, dtype=torch.int64)
         row_of_id[ids] = torch.arange(len(ids))
         return cls(make_batch(items, spec), row_of_id)
 
     def rows(self, item_ids: torch.Tensor) -> torch.Tensor:
-        inside = item_ids < len(self.row_of_id)
-        return torch.where(inside, self.row_of_id[item_ids.clamp(max=len(self.row_of_id) - 1)], -1)
+        return self.row_of_id[item_ids]
 
 
 class StopWhenAsked(L.Callback):

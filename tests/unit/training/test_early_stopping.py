@@ -6,7 +6,7 @@ import pytest
 
 from recsys.errors import RecsysError
 from recsys.training.config import TrainConfig
-from recsys.training.job import checkpoints_kept, kept_epoch
+from recsys.training.early_stopping import checkpoints_kept, kept_epoch
 
 
 def _epochs(tmp_path: Path, values: list[float | None], deleted: tuple[int, ...] = ()) -> list:
