@@ -295,10 +295,19 @@ def parse_schema(raw: dict[str, Any], source: str = "<dict>") -> FeatureSchema:
     for kind in (Kind.USER_ID, Kind.ITEM_ID):
         if sum(f.kind == kind for f in features) != 1:
             raise SchemaError(f"{source}: expected exactly one feature of kind {kind.value!r}")
+    by_name = dict(zip(names, features, strict=True))
     for f in features:
-        if f.kind == Kind.HISTORY and f.encoding_params["table"] not in names:
+        if f.kind != Kind.HISTORY:
+            continue
+        table = by_name.get(f.encoding_params["table"])
+        if table is None:
             raise SchemaError(f"feature {f.name!r}.encoding.table: no feature named "
                               f"{f.encoding_params['table']!r} to share an embedding table with")
+        if not (table.kind == Kind.ITEM_ID or (table.kind == Kind.CATEGORICAL and table.op == "attribute"
+                                               and table.params["table"] == "items")):
+            raise SchemaError(f"feature {f.name!r}.encoding.table: a history holds items or one of their attributes, "
+                              f"so the table must be the item id or a categorical attribute of the items table; "
+                              f"{table.name!r} is neither")
     examples = raw["examples"]
     _check_params(f"{source}: examples", examples, {"ranking": True, "retrieval": True})
     if examples["ranking"].get("event_type") not in EVENT_TYPES:

@@ -52,6 +52,9 @@ recsys train both --config configs/train/default.yaml --dataset "$dataset" --wor
   --set "name=demo-{model}-$stamp"
 echo
 echo "== 6/8 export (ONNX, parity-checked; the item index) into the Triton model repository ($runs/triton_models)"
+# a fresh repository each run: this run's models only (an earlier run's may serve another schema: Triton's model
+# versions must share one signature)
+rm -rf "$runs/triton_models"
 recsys export "$runs/train/demo-dlrm-$stamp" "$runs/train/demo-two-tower-$stamp" --repository "$runs/triton_models"
 echo
 echo "== 7/8 serve on the real tritonserver and score a few real rows"

@@ -98,6 +98,9 @@ class PandasFeatureBuilder:
 
     def _history_state(self, f: Feature) -> pd.DataFrame:
         hist = self.events.loc[self.events[TYPE].isin(f.params["event_types"]), [USER, TS, ITEM]]
+        table = self.schema[f.embedding_table]
+        if table.kind != Kind.ITEM_ID:  # a history of an item attribute: each item's raw value of it
+            hist = hist.assign(**{ITEM: hist[ITEM].map(self.items[table.params["column"]])})
         by_user = hist.groupby(USER, sort=False)[ITEM]
         shifted = pd.DataFrame({c: by_user.shift(k) for k, c in enumerate(history_columns(f))})  # newest first
         state = pd.concat([hist[[USER, TS]], shifted], axis=1)

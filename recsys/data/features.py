@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from recsys.data.encoders import Encoders
-from recsys.schema import Feature, FeatureSchema, Scope
+from recsys.schema import Feature, FeatureSchema, Kind, Scope
 
 TS, USER, ITEM, TYPE = "timestamp", "user_id", "item_id", "event_type"
 CATEGORY, SIGNUP, POSITION, REQUEST, EVENT_ID = "category", "signup_date", "position", "request_id", "event_id"
@@ -140,10 +140,15 @@ class FeatureBuilder:
         return self._state(f"item_window:{days}", lambda: self._counts([ITEM], counters, f"__w{days}_")).lazy()
 
     def _history(self, f: Feature) -> pl.LazyFrame:
-        """The user's last ``length`` items after each instant, newest first, as embedding indices."""
+        """The user's last ``length`` items after each instant, newest first, as embedding indices: of the items
+        themselves, or of an item attribute (the feature whose table the history shares, e.g. each item's category)."""
         def make() -> pl.LazyFrame:
             _, last = _runs([USER])
-            index = self.encoders.index(f.embedding_table, pl.col(ITEM))
+            table = self.schema[f.embedding_table]
+            if table.kind == Kind.ITEM_ID:
+                index = self.encoders.index(table.name, pl.col(ITEM))
+            else:  # the attribute as its own feature encodes it; an item outside the items table: 0 (unknown)
+                index = self._lookup("items", F + table.name).fill_null(0)
             same_user = [pl.col(USER).shift(k) == pl.col(USER) for k in range(f.length)]
             items = [pl.when(same_user[k]).then(pl.col("__index").shift(k)).otherwise(0) for k in range(f.length)]
             return (self.events.lazy().filter(pl.col(TYPE).is_in(f.params["event_types"]))

@@ -55,6 +55,8 @@ def test_model_parts_and_embedding_tables(schema):
         (lambda r: r["features"].append(copy.deepcopy(r["features"][1])),
          r"duplicate feature names \['user_country'\]"),
         (lambda r: r["features"][7]["encoding"].update(table="sku"), r"no feature named 'sku'"),
+        (lambda r: r["features"][7]["encoding"].update(table="user_country"),
+         r"'user_history'.encoding.table: a history holds items or one of their attributes.*'user_country' is neither"),
         (lambda r: r["features"].pop(0), r"exactly one feature of kind 'user_id'"),
     ],
 )

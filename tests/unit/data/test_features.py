@@ -70,6 +70,8 @@ def test_exact_point_in_time_values(hand, schema):
     assert a["user_views"] == pytest.approx(np.log1p(2)) and a["user_purchases"] == pytest.approx(np.log1p(1))
     assert a["user_recency_hours"] == pytest.approx(np.log1p(5 / 60))
     assert a["user_history"] == [item[3], item[1], *pad]  # newest first
+    category = {v: i + 1 for i, v in enumerate(hand.encoders.fitted["item_category"].vocab)}
+    assert a["user_history_category"] == [category["A"], category["A"], *pad]  # items 3 and 1 are both in A
     assert a["user_tenure_days"] == pytest.approx(np.log1p(31 + 10 / 1440))
     assert a["item_id"] == item[2] and a["item_category"] != 0 and a["user_country"] != 0
     # item 2: one impression before, no click -> smoothed CTR; no views in the last 7 days
@@ -80,6 +82,7 @@ def test_exact_point_in_time_values(hand, schema):
     # user 2 has no past: the schema's defaults; item 1 had 1 impression, 1 click and 1 view before minute 10
     assert b["user_views"] == 0 and b["user_recency_hours"] == pytest.approx(np.log1p(720.0))
     assert b["user_history"] == [0] * schema["user_history"].length
+    assert b["user_history_category"] == [0] * schema["user_history"].length
     assert b["item_ctr"] == pytest.approx((1 + 2.5) / (1 + 50)) and b["item_views_7d"] == pytest.approx(np.log1p(1))
     assert b["user_country"] == 0  # missing -> index 0
     # the first impression's own click is its label, not a feature: item 1 had no impression before it
@@ -114,20 +117,24 @@ def test_example_tables_have_model_dtypes(hand, schema):
         assert df[f.name].dtype == expected, f.name
 
 
-def _brute_force(events: pl.DataFrame, row: dict, schema, encoders) -> dict:
+def _brute_force(events: pl.DataFrame, category_of: dict, row: dict, schema, encoders) -> dict:
     """Recompute a ranking example's features in plain Python from events strictly before it."""
     t, user, item = row["_timestamp"], row["_user"], row["_item"]
     past = events.filter(pl.col("timestamp") < t)
     mine = past.filter(pl.col("user_id") == user)
     views = mine.filter(pl.col("event_type") == "view").sort("timestamp", "event_id", descending=True)
     vocab = {v: i + 1 for i, v in enumerate(encoders.fitted["item_id"].vocab)}
-    hist = [vocab[i] for i in views["item_id"].to_list()[: schema["user_history"].length]]
+    viewed = views["item_id"].to_list()[: schema["user_history"].length]
+    hist = [vocab[i] for i in viewed]
+    categories = {v: i + 1 for i, v in enumerate(encoders.fitted["item_category"].vocab)}
+    hist_category = [categories.get(category_of.get(i), 0) for i in viewed]
     it = past.filter(pl.col("item_id") == item)
     window = it.filter((pl.col("event_type") == "view") & (pl.col("timestamp") >= t - timedelta(days=7)))
     return {
         "user_views": float(np.log1p(views.height)),
         "user_purchases": float(np.log1p(mine.filter(pl.col("event_type") == "purchase").height)),
         "user_history": hist + [0] * (schema["user_history"].length - len(hist)),
+        "user_history_category": hist_category + [0] * (schema["user_history"].length - len(hist)),
         "item_views_7d": float(np.log1p(window.height)),
         "item_ctr": (it.filter(pl.col("event_type") == "click").height + 2.5)
         / (it.filter(pl.col("event_type") == "impression").height + 50),
@@ -137,9 +144,10 @@ def _brute_force(events: pl.DataFrame, row: dict, schema, encoders) -> dict:
 def test_pipeline_matches_a_brute_force_recomputation(tiny_dataset, tiny_validated, schema):
     events = pl.read_parquet(tiny_validated / "events.parquet")
     encoders = tiny_dataset.encoders(schema)
+    category_of = dict(pl.read_parquet(tiny_validated / "items.parquet").select("item_id", "category").iter_rows())
     shards = pl.concat([tiny_dataset.read("ranking", s) for s in ("train", "val", "test")])
     for row in shards.sample(60, seed=1).iter_rows(named=True):
-        expected = _brute_force(events, row, schema, encoders)
+        expected = _brute_force(events, category_of, row, schema, encoders)
         for name, value in expected.items():
             assert row[name] == pytest.approx(value, rel=1e-5), (name, row["_event_id"])
 
