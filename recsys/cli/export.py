@@ -39,19 +39,31 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                    help="do not register the export as a new model version (by default it is: see `recsys models`)")
     p.add_argument("--registry", metavar="URI", help="MLflow store to register in (default: MLFLOW_TRACKING_URI, "
                    "else sqlite:///<project>/runs/registry/mlflow.db)")
+    p.add_argument("--allow-below-floor", metavar="REASON",
+                   help="register (and add to the repository) a model that does not beat popularity and logistic "
+                   "regression on validation, for this reason (recorded); without it such a model is exported but "
+                   "neither added nor registered")
     p.set_defaults(func=cmd_export)
 
 
 def publish(run: str | Path, out: str | Path | None = None, repository: str | Path | None = None,
-            register: bool = True, registry: str | None = None, tolerance: float = 1e-5):
+            register: bool = True, registry: str | None = None, tolerance: float = 1e-5,
+            allow_below_floor: str | None = None):
     """Export a run (ONNX, parity-checked), add its models to a Triton repository and register it.
 
-    Returns (export result, {model: Triton version folder}, registered version or None)."""
+    Returns (export result, {model: Triton version folder}, registered version or None). Raises
+    `recsys.registry.floor.BelowFloor`, with the export written but nothing added or registered, when the model is to
+    be registered and does not clear the floor on validation (unless ``allow_below_floor`` says why it may)."""
     from recsys.export.exporter import export_checkpoint
 
     checkpoint = final_checkpoint(run)
     out = Path(out) if out else checkpoint.parents[1] / "export"
     result = export_checkpoint(checkpoint, out, tolerance=tolerance)
+    if register:  # before the repository: a model the registry refuses is not served either
+        from recsys.registry.floor import registration_check
+        from recsys.registry.lineage import export_lineage
+
+        registration_check(export_lineage(out), allow_below_floor)
     triton_versions: dict[str, Path] = {}
     if repository:
         from recsys.deploy.repository import add_version
@@ -64,7 +76,7 @@ def publish(run: str | Path, out: str | Path | None = None, repository: str | Pa
     if register:
         from recsys.registry import register as add_to_registry
 
-        registered = add_to_registry(out, triton_versions, registry=registry)
+        registered = add_to_registry(out, triton_versions, registry=registry, allow_below_floor=allow_below_floor)
     return result, triton_versions, registered
 
 
@@ -79,7 +91,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _export_one(args: argparse.Namespace, run: str) -> None:
     result, triton_versions, registered = publish(run, args.out, args.repository, args.register, args.registry,
-                                                  args.tolerance)
+                                                  args.tolerance, args.allow_below_floor)
     for name, folder in result.models.items():
         print(f"{name:<12} {folder / 'model.onnx'}  (parity: max abs diff {result.parity[name]:.2g})")
     for name, version in triton_versions.items():

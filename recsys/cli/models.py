@@ -80,6 +80,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     deploy.add_argument("--grace", type=float, default=3.0,
                         help="seconds between moving traffic and unloading old versions (default 3)")
     parsers["register"].add_argument("export_dir", help="a folder written by `recsys export` (with export.json)")
+    parsers["register"].add_argument("--allow-below-floor", metavar="REASON",
+                                     help="register a model that does not beat popularity (and logistic regression, "
+                                     "for the ranker) on validation, for this reason (recorded)")
     for name in ("promote", "rollback"):
         parsers[name].add_argument("--reason", default="", help="why (recorded with the move)")
         parsers[name].add_argument("--who", help="who moves it (default: the current user)")
@@ -104,7 +107,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "deploy":
         return _deploy(args)
     if args.action == "register":
-        v = registry.register(args.export_dir, registry=args.registry)
+        v = registry.register(args.export_dir, registry=args.registry, allow_below_floor=args.allow_below_floor)
         print(f"registered {v.task} version {v.version} in {registry.registry_uri(args.registry)}")
         return 0
     task = args.task

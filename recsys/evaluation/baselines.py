@@ -40,7 +40,8 @@ LOGISTIC_TRAIN_ROWS = 500_000  # logistic regression fits on at most this many t
 def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "test") -> dict[str, float]:
     """AUC, GAUC (`recsys.evaluation.lists.gauc`) and, where there are probabilities, log-loss of the baselines on
     every row of a ranking split, and ``rows``, how many rows that is (the oracle is left out unless the ground
-    truth covers every row)."""
+    truth covers every row). For the test split, popularity's and logistic regression's validation AUC too
+    (``popularity_val_auc``, ``logistic_val_auc``: the floor registration compares, `recsys.registry.floor`)."""
     label = schema.label("dlrm")
     popularity = next(f for f in schema.features if f.op == "item_event_count")  # item views in a window
     rows = dataset.read("ranking", split)
@@ -51,7 +52,10 @@ def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "tes
         out["popularity_gauc"] = gauc(df[META_USER].to_numpy(), y, df[popularity.name].to_numpy())
     out |= {k.replace("/", "_"): v for k, v in ndcg_metric(rows, y, df[popularity.name].to_numpy(),
                                                           "popularity").items()}
-    out |= _logistic(dataset, schema, rows)
+    val = dataset.read("ranking", "val") if split == "test" else None
+    if val is not None and 0 < val[label.name].sum() < val.height:  # what registration's floor compares
+        out["popularity_val_auc"] = auc(val[label.name].to_numpy(), val[popularity.name].to_numpy())
+    out |= _logistic(dataset, schema, rows, val)
     truth = ground_truth_dir(dataset)
     if truth is not None:
         p = pl.read_parquet(truth / "impressions" / "*.parquet", columns=["event_id", "p_click"])
@@ -65,9 +69,10 @@ def ranking_baselines(dataset: Dataset, schema: FeatureSchema, split: str = "tes
     return out
 
 
-def _logistic(dataset: Dataset, schema: FeatureSchema, rows: pl.DataFrame) -> dict[str, float]:
+def _logistic(dataset: Dataset, schema: FeatureSchema, rows: pl.DataFrame,
+              val: pl.DataFrame | None = None) -> dict[str, float]:
     """``logistic_auc``, ``logistic_gauc`` and ``logistic_logloss``: fitted on the training split, scored on
-    ``rows`` (a split's examples)."""
+    ``rows`` (a split's examples); with ``val`` (the validation split's), ``logistic_val_auc`` too."""
     from recsys.models.inputs import InputSpec  # (TorchRec: only when it is needed)
     from recsys.online.features import serving_context
 
@@ -82,4 +87,6 @@ def _logistic(dataset: Dataset, schema: FeatureSchema, rows: pl.DataFrame) -> di
     metrics = ranking_metrics(labels, fitted.predict(rows), "logistic", rows[META_USER].to_numpy())
     served = served_order(rows, serving_context(schema, dataset.encoders(schema)))
     metrics |= ndcg_metric(rows, labels, fitted.predict(served), "logistic")
+    if val is not None and 0 < val[spec.label.name].sum() < val.height:
+        metrics["logistic_val/auc"] = auc(val[spec.label.name].to_numpy(), fitted.predict(val))
     return {name.replace("/", "_"): value for name, value in metrics.items() if not name.endswith("/rows")}

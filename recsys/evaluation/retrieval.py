@@ -113,6 +113,23 @@ def popularity_scorer(dataset: Dataset, task: RetrievalTask) -> Callable[[np.nda
     return lambda rows: scores.expand(len(rows), -1)
 
 
+def popularity_catalogue_recall(dataset: Dataset, item_column: str, k: int) -> float:
+    """The two-tower's validation metric (`recsys.training.module`: each validation pair's item within its user's
+    top ``k`` of the whole catalogue, ties ranked for the positive, an item outside the catalogue a miss) for a
+    popularity list: the catalogue ordered by views in the training split, the same for everyone."""
+    catalogue = dataset.at_test_start("items")[item_column].to_numpy()
+    views = pl.read_parquet(dataset.shards("retrieval", "train"), columns=[item_column])[item_column].value_counts()
+    count = dict(zip(views[item_column].to_list(), views["count"].to_list(), strict=True))
+    scores = np.sort(np.array([count.get(i, 0) for i in catalogue]))
+    positives = pl.read_parquet(dataset.shards("retrieval", "val"), columns=[item_column])[item_column].to_numpy()
+    if not len(positives):
+        raise ValueError(f"dataset {dataset.id} has no validation pairs to compute recall@{k} on")
+    in_catalogue = np.isin(positives, catalogue)
+    mine = np.array([count.get(i, 0) for i in positives])
+    above = len(scores) - np.searchsorted(scores, mine, side="right")  # catalogue items viewed more often
+    return float((in_catalogue & (above < k)).mean())
+
+
 def oracle_scorer(dataset: Dataset, task: RetrievalTask) -> Callable[[np.ndarray], torch.Tensor] | None:
     """The generator's view model (None without the generator's ground truth)."""
     truth = ground_truth_dir(dataset)

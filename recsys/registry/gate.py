@@ -16,6 +16,7 @@ from typing import Any
 
 from recsys.errors import RecsysError
 from recsys.registry.aliases import AliasEvent, check_alias, current, history, production_lineage, record_move
+from recsys.registry.floor import floor_check
 from recsys.registry.store import PRIMARY_METRIC, check_task
 from recsys.registry.versions import ModelVersion, get_version
 
@@ -58,9 +59,6 @@ def basic_checks(version: ModelVersion, serving_schema_hash: str) -> list[dict[s
                    f"{serving_schema_hash}")]
 
 
-BASELINE_NAMES = {"popularity": "popularity", "logistic": "logistic regression", "oracle": "the oracle"}
-
-
 def gate_metric(task: str, metric: str | None) -> str:
     """The test metric a promotion compares: ``metric`` (e.g. ``test/gauc``, ``test/ndcg@10``), else the task's
     primary one."""
@@ -69,29 +67,6 @@ def gate_metric(task: str, metric: str | None) -> str:
     if not metric.startswith("test/"):
         raise RecsysError(f"the gate compares test metrics (test/<name>, e.g. test/gauc), got {metric!r}")
     return metric
-
-
-def floor_check(version: ModelVersion, metric: str, floor: tuple[str, ...]) -> dict[str, Any]:
-    """Whether ``metric`` beats each baseline named in ``floor`` (popularity, logistic, oracle) recorded beside it at
-    training, on the same test rows; a baseline not recorded for this model (no logistic regression for a
-    retriever) fails the check, as nothing shows the model clears it."""
-    unknown = sorted(set(floor) - set(BASELINE_NAMES))
-    if unknown:
-        raise RecsysError(f"unknown baselines {unknown} for the floor; expected some of {sorted(BASELINE_NAMES)}")
-    mine, name = version.metrics.get(metric), metric.split("/", 1)[1]
-    if mine is None:
-        return _check("floor", False, f"{metric} is not recorded for v{version.version}")
-    below, beaten = [], []
-    for baseline in floor:
-        theirs = version.baselines.get(f"{baseline}_{name}")
-        if theirs is None:
-            below.append(f"{BASELINE_NAMES[baseline]}'s {metric} is not recorded")
-        elif mine > theirs:
-            beaten.append(f"{BASELINE_NAMES[baseline]} {theirs:.4f}")
-        else:
-            below.append(f"does not beat {BASELINE_NAMES[baseline]}'s {theirs:.4f}")
-    detail = f"{metric} {mine:.4f}: " + "; ".join(below + ([f"beats {', '.join(beaten)}"] if beaten else []))
-    return _check("floor", not below, detail)
 
 
 def compare_with_production(version: ModelVersion, production: ModelVersion | None, margin: float,
@@ -166,7 +141,7 @@ def promote(task: str, version: int, to: str, margin: float = 0.0, force_reason:
     key = gate_metric(task, metric)
     checks = basic_checks(candidate, _serving_schema(serving_schema_hash))
     if floor:
-        checks.append(floor_check(candidate, key, tuple(floor)))
+        checks.append(floor_check(candidate.metrics, candidate.baselines, key, tuple(floor), f"v{candidate.version}"))
     comparison = None
     if to == "production":
         now = current(task, "production", registry)

@@ -32,8 +32,9 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def offline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The offline test metrics of a run (``test/*``: AUC and log-loss, or recall@K and NDCG@K)."""
-    return {k: float(v) for k, v in metrics.items() if k.startswith("test/")}
+    """The offline metrics of a run: validation (``val/*``, the kept epoch's: what registration's floor compares)
+    and test (``test/*``: AUC, GAUC, log-loss, NDCG, or recall@K and NDCG@K)."""
+    return {k: float(v) for k, v in metrics.items() if k.startswith(("val/", "test/"))}
 
 
 def export_lineage(export_dir: str | Path, triton_versions: Mapping[str, str | Path] | None = None) -> dict[str, str]:

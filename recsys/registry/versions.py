@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.errors import RecsysError
+from recsys.registry.floor import registration_check
 from recsys.registry.lineage import export_lineage, parsed
 from recsys.registry.store import PRIMARY_METRIC, check_task, client, missing
 
@@ -30,12 +32,13 @@ class ModelVersion:
 
     @property
     def metrics(self) -> dict[str, float]:
-        """Offline test metrics recorded at registration."""
+        """Offline metrics recorded at registration: the kept epoch's validation ones and the test ones."""
         return parsed(self.tags, "metrics")
 
     @property
     def baselines(self) -> dict[str, float]:
-        """The baselines' test metrics recorded beside the model's at training (``popularity_auc`` …)."""
+        """The baselines' metrics recorded beside the model's at training: test (``popularity_auc`` …) and
+        validation (``popularity_val_auc`` …)."""
         return parsed(self.tags, "baselines")
 
     @property
@@ -59,18 +62,23 @@ def _from_mlflow(mv: Any) -> ModelVersion:
 
 
 def register(export_dir: str | Path, triton_versions: Mapping[str, str | Path] | None = None,
-             registry: str | None = None) -> ModelVersion:
-    """Register the export in ``export_dir`` as a new version of its task's model.
+             registry: str | None = None, allow_below_floor: str | None = None) -> ModelVersion:
+    """Register the export in ``export_dir`` as a new version of its task's model, if it clears the floor.
 
     Args:
         export_dir: a folder written by ``recsys export``.
         triton_versions: exported model name -> the Triton version folder it was added as (recorded as tags).
         registry: the store's URI (default: ``MLFLOW_TRACKING_URI`` or the project's SQLite file).
+        allow_below_floor: register a model that does not beat the baselines on validation, for this reason.
     Returns:
-        The new version, with its lineage tags.
+        The new version, with its lineage tags (``registration_floor``: the floor check it passed).
+    Raises:
+        BelowFloor: the model does not beat popularity (and logistic regression, for the ranker) on validation
+            (`recsys.registry.floor`).
     """
     tags = export_lineage(export_dir, triton_versions)
     task = check_task(tags["task"])
+    tags["registration_floor"] = json.dumps(registration_check(tags, allow_below_floor))
     tags |= {"registered_by": getpass.getuser(),
              "registered_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
     mlflow = client(registry)

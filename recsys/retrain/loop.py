@@ -109,7 +109,7 @@ class Loop:
         ``refused``); any other failure leaves it unfinished, to resume once fixed."""
         from recsys.data.ingest import IngestSchemaError
         from recsys.data.validate import ValidationFailed
-        from recsys.registry import GateRefused
+        from recsys.registry import BelowFloor, GateRefused
 
         cycle = self.state.current
         assert cycle is not None
@@ -129,7 +129,7 @@ class Loop:
             self._step("candidate", self._candidate)
             self._step("canary", self._canary)
             verdict = self._step("judge", self._judge)
-        except GateRefused as exc:
+        except (GateRefused, BelowFloor) as exc:  # a model below its floor is not registered: production stays
             return self._end("refused", str(exc))
         return self._end(verdict["outcome"], verdict["summary"])
 

@@ -68,7 +68,7 @@ def _train(config: dict[str, Any]) -> None:
     from torch.utils.data import DataLoader
 
     from recsys.evaluation.ranking import ranking_report
-    from recsys.evaluation.retrieval import retrieval_report
+    from recsys.evaluation.retrieval import popularity_catalogue_recall, retrieval_report
     from recsys.models.dlrm import DLRMTrain, Ranker
     from recsys.models.two_tower import TwoTower, TwoTowerTrain
     from recsys.online.features import serving_context
@@ -81,7 +81,14 @@ def _train(config: dict[str, Any]) -> None:
         read_shard,
         retrieval_batches,
     )
-    from recsys.training.module import Catalogue, KeepCheckpoints, ProgressFile, RecsysModule, StopWhenAsked
+    from recsys.training.module import (
+        CATALOGUE_K,
+        Catalogue,
+        KeepCheckpoints,
+        ProgressFile,
+        RecsysModule,
+        StopWhenAsked,
+    )
     from recsys.training.progress import PROGRESS_FILE, send_output_to
     from recsys.training.strategy import OneProcess, TorchRecStrategy
 
@@ -134,12 +141,14 @@ def _train(config: dict[str, Any]) -> None:
             batch_size = max(1, min(batch_size, fewest))
         frame = frame.head(fewest // batch_size * batch_size)
         if task == "dlrm":
-            make = lambda seed: ranking_batches(frame, model.spec, batch_size, seed)  # noqa: E731
+            make = lambda seed, skip: ranking_batches(frame, model.spec, batch_size, seed, skip)  # noqa: E731
         else:
-            make = lambda seed: retrieval_batches(frame, model.user_spec, model.item_spec,  # noqa: E731
-                                                  schema.item_id.name, log_q, batch_size, seed)
-        return DataLoader(EpochBatches(make, shuffle, seed=cfg.seed + 1000 * rank, epoch=lambda: module.epochs_done),
-                          batch_size=None)
+            make = lambda seed, skip: retrieval_batches(frame, model.user_spec, model.item_spec,  # noqa: E731
+                                                        schema.item_id.name, log_q, batch_size, seed, skip)
+        by_steps = shuffle and cfg.steps_per_epoch > 0  # training by steps: an epoch is that many, not one pass
+        return DataLoader(EpochBatches(make, shuffle, seed=cfg.seed + 1000 * rank, epoch=lambda: module.epochs_done,
+                                       steps=cfg.steps_per_epoch if by_steps else None,
+                                       per_pass=fewest // batch_size), batch_size=None)
 
     prepare_wandb_dirs(run_dir)
     # one W&B run per training run: a restarted worker group goes on logging into the same one
@@ -148,7 +157,11 @@ def _train(config: dict[str, Any]) -> None:
                          group=config.get("group"), config=description)
     device = torch.device("cuda" if cfg.gpus_per_worker else "cpu") if in_process else None
     strategy = TorchRecStrategy(device=device)
-    steps = min(rows_of("train", worker) for worker in range(world)) // cfg.batch_size  # (every worker's, per epoch)
+    per_pass = min(rows_of("train", worker) for worker in range(world)) // cfg.batch_size  # (every worker's)
+    if per_pass == 0:
+        raise RecsysError(f"{task}: a worker's share of the training split is smaller than one batch of "
+                          f"{cfg.batch_size}; lower batch_size or use fewer workers")
+    steps = cfg.steps_per_epoch or per_pass  # per epoch
     keep = KeepCheckpoints(run_dir, RayTrainReportCallback.CHECKPOINT_NAME, checkpoints_kept(cfg),
                            report_to=_IN_PROCESS_CALLBACKS.get(str(run_dir)))
     callbacks = [keep if in_process else RayTrainReportCallback(), ProgressFile(run_dir / PROGRESS_FILE, steps)]
@@ -195,6 +208,8 @@ def _train(config: dict[str, Any]) -> None:
         else:
             retrieval, baselines = retrieval_report(trained, dataset, cfg.eval_users or None)
             metrics |= retrieval
+            baselines[f"popularity_val_recall@{CATALOGUE_K}"] = popularity_catalogue_recall(
+                dataset, schema.item_id.name, CATALOGUE_K)  # what registration's floor compares val/recall@100 with
         last = trainer.current_epoch - 1  # (0-based, as the epochs report themselves)
         kept = int(kept_metrics.get("epoch", last))
         summary = {"metrics": metrics, "epoch_losses": module.epoch_losses, "sharding": strategy.sharding,
@@ -324,6 +339,7 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
 
     if task not in TASK_OF:
         raise RecsysError(f"unknown model {task!r}; expected one of {sorted(TASK_OF)}")
+    cfg = cfg.for_model(task)
     dataset = Dataset.open(cfg.dataset or newest_dataset(), load_schema())
     cfg = replace(cfg, dataset=str(dataset.path.resolve()))
     for split in ("train", "val"):

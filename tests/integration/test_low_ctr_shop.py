@@ -37,4 +37,6 @@ def test_the_default_config_predicts_a_low_click_rate_within_a_quarter(local_ray
     # calibrated: the output bias starts at the training click rate's log-odds, and training keeps it there
     assert abs(float(np.mean(p_click)) / labels.mean() - 1) < 0.25, (
         f"mean prediction {np.mean(p_click):.5f} at a test click rate of {labels.mean():.5f}")
-    assert result.metrics["test/auc"] > 0.5
+    # it ranks: above popularity (measured 0.657 against 0.614, logistic regression 0.634; with one-pass epochs and
+    # the demo's learning rates it was 0.573, under both)
+    assert result.metrics["test/auc"] > result.baselines["popularity_auc"], (result.metrics, result.baselines)

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from recsys.data.features import META_ITEM, META_USER
+from recsys.evaluation.metrics import catalogue_hits
 from recsys.evaluation.retrieval import (
     evaluate,
     oracle_scorer,
+    popularity_catalogue_recall,
     popularity_scorer,
     retrieval_report,
     retrieval_task,
@@ -73,3 +75,19 @@ def test_a_two_tower_model_is_scored_against_every_item(tiny_dataset, schema, ta
     assert metrics["test/retrieval_users"] == 50
     assert {f"test/{m}@{k}" for m in ("recall", "ndcg") for k in (10, 50, 100)} <= set(metrics)
     assert {"popularity_recall@100", "oracle_recall@100"} <= set(baselines)
+
+
+def test_popularity_scored_as_the_two_tower_is_validated(tiny_dataset, schema):
+    """popularity_val_recall@K is the two-tower's val/recall@K for a list ordered by training views: recomputed here
+    through the metric training uses (`catalogue_hits`), with a 1-d "user" that prefers what was viewed more."""
+    item = schema.item_id.name
+    catalogue = tiny_dataset.at_test_start("items")[item].to_numpy()
+    views = tiny_dataset.read("retrieval", "train")[item].to_list()
+    counts = np.array([views.count(i) for i in catalogue], dtype=np.float32)
+    row = {int(i): r for r, i in enumerate(catalogue)}
+    positives = torch.tensor([row.get(int(i), -1) for i in tiny_dataset.read("retrieval", "val")[item].to_list()])
+    for k in (1, 10, 100):
+        hits = catalogue_hits(torch.ones(len(positives), 1), torch.from_numpy(counts)[:, None], positives, k)
+        assert popularity_catalogue_recall(tiny_dataset, item, k) == pytest.approx(float(hits.float().mean()))
+    assert 0 < popularity_catalogue_recall(tiny_dataset, item, 10) < popularity_catalogue_recall(tiny_dataset, item,
+                                                                                                   100) < 1

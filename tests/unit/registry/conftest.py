@@ -49,15 +49,15 @@ def make_export(root: Path, name: str, task: str = "dlrm", metric: float = 0.75,
         "dataset_path": f"/data/{dataset_id}", "code_version": "abc123", "run": name}))
     if task == "dlrm":
         metrics = {"train/loss": 0.2, "val/auc": metric - 0.01, "test/auc": metric, "test/logloss": 0.23}
-        baselines = {"popularity_auc": 0.69}
+        baselines = {"popularity_auc": 0.69, "popularity_val_auc": 0.55, "logistic_val_auc": 0.60}  # the floor
         models, diffs, index = ["dlrm"], {"dlrm": parity}, {}
     else:
         metrics = {"train/loss": 7.7, "test/recall@10": metric / 2, "test/ndcg@10": 0.18, "test/recall@100": metric,
-                   "test/ndcg@100": 0.26, "test/retrieval_users": 100.0}
-        baselines = {"popularity_recall@100": 0.5}
+                   "test/ndcg@100": 0.26, "test/retrieval_users": 100.0, "val/recall@100": metric + 0.1}
+        baselines = {"popularity_recall@100": 0.5, "popularity_val_recall@100": 0.3}  # the floor
         models, diffs, index = ["query_tower"], {"query_tower": parity, "item_embeddings": 0.0}, {"kind": "flat"}
     metrics |= extra_metrics or {}
-    baselines |= extra_baselines or {}
+    baselines = {k: v for k, v in (baselines | (extra_baselines or {})).items() if v is not None}  # None: left out
     wandb_files = run / "wandb" / "offline-run-20261127_150000-abcdef123456" / "files"
     (run / "metrics.json").write_text(json.dumps({"metrics": metrics, "baselines": baselines, "dataset_id": dataset_id,
                                                   "checkpoint": str(checkpoint), "wandb_run": str(wandb_files)}))

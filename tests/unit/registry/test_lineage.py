@@ -20,8 +20,10 @@ def test_dlrm_lineage_has_data_code_run_config_metrics_parity_and_artifacts(tmp_
     assert tags["training_run"] == "run-a" and tags["training_run_path"] == str(run.resolve())
     assert tags["wandb_run"].endswith("offline-run-20261127_150000-abcdef123456/files")
     assert json.loads(tags["training_config"])["dlrm"] == {"embedding_dim": 16}
-    assert json.loads(tags["metrics"]) == {"test/auc": 0.7539, "test/logloss": 0.23}  # test/* only
-    assert json.loads(tags["baselines"]) == {"popularity_auc": 0.69}
+    # val/* and test/* (no train/*)
+    assert json.loads(tags["metrics"]) == {"val/auc": 0.7439, "test/auc": 0.7539, "test/logloss": 0.23}
+    assert json.loads(tags["baselines"]) == {"popularity_auc": 0.69, "popularity_val_auc": 0.55,
+                                             "logistic_val_auc": 0.60}
     assert json.loads(tags["parity"]) == {"dlrm": 1e-7} and float(tags["parity_tolerance"]) == 1e-5
     assert tags["parity_passed"] == "true"
     assert tags["export_dir"] == str(export.resolve()) and tags["artifact.dlrm"] == str((export / "dlrm").resolve())

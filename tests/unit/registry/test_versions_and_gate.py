@@ -237,3 +237,36 @@ def test_the_cli_gate_takes_the_metric_and_the_floor(registry, tmp_path, capsys)
     assert "test/gauc 0.7638: does not beat logistic regression's 0.7652" in capsys.readouterr().err
     assert main(["models", "promote", "1", "--to", "candidate", "--floor", "popularity"]) == 0
     assert "pass  floor   test/auc 0.7627: beats popularity 0.6900" in capsys.readouterr().out
+
+
+def test_a_model_below_its_floor_on_validation_is_not_registered_the_first_one_included(registry, tmp_path, capsys):
+    from recsys.cli import main
+    from recsys.registry import BelowFloor
+
+    below = make_export(tmp_path, "below", metric=0.7627,  # its val/auc 0.7527
+                        extra_baselines={"popularity_val_auc": 0.6985, "logistic_val_auc": 0.7530})
+    with pytest.raises(BelowFloor, match=r"dlrm from training run below is not registered as a candidate: val/auc "
+                                         r"0\.7527: does not beat logistic regression's 0\.7530; beats popularity "
+                                         r"0\.6985\. A model must beat popularity and logistic regression"):
+        register(below)
+    assert list_versions("dlrm") == []  # nothing registered, not even as the task's first model
+    assert main(["models", "register", str(below)]) == 2
+    assert "is not registered as a candidate" in capsys.readouterr().err and list_versions("dlrm") == []
+    # a baseline nobody recorded (a run trained before the floor existed) does not count as beaten
+    old = make_export(tmp_path, "old", extra_baselines={"logistic_val_auc": None})
+    with pytest.raises(BelowFloor, match="logistic regression's val/auc is not recorded"):
+        register(old)
+    # registered anyway only with a reason, which is kept with the failed check
+    forced = register(below, allow_below_floor="the shop asked for it")
+    floor = json.loads(forced.tags["registration_floor"])
+    assert not floor["passed"] and floor["allowed_because"] == "the shop asked for it"
+    # one that clears it is registered with the check it passed
+    good = register(make_export(tmp_path, "good"))
+    assert json.loads(good.tags["registration_floor"]) == {
+        "name": "floor", "passed": True, "detail": "val/auc 0.7400: beats popularity 0.5500, logistic regression "
+                                                   "0.6000"}
+    # the retriever's floor is popularity on its validation recall@100 (logistic regression ranks no catalogue)
+    with pytest.raises(BelowFloor, match=r"val/recall@100 0\.6500: does not beat popularity's 0\.6600"):
+        register(make_export(tmp_path, "tt", task="two-tower", metric=0.55,
+                             extra_baselines={"popularity_val_recall@100": 0.66}))
+    assert register(make_export(tmp_path, "tt2", task="two-tower", metric=0.6)).version == 1

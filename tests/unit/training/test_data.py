@@ -3,7 +3,15 @@ import polars as pl
 import pytest
 
 from recsys.models.inputs import InputSpec
-from recsys.training.data import batches, click_rate, item_log_q, ranking_batches, read_shard, retrieval_batches
+from recsys.training.data import (
+    EpochBatches,
+    batches,
+    click_rate,
+    item_log_q,
+    ranking_batches,
+    read_shard,
+    retrieval_batches,
+)
 
 
 def test_workers_read_disjoint_shards_covering_the_split(tiny_dataset):
@@ -45,3 +53,26 @@ def test_batches_carry_labels_and_log_q(tiny_dataset, schema):
 def test_the_click_rate_is_the_share_of_clicked_training_impressions(tiny_dataset, schema):
     labels = np.concatenate([pl.read_parquet(p)["click"].to_numpy() for p in tiny_dataset.shards("ranking", "train")])
     assert click_rate(tiny_dataset, schema) == pytest.approx(labels.sum() / len(labels), abs=1e-7)  # (float32 labels)
+
+
+def test_training_by_steps_cycles_through_passes_each_in_its_own_order():
+    """10 rows in batches of 2 (5 per pass), epochs of 3 steps: epoch 0 is pass 0's batches 0-2, epoch 1 pass 0's
+    3-4 then pass 1's first, epoch 2 pass 1's 1-3 … each pass shuffled with seed + pass number."""
+    frame = pl.DataFrame({"row": list(range(10))})
+    make = lambda seed, skip: (b["row"].to_list() for b in batches(frame, 2, seed, skip=skip))  # noqa: E731
+    passes = [list(make(100 + p, 0)) for p in range(3)]  # the three passes, whole
+    assert passes[0] != passes[1] and sorted(r for b in passes[0] for r in b) == list(range(10))
+    done = {"epochs": 0}
+    steps = EpochBatches(make, shuffle=True, seed=100, epoch=lambda: done["epochs"], steps=3, per_pass=5)
+    seen = []
+    for epoch in range(4):
+        done["epochs"] = epoch
+        seen.append(list(steps))
+    assert seen == [passes[0][0:3], passes[0][3:5] + passes[1][0:1], passes[1][1:4], passes[1][4:5] + passes[2][0:2]]
+    # an epoch asked for again (a resumed run) is the same batches
+    done["epochs"] = 1
+    assert list(steps) == seen[1]
+    # without steps an epoch is one pass, epoch e seeded seed + e (as before)
+    assert list(EpochBatches(make, shuffle=True, seed=100, epoch=lambda: 2)) == passes[2]
+    with pytest.raises(ValueError, match="training by steps needs the batches of a pass"):
+        EpochBatches(make, shuffle=True, steps=3)

@@ -42,8 +42,8 @@ def test_ranking_trains_and_beats_chance(tiny_dataset, schema):
     model = Ranker(schema, tiny_dataset.manifest.cardinalities, DLRMConfig())
     cols = model.spec.columns
     frames = {s: read_shard(tiny_dataset, "ranking", s, 0, cols) for s in ("train", "val")}
-    train = EpochBatches(lambda seed: ranking_batches(frames["train"], model.spec, 256, seed), shuffle=True)
-    val = EpochBatches(lambda seed: ranking_batches(frames["val"], model.spec, 1024), shuffle=False)
+    train = EpochBatches(lambda seed, skip: ranking_batches(frames["train"], model.spec, 256, seed, skip), shuffle=True)
+    val = EpochBatches(lambda seed, skip: ranking_batches(frames["val"], model.spec, 1024), shuffle=False)
     trainer, losses = _fit(RecsysModule(DLRMTrain(model), OptimConfig(dense_lr=3e-3)), train, val, epochs=4)
     assert all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
@@ -61,8 +61,8 @@ def test_retrieval_trains_with_in_batch_negatives(tiny_dataset, schema):
                    item_column=schema.item_id.name, log_q=log_q, batch_size=128)
     train_frame = read_shard(tiny_dataset, "retrieval", "train", 0, cols)
     val_frame = read_shard(tiny_dataset, "retrieval", "val", 0, cols)
-    train = EpochBatches(lambda seed: make(train_frame, shuffle_seed=seed), shuffle=True)
-    val = EpochBatches(lambda seed: make(val_frame, shuffle_seed=seed), shuffle=False)
+    train = EpochBatches(lambda seed, skip: make(train_frame, shuffle_seed=seed, skip=skip), shuffle=True)
+    val = EpochBatches(lambda seed, skip: make(val_frame, shuffle_seed=seed), shuffle=False)
     module = RecsysModule(TwoTowerTrain(model, cfg), OptimConfig(dense_lr=3e-3))
     _, losses = _fit(module, train, val, epochs=4)
     assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < np.mean(losses[:3])
