@@ -60,10 +60,13 @@ def publish(run: str | Path, out: str | Path | None = None, repository: str | Pa
     out = Path(out) if out else checkpoint.parents[1] / "export"
     result = export_checkpoint(checkpoint, out, tolerance=tolerance)
     if register:  # before the repository: a model the registry refuses is not served either
-        from recsys.registry.floor import registration_check
+        from recsys.registry.floor import BelowFloor, registration_check
         from recsys.registry.lineage import export_lineage
 
-        registration_check(export_lineage(out), allow_below_floor)
+        try:
+            registration_check(export_lineage(out), allow_below_floor)
+        except BelowFloor as exc:
+            raise BelowFloor(f"{exc}. The export itself is in {out}; nothing was added to a repository") from None
     triton_versions: dict[str, Path] = {}
     if repository:
         from recsys.deploy.repository import add_version

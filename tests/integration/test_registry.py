@@ -169,6 +169,13 @@ def test_a_two_tower_re_evaluated_on_another_dataset_meets_its_new_items_as_unkn
 def test_the_gate_compares_models_of_two_datasets_on_the_candidates_test_events(local_ray, dlrm_run, tiny_dataset,
                                                                                  grown_dataset, tmp_path, store):
     candidate = run("dlrm", tiny_train_config(grown_dataset, tmp_path / "train", epochs=1, workers=0))  # in-process
+    # one epoch on the tiny shop leaves it under logistic regression on validation: not registered, nor served
+    assert candidate.metrics["val/auc"] <= candidate.baselines["logistic_val_auc"], "the premise of the refusal"
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    assert main(["export", candidate.path, "--out", str(tmp_path / "refused"), "--repository", str(repository)]) == 2
+    assert not any(repository.iterdir()) and (tmp_path / "refused" / "export.json").is_file()
+    assert list_versions("dlrm") == []
     for trained, out in ((dlrm_run, "production"), (candidate, "candidate")):  # (tiny models, under the floor)
         assert main(["export", trained.path, "--out", str(tmp_path / out),
                      "--allow-below-floor", "under test: the comparison across datasets, not the models"]) == 0
