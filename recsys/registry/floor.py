@@ -13,11 +13,12 @@ from typing import Any
 
 from recsys.errors import RecsysError
 from recsys.registry.lineage import parsed
+from recsys.training.early_stopping import MONITOR
 
 BASELINE_NAMES = {"popularity": "popularity", "logistic": "logistic regression", "oracle": "the oracle"}
 # what registration compares: each model's validation metric (the one early stopping watches) and the baselines
 # it must beat there; logistic regression is a click model, so the retriever's floor is popularity alone
-VALIDATION_METRIC = {"dlrm": "val/auc", "two-tower": "val/recall@100"}
+VALIDATION_METRIC = MONITOR
 REGISTRATION_FLOOR = {"dlrm": ("popularity", "logistic"), "two-tower": ("popularity",)}
 
 
