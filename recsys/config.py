@@ -69,6 +69,7 @@ class ValidationConfig:
     max_volume_drop: float = 0.5  # events per day may fall by at most this share
     max_null_rate_increase: float = 0.05  # a column's null rate may rise by at most this much
     max_new_category_share: float = 0.2  # share of rows with values the reference never saw
+    min_price: float | None = 0.0  # items priced below this are quarantined; None: any price (a shop's own scaling)
     on_stats_violation: str = "warn"  # warn | fail
 
 
@@ -89,13 +90,16 @@ class IngestConfig:
     """Bring-your-own-data: where a shop's export lies and how its columns map to ours."""
 
     events: str = "events/*.parquet"  # glob, relative to the source folder
-    users: str = "users.parquet"
-    items: str = "items.parquet"
+    users: str | None = "users.parquet"  # None: no users table; one row per user of the events (recsys.data.derive)
+    items: str | None = "items.parquet"  # None: no items table; one row per item of the events, attributes unknown
     format: str = "auto"  # auto (by extension) | parquet | csv | jsonl
     columns: dict[str, dict[str, str]] = field(default_factory=dict)  # table -> {ours: theirs}
     event_types: dict[str, str] = field(default_factory=dict)  # their event type -> ours
     timestamp_format: str | None = None  # strptime format for text timestamps; None = ISO 8601
     timestamp_unit: str | None = None  # s | ms | us for numeric epoch timestamps
+    event_type: str | None = None  # no event type column: every event is this one (e.g. view, for a ratings file)
+    ids: dict[str, str] = field(default_factory=dict)  # id column -> integer | text (default: told by the values)
+    session_gap_minutes: int = 30  # no session_id column: a user's new session starts after this much inactivity
 
 
 @dataclass(frozen=True)

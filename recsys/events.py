@@ -30,6 +30,7 @@ class Column:
     dtype: pl.DataType
     required: bool = True
     doc: str = ""
+    derived: str = ""  # how a source without the column gets it (`recsys.data.derive`); empty: it cannot
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class Table:
 
     @property
     def required(self) -> list[str]:
-        return [c.name for c in self.columns if c.required]
+        """The columns a source must have: required, and not derivable when absent."""
+        return [c.name for c in self.columns if c.required and not c.derived]
 
 
 TIMESTAMP = pl.Datetime("us", "UTC")
@@ -57,12 +59,14 @@ EVENTS = Table(
     name="events",
     key="event_id",
     columns=(
-        Column("event_id", pl.Int64(), doc="unique id of the event"),
+        Column("event_id", pl.Int64(), doc="unique id of the event",
+               derived="a stable hash of the row's values (identical rows are then one event)"),
         Column("timestamp", TIMESTAMP, doc="when it happened (UTC)"),
         Column("user_id", pl.Int64(), doc="who did it (users.user_id)"),
         Column("item_id", pl.Int64(), doc="which item (items.item_id)"),
         Column("event_type", EventType, doc="one of " + ", ".join(EVENT_TYPES)),
-        Column("session_id", pl.Int64(), doc="the user's visit"),
+        Column("session_id", pl.Int64(), doc="the user's visit",
+               derived="a new session after ingest.session_gap_minutes (30) of the user's inactivity"),
         Column("request_id", pl.Int64(), required=False,
                doc="the recommendation list an impression or click belongs to"),
         Column("position", pl.Int32(), required=False, doc="0-based slot of an impression in its list"),
@@ -74,7 +78,8 @@ USERS = Table(
     key="user_id",
     columns=(
         Column("user_id", pl.Int64()),
-        Column("signup_date", pl.Date(), doc="when the account was created"),
+        Column("signup_date", pl.Date(), doc="when the account was created",
+               derived="the date of the user's first event"),
         Column("country", pl.String(), required=False, doc="ISO country code"),
         Column("device", pl.String(), required=False, doc="main device: mobile, desktop or tablet"),
     ),
@@ -85,9 +90,9 @@ ITEMS = Table(
     key="item_id",
     columns=(
         Column("item_id", pl.Int64()),
-        Column("category", pl.String(), doc="catalogue category"),
+        Column("category", pl.String(), required=False, doc="catalogue category"),
         Column("brand", pl.String(), required=False),
-        Column("price", pl.Float64(), doc="current price, >= 0"),
+        Column("price", pl.Float64(), required=False, doc="current price (validation.min_price: 0 by default)"),
         Column("available", pl.Boolean(), required=False, doc="can be sold now (default true)"),
     ),
 )

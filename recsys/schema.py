@@ -256,9 +256,9 @@ def _parse_feature(raw: Any, index: int) -> Feature:
         table = TABLES.get(compute["table"])
         if table is None or compute["table"] == "events":
             raise SchemaError(f"{where}.compute.table: expected users or items, got {compute['table']!r}")
-        if compute["column"] not in table.names:
-            raise SchemaError(f"{where}.compute.column: {compute['column']!r} is not a column of "
-                              f"{table.name} ({table.names})")
+        if not isinstance(compute["column"], str) or not compute["column"]:
+            raise SchemaError(f"{where}.compute.column: expected the name of a {table.name} column (ours: "
+                              f"{table.names}, or one of the shop's own), got {compute['column']!r}")
 
     encoding_raw = dict(raw.get("encoding") or {})
     encoding = encoding_raw.pop("type", None)

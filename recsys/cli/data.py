@@ -156,7 +156,17 @@ def _summary(ds: Dataset) -> str:
         lines.append(f"  ranking label rate (train) {label['mean']:.2%}")
     lines.append("  embedding tables: " + ", ".join(f"{k}={v:,}" for k, v in m.cardinalities.items()))
     lines.append("  online tables: " + ", ".join(f"{k} ({v['rows']:,} rows)" for k, v in m.online.items()
-                                                if isinstance(v, dict)) + f", as of {m.online['as_of'][:19]}")
+                                                if isinstance(v, dict) and "rows" in v)
+                 + f", as of {m.online['as_of'][:19]}")
+    text_ids = [c for c, kind in m.online.get("ids", {}).items() if kind == "text"]
+    if text_ids:
+        lines.append(f"  text ids (coded; serving takes and returns the shop's own): {', '.join(text_ids)}")
+    for name, h in m.online.get("hashing", {}).items():
+        lines.append(f"  {name}: {h['ids']:,} ids in {h['buckets']:,} hash buckets, {h['share_colliding']:.2%} of "
+                     "them sharing a bucket")
+    positives = m.splits["retrieval"].get("positive_event_types")
+    if positives is not None:
+        lines.append(f"  retrieval positives: {', '.join(positives) or 'none (no such events)'}")
     v = m.validation["tables"]
     lines.append("  validation: " + ", ".join(f"{t} {r['good']:,} good / {r['bad']:,} quarantined"
                                               for t, r in v.items()))

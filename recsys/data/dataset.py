@@ -9,6 +9,7 @@ A dataset lives in ``<root>/<dataset_id>/``::
     online/items.parquet            latest item features, availability and category
     online/user_category.parquet    latest user x category features
     online/purchases.parquet        (user, item) pairs bought so far: serving's purchase filter
+    online/ids_<column>.parquet     text user / item ids: each code's shop id (`recsys.ids`; none for integers)
 
 The id is a content hash of the validated inputs, the schema and the build config: the same inputs
 give the same id (and the build is skipped), any change gives a new one.
@@ -17,6 +18,8 @@ give the same id (and the build is skipped), any change gives a new one.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +30,7 @@ from polars.io.plugins import register_io_source
 from tqdm.auto import tqdm
 
 from recsys.config import EXECUTION_ONLY, BuildConfig
+from recsys.data.attributes import attribute_tables
 from recsys.data.encoders import Encoders, fit_encoders
 from recsys.data.features import (
     EVENT_ID,
@@ -35,13 +39,17 @@ from recsys.data.features import (
     encode_examples,
     example_rows,
     online_tables,
+    retrieval_event_types,
     task_features,
 )
 from recsys.data.profile import profile_features
 from recsys.errors import RecsysError
 from recsys.hashing import file_sha256, stable_hash
+from recsys.ids import MAPPED_IDS, IdMap
 from recsys.io import atomic_dir
 from recsys.schema import PROJECT_ROOT, FeatureSchema, Kind
+
+log = logging.getLogger(__name__)
 
 PIPELINE_VERSION = 5  # bump when feature logic changes what a build writes (5: ranking examples name their request)
 TASKS = ("ranking", "retrieval")
@@ -178,11 +186,26 @@ def load_builder(validated: Path, schema: FeatureSchema, encoders: Encoders | No
     events = sorted_events(pl.read_parquet(validated / "events.parquet"))
     if events.is_empty():
         raise DatasetError(f"{validated}: no valid events to build from")
-    users = pl.read_parquet(validated / "users.parquet")
-    items = pl.read_parquet(validated / "items.parquet")
+    users, items, _ = attribute_tables(schema, pl.read_parquet(validated / "users.parquet"),
+                                       pl.read_parquet(validated / "items.parquet"))
     if encoders is None:
         encoders = fit_encoders(schema, _fit_values(schema, users, items))
     return FeatureBuilder(schema, events, users, items, encoders)
+
+
+def hash_collisions(builder: FeatureBuilder) -> dict[str, dict[str, Any]]:
+    """Per id feature hashed into buckets: how many ids, how many buckets they fill, and the share of ids that
+    share their bucket with another (such ids share one embedding row)."""
+    out = {}
+    for f in builder.schema.features:
+        if f.kind not in (Kind.USER_ID, Kind.ITEM_ID) or f.encoding != "hash":
+            continue
+        table = builder.users if f.kind == Kind.USER_ID else builder.items
+        rows = table.select(builder.encoders.index(f.embedding_table, pl.col(f.params["column"])).alias("b"))
+        shared = rows.filter(pl.col("b").is_duplicated()).height
+        out[f.name] = {"ids": rows.height, "buckets": builder.encoders.fitted[f.embedding_table].cardinality - 1,
+                       "buckets_used": rows["b"].n_unique(), "share_colliding": shared / max(rows.height, 1)}
+    return out
 
 
 def in_split(bounds: dict[str, datetime], split: str) -> pl.Expr:
@@ -262,6 +285,8 @@ def build_dataset(validated: str | Path, root: str | Path, schema: FeatureSchema
     if cfg.shards < 1:
         raise DatasetError(f"build.shards must be >= 1, got {cfg.shards}")
     inputs = {t: file_sha256(validated / f"{t}.parquet") for t in VALIDATED_TABLES}
+    id_maps = {c: IdMap.path(validated, c) for c in MAPPED_IDS if IdMap.path(validated, c).is_file()}
+    inputs |= {f"ids_{c}": file_sha256(path) for c, path in id_maps.items()}  # (none for integer ids: as before)
     ds_id = dataset_id(schema, cfg, inputs)
     final = root / ds_id
     if (final / "manifest.json").is_file() and not force:
@@ -280,6 +305,12 @@ def build_dataset(validated: str | Path, root: str | Path, schema: FeatureSchema
         for task in TASKS:
             steps.set_postfix_str(f"{task} examples")
             splits[task] = write_examples(builder, task, bounds, tmp, cfg)
+            if task == "retrieval":
+                splits[task]["positive_event_types"] = positives = retrieval_event_types(events, schema)
+                if positives != list(schema.examples["retrieval"]["event_types"]):
+                    log.warning("retrieval: the events have none of examples.retrieval.event_types %s; the "
+                                "positives are the implicit feedback they have: %s",
+                                schema.examples["retrieval"]["event_types"], positives)
             train = pl.scan_parquet([tmp / s["path"] for s in splits[task]["train"]["shards"]])
             profile[task] = profile_features(train, task_features(schema, task))
             steps.update(1)
@@ -292,6 +323,10 @@ def build_dataset(validated: str | Path, root: str | Path, schema: FeatureSchema
             table.write_parquet(tmp / "online" / f"{name}.parquet")
             online[name] = {"path": f"online/{name}.parquet", "rows": table.height}
         online["as_of"] = as_of.isoformat()
+        for path in id_maps.values():  # serving takes and returns the shop's own ids
+            shutil.copyfile(path, tmp / "online" / path.name)
+        online["ids"] = report.get("ids", {})
+        online["hashing"] = hash_collisions(builder)
         steps.set_postfix_str("tables at the test start")
         (tmp / "snapshots" / "test_start").mkdir(parents=True)
         at_test = {}

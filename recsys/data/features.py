@@ -280,10 +280,23 @@ def ranking_examples(events: pl.LazyFrame, schema: FeatureSchema) -> pl.LazyFram
             .with_columns(pl.struct(REQUEST, ITEM).is_in(clicked.implode()).cast(pl.Float64).alias(LABEL)))
 
 
-def retrieval_examples(events: pl.LazyFrame, schema: FeatureSchema) -> pl.LazyFrame:
-    """One positive (user, item) row per interaction of the configured types."""
-    return (events.filter(pl.col(TYPE).is_in(schema.examples["retrieval"]["event_types"]))
-            .select(EVENT_ID, TS, USER, ITEM))
+IMPLICIT_POSITIVES = ("click", "add_to_cart", "purchase")  # retrieval positives of a log with none of the configured
+
+
+def retrieval_event_types(events: pl.DataFrame, schema: FeatureSchema) -> list[str]:
+    """The event types whose events are retrieval positives: the schema's (``examples.retrieval.event_types``), or
+    for a log that has none of those (an implicit-feedback log: clicks and purchases, no product views) the
+    implicit positives it has."""
+    configured = list(schema.examples["retrieval"]["event_types"])
+    present = set(events[TYPE].cast(pl.String).unique().to_list())
+    if present & set(configured):
+        return configured
+    return [t for t in IMPLICIT_POSITIVES if t in present]
+
+
+def retrieval_examples(events: pl.LazyFrame, event_types: list[str]) -> pl.LazyFrame:
+    """One positive (user, item) row per interaction of ``event_types`` (`retrieval_event_types`)."""
+    return events.filter(pl.col(TYPE).is_in(event_types)).select(EVENT_ID, TS, USER, ITEM)
 
 
 def task_features(schema: FeatureSchema, task: str) -> list[Feature]:
@@ -301,8 +314,9 @@ def _named(features: list[Feature]) -> list[pl.Expr]:
 
 def example_rows(builder: FeatureBuilder, task: str) -> pl.LazyFrame:
     """The events that become ``task``'s examples (ranking | retrieval), in (timestamp, event_id) order."""
-    make = ranking_examples if task == "ranking" else retrieval_examples
-    return make(builder.events.lazy(), builder.schema)  # in event order, which every later join keeps
+    if task == "ranking":  # in event order, which every later join keeps
+        return ranking_examples(builder.events.lazy(), builder.schema)
+    return retrieval_examples(builder.events.lazy(), retrieval_event_types(builder.events, builder.schema))
 
 
 def encode_examples(builder: FeatureBuilder, rows: pl.LazyFrame, task: str) -> pl.LazyFrame:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
@@ -58,7 +59,8 @@ def find_files(source: Path, pattern: str, what: str) -> list[Path]:
     paths = sorted(Path(p) for p in glob.glob(str(source / pattern)) if Path(p).is_file())
     if not paths:
         raise IngestSchemaError(f"{what}: no files match {pattern!r} under {source} "
-                                f"(set ingest.{what} in the data config)")
+                                f"(set ingest.{what} in the data config" + ("; null derives the table from the events)"
+                                                            if what in ("users", "items") else ")"))
     return paths
 
 
@@ -162,13 +164,22 @@ def _parse(name: str, target: pl.DataType, found: pl.DataType, cfg: IngestConfig
     return col.cast(target, strict=False).alias(name)
 
 
-def read_table(source: Path, table: Table, cfg: IngestConfig) -> tuple[pl.LazyFrame, list[SourceFile]]:
+class ReadTable(NamedTuple):
+    frame: pl.LazyFrame
+    files: list[SourceFile]
+    absent: frozenset[str]  # canonical columns the files do not have (null in ``frame``)
+    extra: tuple[str, ...]  # the files' other columns, kept as they are (users and items: the shop's attributes)
+
+
+def read_table(source: Path, table: Table, cfg: IngestConfig) -> ReadTable:
     """Read one canonical table from ``source`` with the column mapping applied.
 
     Returns a lazy frame with every canonical column parsed, its raw text in ``__raw_<column>``,
     ``source_file`` / ``source_row`` for tracing a row back (``source_row`` is the 0-based row in a Parquet or
     CSV file, the 1-based line number in a JSON-lines file) and ``raw_line``, the text of a JSON line that is not
-    a JSON object (its row has every column null; null on every other row); plus the files read.
+    a JSON object (its row has every column null; null on every other row); of the users and items tables, the
+    files' other columns too (any of them can be a schema ``attribute``); plus the files read, and which canonical
+    columns they lack.
     Raises IngestSchemaError when a required column is missing, a column's type cannot hold ours, or a file
     cannot be read.
     """
@@ -186,7 +197,8 @@ def read_table(source: Path, table: Table, cfg: IngestConfig) -> tuple[pl.LazyFr
                                 f"{table.name}; expected keys among {table.names}")
     theirs = {ours: mapping.get(ours, ours) for ours in table.names}
     missing = [f"{ours}" + (f" (mapped from {col!r})" if col != ours else "")
-               for ours, col in theirs.items() if col not in fields and ours in table.required]
+               for ours, col in theirs.items() if col not in fields and ours in table.required
+               and not (ours == "event_type" and cfg.event_type)]
     if missing and fields:  # (JSON lines none of which could be read have no fields: each is quarantined)
         raise IngestSchemaError(
             f"{table.name}: required column(s) missing: {', '.join(missing)}; the files "
@@ -197,6 +209,9 @@ def read_table(source: Path, table: Table, cfg: IngestConfig) -> tuple[pl.LazyFr
                 if theirs[ours] in fields and not _compatible(target, found[theirs[ours]])]
     if mistyped:
         raise IngestSchemaError(f"{table.name}: column type(s) changed: {'; '.join(mistyped)}")
+    mapped = set(theirs.values())
+    extra = tuple(c for c in fields if table.name != "events" and c not in mapped and c not in table.names
+                  and not c.startswith(RAW))
     exprs = [pl.col(SOURCE_FILE), pl.col(SOURCE_ROW),
              (pl.col(_BAD_LINE) if _BAD_LINE in found else pl.lit(None, dtype=pl.String)).alias(RAW_LINE)]
     for ours, target in table.schema.items():
@@ -207,5 +222,6 @@ def read_table(source: Path, table: Table, cfg: IngestConfig) -> tuple[pl.LazyFr
         else:  # optional column the source does not have
             exprs.append(pl.lit(None, dtype=target).alias(ours))
             exprs.append(pl.lit(None, dtype=pl.String).alias(RAW + ours))
-    return lf.select(exprs), describe_files(paths)
+    absent = frozenset(ours for ours, col in theirs.items() if col not in fields)
+    return ReadTable(lf.select(*exprs, *extra), describe_files(paths), absent, extra)
 

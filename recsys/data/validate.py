@@ -28,9 +28,11 @@ from typing import Any
 import polars as pl
 
 from recsys.config import IngestConfig, ValidationConfig
-from recsys.data.ingest import RAW, RAW_LINE, SOURCE_FILE, SOURCE_ROW, IngestSchemaError, read_table
+from recsys.data.ingest import RAW, RAW_LINE, SOURCE_FILE, SOURCE_ROW, IngestSchemaError
+from recsys.data.shop_export import read_export
 from recsys.errors import RecsysError
 from recsys.events import EVENTS, ITEMS, USERS, Table
+from recsys.ids import MAPPED_IDS, id_map_frame, write_id_map
 from recsys.io import atomic_dir
 
 REASON = "reason"
@@ -69,6 +71,8 @@ class ValidationReport:
     stats_checks: list[dict[str, Any]] = field(default_factory=list)
     reference: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)  # id column -> integer | text (`recsys.ids`)
+    derived: dict[str, list[str]] = field(default_factory=dict)  # table -> the columns derived (`recsys.data.derive`)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -120,11 +124,11 @@ def _user_checks(cfg: ValidationConfig, now: datetime) -> list[tuple[pl.Expr, st
     ]
 
 
-def _item_checks() -> list[tuple[pl.Expr, str]]:
-    return [
-        (pl.col("item_id").is_not_null() & ~pl.col("item_id").is_first_distinct(), "duplicate item_id"),
-        (pl.col("price") < 0, "negative price"),
-    ]
+def _item_checks(cfg: ValidationConfig) -> list[tuple[pl.Expr, str]]:
+    checks = [(pl.col("item_id").is_not_null() & ~pl.col("item_id").is_first_distinct(), "duplicate item_id")]
+    if cfg.min_price is not None:
+        checks.append((pl.col("price") < cfg.min_price, f"price below validation.min_price ({cfg.min_price:g})"))
+    return checks
 
 
 def _event_checks(cfg: ValidationConfig, now: datetime, users: pl.Series,
@@ -152,22 +156,26 @@ def _exact_copies(table: Table) -> pl.Expr:
     return pl.col(table.key).is_not_null() & ~pl.struct(*values, *unparsed).is_first_distinct()
 
 
-def _split(lf: pl.LazyFrame, table: Table, checks: list[tuple[pl.Expr, str]],
-           dedupe: bool = False) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """(good rows, quarantined rows, exact copies dropped: only with ``dedupe``)."""
+def _collect(lf: pl.LazyFrame, table: Table) -> pl.DataFrame:
     try:
-        rows = lf.collect()
+        return lf.collect()
     except pl.exceptions.PolarsError as exc:  # e.g. a CSV line with too many fields
         raise IngestSchemaError.reading(f"{table.name}: the files cannot be read", exc) from exc
+
+
+def _split(rows: pl.DataFrame, table: Table, checks: list[tuple[pl.Expr, str]], dedupe: bool = False,
+           extra: Sequence[str] = ()) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """(good rows, quarantined rows, exact copies dropped: only with ``dedupe``); ``extra`` columns ride along."""
     read = rows.height
     if dedupe:
         rows = rows.filter(~_exact_copies(table))
     unreadable = pl.col(RAW_LINE).is_not_null()  # a torn JSON line: its columns are null, but not "missing"
     marked = rows.with_columns(pl.when(unreadable).then(pl.lit(UNPARSEABLE_LINE)).otherwise(_reasons(checks))
                                .alias(REASON))
-    good = marked.filter(pl.col(REASON).is_null()).select(table.names)
+    good = marked.filter(pl.col(REASON).is_null()).select(*table.names, *extra)
     bad = marked.filter(pl.col(REASON).is_not_null()).select(
-        SOURCE_FILE, SOURCE_ROW, REASON, *[pl.col(RAW + c).alias(c) for c in table.names], RAW_LINE)
+        SOURCE_FILE, SOURCE_ROW, REASON, *[pl.col(RAW + c).alias(c) for c in table.names],
+        *[pl.col(c).cast(pl.String) for c in extra], RAW_LINE)
     return good, bad, read - rows.height
 
 
@@ -254,28 +262,22 @@ def validate(source: str | Path, out: str | Path, cfg: ValidationConfig, ingest:
     """
     source, out = Path(source), Path(out)
     now = now or datetime.now(UTC)
-    users_lf, user_files = read_table(source, USERS, ingest)
-    items_lf, item_files = read_table(source, ITEMS, ingest)
-    events_lf, event_files = read_table(source, EVENTS, ingest)
-    for extra, extra_ingest in extra_events:
-        more, more_files = read_table(Path(extra), EVENTS, extra_ingest)
-        events_lf, event_files = pl.concat([events_lf, more], how="vertical_relaxed"), event_files + more_files
-
-    users, bad_users, _ = _split(users_lf, USERS, _parse_checks(USERS) + _user_checks(cfg, now))
-    items, bad_items, _ = _split(items_lf.with_columns(pl.col("available").fill_null(True)), ITEMS,
-                                 _parse_checks(ITEMS) + _item_checks())
+    read = read_export(source, ingest, extra_events)
+    users_rows, items_rows = _collect(read.users, USERS), _collect(read.items, ITEMS)
+    users, bad_users, _ = _split(users_rows, USERS, _parse_checks(USERS) + _user_checks(cfg, now),
+                                 extra=read.extra["users"])
+    items, bad_items, _ = _split(items_rows.with_columns(pl.col("available").fill_null(True)), ITEMS,
+                                 _parse_checks(ITEMS) + _item_checks(cfg), extra=read.extra["items"])
     # an event is kept when its user / item is in the tables at all, even if that row itself was
     # quarantined: a bad attribute row must not cost the good events that mention it
-    known_users = pl.concat([users["user_id"], bad_users["user_id"].cast(pl.Int64, strict=False)]).drop_nulls()
-    known_items = pl.concat([items["item_id"], bad_items["item_id"].cast(pl.Int64, strict=False)]).drop_nulls()
-    events, bad_events, copies = _split(events_lf, EVENTS, _parse_checks(EVENTS) + _event_checks(
-        cfg, now, known_users, known_items), dedupe=True)
+    events, bad_events, copies = _split(_collect(read.events, EVENTS), EVENTS, _parse_checks(EVENTS) + _event_checks(
+        cfg, now, users_rows["user_id"].drop_nulls(), items_rows["item_id"].drop_nulls()), dedupe=True)
     events = events.sort("timestamp", "event_id")
 
     tables = {}
-    for name, good, bad, dropped, files in (("events", events, bad_events, copies, event_files),
-                                            ("users", users, bad_users, 0, user_files),
-                                            ("items", items, bad_items, 0, item_files)):
+    for name, good, bad, dropped in (("events", events, bad_events, copies), ("users", users, bad_users, 0),
+                                     ("items", items, bad_items, 0)):
+        files = read.files[name]
         tables[name] = TableReport(rows=good.height + bad.height + dropped, good=good.height, bad=bad.height,
                                    reasons=_count_reasons(bad), files=[f.to_dict() for f in files],
                                    deduplicated=dropped)
@@ -287,8 +289,11 @@ def validate(source: str | Path, out: str | Path, cfg: ValidationConfig, ingest:
                                f"{cfg.max_bad_row_share:.1%}): " + "; ".join(over) + ". Nothing was written.")
 
     profile = profile_tables(events, users, items)
+    id_maps = {c: id_map_frame(rows[RAW + c], c) for c, rows in (("user_id", users_rows), ("item_id", items_rows))
+               if read.kinds[c] == "text"}
     report = ValidationReport(source=str(source), validated_at=now.isoformat(), tables=tables, profile=profile,
-                              reference=str(reference) if reference else None, config=asdict(cfg))
+                              reference=str(reference) if reference else None, config=asdict(cfg),
+                              ids=read.kinds, derived=read.derived)
     if reference:
         report.stats_checks = compare_profiles(profile, load_reference(reference), cfg,
                                                {"events": events, "users": users, "items": items})
@@ -304,6 +309,8 @@ def validate(source: str | Path, out: str | Path, cfg: ValidationConfig, ingest:
         items.write_parquet(tmp / "items.parquet")
         for name, bad in (("events", bad_events), ("users", bad_users), ("items", bad_items)):
             bad.write_parquet(tmp / "quarantine" / f"{name}.parquet")
+        for column in MAPPED_IDS:
+            write_id_map(tmp, column, id_maps.get(column))
         (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
         (tmp / "report.txt").write_text(report.summary() + "\n")
     return report

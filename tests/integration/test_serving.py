@@ -160,7 +160,7 @@ def test_feedback_is_appended_and_readable_by_ingest(app, http):
     assert r.status_code == 200, r.text
     assert r.json()["accepted"] == len(events)
     # what the 2xx promised is on disk, in the shop format the pipeline ingests
-    frame, _ = read_table(Path(app.config.event_log), EVENTS, IngestConfig(events=EVENT_GLOB))
+    frame, *_ = read_table(Path(app.config.event_log), EVENTS, IngestConfig(events=EVENT_GLOB))
     frame = frame.collect().filter(pl.col("request_id") == int(served["request_id"]))
     assert frame.height == len(events)
     assert frame["event_type"].to_list() == [e["event_type"] for e in events]

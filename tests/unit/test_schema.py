@@ -46,7 +46,7 @@ def test_model_parts_and_embedding_tables(schema):
     [
         (lambda r: r["features"][1].update(kind="sparse"), r"feature 'user_country'.kind: 'sparse' is not one of"),
         (lambda r: r["features"][1]["compute"].update(op="magic"), r"user_country'.compute.op: 'magic'"),
-        (lambda r: r["features"][1]["compute"].update(column="shoe_size"), r"'shoe_size' is not a column of users"),
+        (lambda r: r["features"][1]["compute"].update(column=7), r"expected the name of a users column"),
         (lambda r: r["features"][1].update(encoding={"type": "dense", "transform": "log1p"}),
          r"'dense' does not suit kind 'categorical'"),
         (lambda r: r["features"][4]["compute"].update(event_types=["like"]), r"user_views'.compute.event_types"),

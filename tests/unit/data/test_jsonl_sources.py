@@ -91,13 +91,13 @@ def test_validate_feedback_with_torn_lines_and_a_retried_copy_end_to_end(tmp_pat
 def test_a_table_problem_in_the_feedback_log_is_one_line_not_a_traceback(tmp_path, capsys):
     source, log = _shop(tmp_path / "shop"), tmp_path / "served"
     line = json.loads(_event(101, "click", 10, 0))
-    del line["session_id"]  # a writer that leaves out a required column altogether
+    del line["user_id"]  # a writer that leaves out a required column altogether
     _lines(log / "events" / "feedback-a.jsonl", json.dumps(line), '{"event_id":102,"ti')
     code = main(["data", "validate", "--config", str(TINY), "--quiet", "--source", str(source),
                  "--out", str(tmp_path / "validated"), "--feedback", str(log)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith("error: events: required column(s) missing: session_id; the files (feedback-a.jsonl)")
+    assert err.startswith("error: events: required column(s) missing: user_id; the files (feedback-a.jsonl)")
     assert not (tmp_path / "validated").exists()
 
 

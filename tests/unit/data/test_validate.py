@@ -85,7 +85,7 @@ def test_every_bad_row_is_quarantined_with_its_reason_and_good_rows_survive(tmp_
     assert good["event_id"].sort().equals(events["event_id"].sort())
     assert good.filter(pl.col("item_id") == items["item_id"][0]).height > 0
     assert report.tables["users"].reasons == {"duplicate user_id": 1, "signup_date in the future": 1}
-    assert report.tables["items"].reasons == {"negative price": 1}
+    assert report.tables["items"].reasons == {"price below validation.min_price (0)": 1}
     assert pl.read_parquet(out / "users.parquet").height == users.height
     assert (out / "report.txt").read_text().count("quarantined") == 3
     assert "1 deduplicated" in (out / "report.txt").read_text()
@@ -117,8 +117,8 @@ def test_too_many_bad_rows_stops_and_writes_nothing(tmp_path, tiny_raw):
 
 def test_schema_change_is_refused_with_no_output(tmp_path, tiny_raw):
     events, users, items = _read(tiny_raw)
-    source = _write(tmp_path / "src", events.drop("session_id"), users, items)
-    with pytest.raises(IngestSchemaError, match=r"events: required column\(s\) missing: session_id"):
+    source = _write(tmp_path / "src", events.drop("item_id"), users, items)
+    with pytest.raises(IngestSchemaError, match=r"events: required column\(s\) missing: item_id"):
         _run(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     floats = _write(tmp_path / "floats", events.with_columns(pl.col("user_id").cast(pl.Float32)), users, items)

@@ -153,7 +153,7 @@ def test_feedback_log_appends_in_the_shop_format_once_per_event(tmp_path):
     assert log.append(rows, "candidate") == rows
     assert log.append(rows, "candidate") == []  # a retry: this writer wrote those ids already
     assert FeedbackLog(tmp_path).append(rows[:1], "candidate") == rows[:1]  # another writer has its own file
-    frame, files = read_table(tmp_path, EVENTS, FEEDBACK_INGEST)
+    frame, files, *_ = read_table(tmp_path, EVENTS, FEEDBACK_INGEST)
     frame = frame.collect()
     assert len(files) == 2 and frame.height == 3
     assert frame["event_type"].to_list().count("click") == 1
