@@ -15,6 +15,7 @@ configured (``ingest.ids``).
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,13 @@ class IdError(RecsysError, ValueError):
 def text_code(text: str) -> int:
     """The stable non-negative int64 code of a text id."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") & (2**63 - 1)
+
+
+def session_code(value: int | str) -> int:
+    """A session id a client sent: its number, or a text session's code (sessions are never mapped back, so
+    either kind is taken whatever the shop's export held)."""
+    text = str(value).strip()
+    return int(text) if re.fullmatch(r"[0-9]{1,18}", text) else text_code(text)
 
 
 def _codes(texts: pl.Series) -> pl.Series:
@@ -65,10 +73,15 @@ class IdMap:
     shop_ids: dict[int, str] | None = None  # text ids: code -> the shop's id
 
     def encode(self, value: int | str) -> int:
-        """The code of a shop id as a request sent it (a JSON number or string)."""
-        if self.kind == "integer":
-            return int(value)
-        return text_code(str(value).strip())
+        """The code of a shop id as a request sent it (a JSON number or string). Raises IdError for text that is
+        no id of this kind (integer ids: a decimal int64)."""
+        if self.kind == "text":
+            return text_code(str(value).strip())
+        text = str(value).strip()
+        if not re.fullmatch(r"-?[0-9]{1,19}", text) or not -(2**63) <= int(text) < 2**63:
+            raise IdError(f"this shop's {self.column}s are integers (a JSON number or a decimal string), got "
+                          f"{value!r}")
+        return int(text)
 
     def decode(self, code: int) -> int | str:
         """The shop's id of ``code`` (text ids: as the shop wrote it; a code never seen: its number)."""
@@ -81,11 +94,14 @@ class IdMap:
         return folder / f"ids_{column}.parquet"
 
     @classmethod
-    def read(cls, folder: str | Path, column: str) -> IdMap:
-        """The map saved in ``folder`` (`write_id_map`); no file: integer ids."""
+    def read(cls, folder: str | Path, column: str, kind: str | None = None) -> IdMap:
+        """``column``'s map saved in ``folder`` (`write_id_map`). ``kind`` None: text when there is a map, else
+        integer; text ids with no map (event, session and request ids) decode to their codes."""
         path = cls.path(Path(folder), column)
+        if kind not in (None, *KINDS):
+            raise IdError(f"{column}: id kind {kind!r} is not one of {KINDS}")
         if not path.is_file():
-            return cls(column, "integer")
+            return cls(column, kind or "integer")
         frame = pl.read_parquet(path)
         return cls(column, "text", dict(zip(frame[CODE].to_list(), frame[SHOP_ID].to_list(), strict=True)))
 

@@ -7,6 +7,7 @@ Nothing else spells a feature name.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -21,6 +22,7 @@ from recsys.hashing import stable_hash
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCHEMA_PATH = PROJECT_ROOT / "configs" / "features.yaml"
+SCHEMA_ENV = "RECSYS_SCHEMA"  # a shop's own schema file, for every command (`recsys data init` writes a starter)
 
 MODEL_PARTS = ("two_tower.user", "two_tower.item", "dlrm")
 
@@ -317,8 +319,8 @@ def parse_schema(raw: dict[str, Any], source: str = "<dict>") -> FeatureSchema:
 
 
 def load_schema(path: str | Path | None = None) -> FeatureSchema:
-    """Load the feature schema (default: ``configs/features.yaml``)."""
-    path = Path(path) if path else DEFAULT_SCHEMA_PATH
+    """Load the feature schema (default: ``$RECSYS_SCHEMA``, else ``configs/features.yaml``)."""
+    path = Path(path or os.environ.get(SCHEMA_ENV) or DEFAULT_SCHEMA_PATH)
     with open(path) as fh:
         raw = yaml.safe_load(fh)
     return parse_schema(raw, source=str(path))

@@ -43,14 +43,17 @@ def json_int(**bounds: Any) -> Any:
     return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
 
 
-# a user or item id: a JSON number up to 2**53 - 1, or a decimal string (any positive int64); an int in the app
-Id = Annotated[json_int(ge=0, le=EXACT_IN_JSON) | IdText, AfterValidator(int)]
+# a user, item or session id as the shop has it: a JSON number up to 2**53 - 1, or a string: a decimal (integer ids
+# up to 2**63 - 1) or the shop's own text id (an SKU, a UUID); the app codes it as the dataset did (`recsys.ids`)
+ShopIdText = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S", examples=["SKU-0042"])]
+Id = json_int(ge=0, le=EXACT_IN_JSON) | ShopIdText
 WireId = int | str  # an id in an answer: `wire`
 
 
-def wire(value: int) -> int | str:
-    """An id as answers carry it: a number where JSON readers hold it exactly, else a decimal string."""
-    return value if value <= EXACT_IN_JSON else str(value)
+def wire(value: int | str) -> int | str:
+    """An id as answers carry it: a number where JSON readers hold it exactly, else a string (a decimal, or the
+    shop's own text id)."""
+    return value if isinstance(value, str) or value <= EXACT_IN_JSON else str(value)
 
 
 class Strict(BaseModel):
@@ -204,15 +207,32 @@ class IdempotencyKeys:
             self._answers.popitem(last=False)
 
 
-def spec(routes, config) -> dict[str, Any]:
+DECIMAL_ID = {"type": "string", "pattern": "^[0-9]{1,19}$", "examples": ["4803154931285127168"]}
+
+
+def _id_strings(node: Any, decimal: dict[str, Any]) -> Any:
+    """``node`` with every string branch of an id (``examples: [SKU-0042]``) replaced by ``decimal``."""
+    if isinstance(node, dict):
+        if node.get("examples") == ["SKU-0042"]:
+            return dict(decimal)
+        return {key: _id_strings(value, decimal) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_id_strings(value, decimal) for value in node]
+    return node
+
+
+def spec(routes, config, text_ids: bool = False) -> dict[str, Any]:
     """The OpenAPI document of ``routes`` with the limits ``config`` (a `ServingConfig`) sets: what a request may
-    hold is what the schema says, so a request the schema allows is one the app accepts."""
+    hold is what the schema says, so a request the schema allows is one the app accepts. A shop whose ids are
+    integers (not ``text_ids``) takes them as JSON numbers or decimal strings."""
     from fastapi.openapi.utils import get_openapi
 
     doc = get_openapi(title=TITLE, version=VERSION, description=DESCRIPTION, routes=routes)
     request = doc["components"]["schemas"]["RecommendRequest"]["properties"]
     request["k"]["maximum"] = config.max_k
     request["exclude"]["maxItems"] = config.max_exclude
+    if not text_ids:
+        doc["components"]["schemas"] = _id_strings(doc["components"]["schemas"], DECIMAL_ID)
     return doc
 
 

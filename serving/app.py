@@ -37,6 +37,7 @@ from recsys.eventlog.feedback import FEEDBACK_GLOB, FeedbackLog, FeedbackWriteEr
 from recsys.eventlog.jsonl import JsonlTail
 from recsys.eventlog.request_ids import RequestIds, request_key, variant_of
 from recsys.eventlog.requests import RequestLog
+from recsys.ids import MAPPED_IDS, IdError, IdMap, session_code
 from recsys.serving_config import ServingConfig, from_args
 from serving.api import (
     DESCRIPTION,
@@ -141,11 +142,20 @@ class Ingress:
         self._feedback = JsonlTail(Path(config.event_log), FEEDBACK_GLOB)
         self._follow_purchases()
         self.versions = {"dataset": dataset.id}
+        kinds = dataset.manifest.online.get("ids", {})  # the shop's ids: coded in, decoded out (`recsys.ids`)
+        self.ids = {c: IdMap.read(dataset.path / "online", c, kinds.get(c)) for c in MAPPED_IDS}
         self._spec: dict[str, Any] | None = None
         replica.update(max_body_bytes=config.max_body_bytes, metrics=self.metrics)
 
     def __del__(self):
         self.requests.flush()  # Serve deletes the replica's object when it stops it
+
+    def _code(self, column: str, value: int | str, where: str) -> int:
+        """The pipeline's id of a shop id a request sent; one that cannot be this shop's is a 422 naming ``where``."""
+        try:
+            return self.ids[column].encode(value)
+        except IdError as exc:
+            raise HTTPException(422, [f"{where}: {exc}"]) from None
 
     async def _retrieval_version(self) -> str:
         if "retrieval" not in self.versions:
@@ -159,7 +169,9 @@ class Ingress:
             raise HTTPException(422, [f"body.k: must be at most {cfg.max_k} (got {body.k})"])
         if len(body.exclude) > cfg.max_exclude:
             raise HTTPException(422, [f"body.exclude: at most {cfg.max_exclude} ids (got {len(body.exclude)})"])
-        exclude, category = set(body.exclude), body.context.category if body.context else None
+        user_id = self._code("user_id", body.user_id, "body.user_id")
+        exclude = {self._code("item_id", i, "body.exclude") for i in body.exclude}
+        category = body.context.category if body.context else None
         versions = {"dataset": self.versions["dataset"]}
         scores: np.ndarray | None = None
         query: dict[str, np.ndarray] | None = None
@@ -173,7 +185,7 @@ class Ingress:
 
         t = start
         self._follow()
-        user = self.features.user(body.user_id)
+        user = self.features.user(user_id)
         t = lap("features", t)
         if user is None:
             items = self.features.keep(None, self.features.popular_items(category), exclude)[: body.k]
@@ -189,11 +201,11 @@ class Ingress:
                 reason = f"retrieval failed ({type(exc).__name__}): popular items"
                 self.metrics.errors.labels(stage="retrieve").inc()
             t = lap("retrieve", t)
-            kept = self.features.to_rank(body.user_id, candidates, exclude, body.k)  # topped up with popular items
+            kept = self.features.to_rank(user_id, candidates, exclude, body.k)  # topped up with popular items
             t = lap("filter", t)
             items = kept[: body.k]
             if kept and not degraded:
-                ranking = await self._rank(body.user_id, kept)
+                ranking = await self._rank(user_id, kept)
                 variant = ranking.variant
                 if ranking.scores is not None:
                     versions["ranking"], versions["dataset"] = ranking.model, ranking.dataset
@@ -207,10 +219,11 @@ class Ingress:
             self.metrics.degraded.inc()
         timings["total"] = round((time.perf_counter() - start) * 1000, 3)
         self.metrics.stage("total", time.perf_counter() - start)
-        scored = [Scored(item_id=wire(i), score=None if scores is None else float(scores[n]))
+        item_ids = self.ids["item_id"]
+        scored = [Scored(item_id=wire(item_ids.decode(i)), score=None if scores is None else float(scores[n]))
                   for n, i in enumerate(items)]
-        request_id = self.request_ids.issue(body.user_id, variant)
-        self.requests.add(request_id, body.user_id, variant, query, items, scores, user is None, degraded,
+        request_id = self.request_ids.issue(user_id, variant)
+        self.requests.add(request_id, user_id, variant, query, items, scores, user is None, degraded,
                           timings["total"])
         return RecommendResponse(request_id=str(request_id), user_id=wire(body.user_id), items=scored,
                                  cold_start=user is None, degraded=degraded, reason=reason, variant=variant,
@@ -282,19 +295,23 @@ class Ingress:
                            "a key of the client's choosing: a retry with the same key and body records nothing "
                            "twice (without one, events are identified by what they say)"))) -> FeedbackResponse:
         request_id = int(body.request_id)
-        if not self.request_ids.issued_to(request_id, body.user_id):
+        user_id = self._code("user_id", body.user_id, "body.user_id")
+        item_ids = [self._code("item_id", e.item_id, f"body.events.{n}.item_id") for n, e in enumerate(body.events)]
+        if not self.request_ids.issued_to(request_id, user_id):
             raise HTTPException(404, [f"body.request_id: {body.request_id} is not a request id this app issued to "
                                       f"user {body.user_id} (send the request_id of a /recommend answer)"])
-        unknown = sorted({e.item_id for e in body.events if not self.features.known_item(e.item_id)})
+        unknown = sorted({str(e.item_id) for e, i in zip(body.events, item_ids, strict=True)
+                          if not self.features.known_item(i)})
         if unknown:
             raise HTTPException(404, [f"body.events: item ids not in the catalog: {unknown[:20]}"])
         if idempotency_key is not None and (replay := self.idempotency.replay(idempotency_key, body)) is not None:
             return replay
         rows = [{"event_id": event_id, "timestamp": e.timestamp.isoformat() if e.timestamp else None,
-                 "user_id": body.user_id, "item_id": e.item_id, "event_type": e.event_type,
-                 "session_id": body.session_id if body.session_id is not None else request_id,
+                 "user_id": user_id, "item_id": item_id, "event_type": e.event_type,
+                 "session_id": request_id if body.session_id is None else session_code(body.session_id),
                  "request_id": request_id, "position": e.position}
-                for e, event_id in zip(body.events, event_ids(request_id, body, idempotency_key), strict=True)]
+                for e, item_id, event_id in zip(body.events, item_ids, event_ids(request_id, body, idempotency_key),
+                                                strict=True)]
         variant = variant_of(request_id)
         try:
             written = await asyncio.to_thread(self.log.append, rows, variant)
@@ -303,9 +320,9 @@ class Ingress:
             raise HTTPException(503, f"the event log could not be written ({exc}); some of these events may have "
                                      "been recorded: send the same request again (same body, same Idempotency-Key "
                                      "if you used one): an event is recorded once, by its event_id") from exc
-        for e in body.events:
+        for e, item_id in zip(body.events, item_ids, strict=True):
             if e.event_type == "purchase":
-                self.features.add_purchase(body.user_id, e.item_id)
+                self.features.add_purchase(user_id, item_id)
         for row in written:
             self.metrics.feedback.labels(variant=variant, event_type=row["event_type"]).inc()
         answer = FeedbackResponse(accepted=len(rows), duplicates=len(rows) - len(written), log=str(self.log.path))
@@ -317,7 +334,8 @@ class Ingress:
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(self) -> JSONResponse:
         if self._spec is None:
-            self._spec = spec(importlib.import_module("serving.app").api.routes, self.config)
+            self._spec = spec(importlib.import_module("serving.app").api.routes, self.config,
+                              text_ids=any(m.kind == "text" for m in self.ids.values()))
         return JSONResponse(self._spec)
 
     @api.get("/docs", include_in_schema=False)

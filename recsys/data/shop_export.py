@@ -67,15 +67,18 @@ def _coded(frame: pl.LazyFrame, kinds: dict[str, str]) -> pl.LazyFrame:
 
 def read_export(source: Path, ingest: IngestConfig,
                 extra_events: Sequence[tuple[str | Path, IngestConfig]] = ()) -> ShopExport:
-    """Read the export under ``source`` (and more event sources, e.g. the serving app's feedback log)."""
+    """Read the export under ``source`` (and more event sources, e.g. the serving app's feedback log: their ids do
+    not count towards the export's id kinds, and are coded as their own ``ids`` config says, else as the
+    export's)."""
     derived: dict[str, list[str]] = {}
     read = read_table(source, EVENTS, ingest)
     events, files = derive_event_columns(read.frame, set(read.absent), ingest), {"events": list(read.files)}
     derivable = {c.name for c in EVENTS.columns if c.derived} | ({"event_type"} if ingest.event_type else set())
     derived["events"] = sorted(read.absent & derivable)
+    more_events = []
     for folder, how in extra_events:
         more = read_table(Path(folder), EVENTS, how)
-        events = pl.concat([events, derive_event_columns(more.frame, set(more.absent), how)], how="vertical_relaxed")
+        more_events.append((derive_event_columns(more.frame, set(more.absent), how), how))
         files["events"] += more.files
     tables, extra = {}, {}
     for table, pattern in ((USERS, ingest.users), (ITEMS, ingest.items)):
@@ -88,7 +91,10 @@ def read_export(source: Path, ingest: IngestConfig,
             tables[table.name], files[table.name], extra[table.name] = None, [], ()
             derived[table.name] = ["table"]
     kinds = _id_kinds({"events": events, **{k: v for k, v in tables.items() if v is not None}}, ingest.ids)
-    events = _coded(events, kinds)
+    # another source's ids are coded as its config says (the serving app's feedback log holds codes already),
+    # else as the export's
+    events = pl.concat([_coded(events, kinds), *(_coded(frame, {c: how.ids.get(c, kind) for c, kind in kinds.items()})
+                                                 for frame, how in more_events)], how="vertical_relaxed")
     users = _coded(tables["users"], kinds) if tables["users"] is not None else users_from_events(events)
     if derived.get("users") == ["signup_date"]:
         users = signup_dates(users, events)

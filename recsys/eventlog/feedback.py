@@ -25,9 +25,11 @@ from pathlib import Path
 
 from recsys.config import IngestConfig
 from recsys.events import EVENTS
+from recsys.ids import ID_COLUMNS
 
 FEEDBACK_GLOB = "events/*.jsonl"
-FEEDBACK_INGEST = IngestConfig(events=FEEDBACK_GLOB, format="jsonl")  # how the data pipeline reads the log
+# how the data pipeline reads the log: its ids are the pipeline's own already (a text id's code: `recsys.ids`)
+FEEDBACK_INGEST = IngestConfig(events=FEEDBACK_GLOB, format="jsonl", ids=dict.fromkeys(ID_COLUMNS, "integer"))
 VARIANT = "variant"  # beside the EVENTS columns: the variant whose list the event is about
 INT63 = (1 << 63) - 1
 

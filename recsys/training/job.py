@@ -28,6 +28,11 @@ from recsys.training.early_stopping import checkpoints_kept, kept_epoch, monitor
 from recsys.training.progress import LOG_DIR, ProgressBar
 
 TASK_OF = {"dlrm": "ranking", "two-tower": "retrieval"}
+NO_EXAMPLES = {  # what a dataset without a task's examples lacks
+    "ranking": "ranking examples are impressions (events of the schema's examples.ranking.event_type), labelled by "
+               "clicks with the same request_id; a log without impressions trains the retriever only",
+    "retrieval": "retrieval positives are views, or in a log without views clicks, adds to cart and purchases",
+}
 
 
 def newest_dataset(root: str | Path = "runs/datasets") -> Path:
@@ -342,6 +347,10 @@ def run(task: str, cfg: TrainConfig, group: str | None = None, hyperparameters: 
     cfg = cfg.for_model(task)
     dataset = Dataset.open(cfg.dataset or newest_dataset(), load_schema())
     cfg = replace(cfg, dataset=str(dataset.path.resolve()))
+    examples = dataset.manifest.splits[TASK_OF[task]]
+    if not examples["train"]["rows"]:
+        raise RecsysError(f"{task}: dataset {dataset.id} has no {TASK_OF[task]} training examples, so there is "
+                          f"nothing to train; {NO_EXAMPLES[TASK_OF[task]]}")
     for split in ("train", "val"):
         worker_shards(len(dataset.manifest.splits[TASK_OF[task]][split]["shards"]), max(cfg.workers, 1), 0)
     if cfg.patience and not min(s["rows"] for s in dataset.manifest.splits[TASK_OF[task]]["val"]["shards"]):
