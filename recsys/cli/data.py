@@ -43,6 +43,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=DEFAULT_RAW, help=f"output folder, replaced if present (default: {DEFAULT_RAW})")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("init", help="read a sample of a shop's files and write a starter data config",
+                       description="Guess how to read the shop files under --source: which file is the events log, "
+                                   "the items and the users table, the column mapping, the timestamp format and "
+                                   "the event names; write it as a data config with comments saying what it was "
+                                   "unsure of, what is missing (and derived) and which schema features the data "
+                                   "can feed. Then: recsys data validate --config OUT --source SOURCE.")
+    p.add_argument("--source", required=True, help="the folder of the shop's files (CSV, Parquet or JSON lines)")
+    p.add_argument("--out", default="recsys-data.yaml", help="where to write the config (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_init)
+
     p = sub.add_parser("validate", help="check an export, quarantine bad rows, write clean tables",
                        description="Read a shop export (Parquet, CSV or JSON lines; columns mapped by the "
                                    "config's ingest section), check its schema, rows and batch statistics, "
@@ -88,6 +99,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for kind in ("impression", "click", "view", "add_to_cart", "purchase"):
         print(f"  {kind:<12} {s.event_counts.get(kind, 0):>12,}")
     print(f"  click-through rate {s.ctr:.2%}; ground truth in {s.out / 'ground_truth'}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from recsys.data.starter_config import InitError, render, starter_config
+
+    out, source = Path(args.out), Path(args.source)
+    if out.exists() and not args.force:
+        raise InitError(f"{out} exists; choose another --out or pass --force to overwrite it")
+    if not source.is_dir():
+        raise InitError(f"--source {source}: not a folder")
+    text = render(starter_config(source, load_schema()), source)
+    out.write_text(text)
+    print("\n".join(line for line in text.splitlines() if line.startswith("#")))
+    print(f"\nwritten to {out}; next: recsys data validate --config {out} --source {source}")
     return 0
 
 

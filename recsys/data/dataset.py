@@ -41,6 +41,7 @@ from recsys.data.features import (
     online_tables,
     retrieval_event_types,
     task_features,
+    with_implied_views,
 )
 from recsys.data.profile import profile_features
 from recsys.errors import RecsysError
@@ -183,7 +184,7 @@ def _fit_values(schema: FeatureSchema, users: pl.DataFrame, items: pl.DataFrame)
 def load_builder(validated: Path, schema: FeatureSchema, encoders: Encoders | None = None) -> FeatureBuilder:
     """A feature builder over a validated export, with encoders fitted on its tables (or the given ``encoders``:
     another dataset's, to encode these events as a model trained on that dataset reads them)."""
-    events = sorted_events(pl.read_parquet(validated / "events.parquet"))
+    events = with_implied_views(sorted_events(pl.read_parquet(validated / "events.parquet")))
     if events.is_empty():
         raise DatasetError(f"{validated}: no valid events to build from")
     users, items, _ = attribute_tables(schema, pl.read_parquet(validated / "users.parquet"),

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from recsys.data.encoders import Encoders
+from recsys.ids import code_expr
 from recsys.schema import Feature, FeatureSchema, Kind, Scope
 
 TS, USER, ITEM, TYPE = "timestamp", "user_id", "item_id", "event_type"
@@ -278,6 +279,20 @@ def ranking_examples(events: pl.LazyFrame, schema: FeatureSchema) -> pl.LazyFram
     return (events.filter(pl.col(TYPE) == shown)
             .select(EVENT_ID, TS, USER, ITEM, REQUEST, POSITION)
             .with_columns(pl.struct(REQUEST, ITEM).is_in(clicked.implode()).cast(pl.Float64).alias(LABEL)))
+
+
+def with_implied_views(events: pl.DataFrame) -> pl.DataFrame:
+    """``events`` and, in a log without product views (impressions and clicks only), a view at each click: a click
+    opens the product page. Features on views (counts, histories, trailing item counts) and the retrieval positives
+    then read the clicks, as they would in a shop that logs its product pages. A log with any view is left as it is.
+    (Each implied view's id is the code of ``view:<the click's id>``.)"""
+    types = events[TYPE].cast(pl.String)
+    if (types == "view").any() or not (types == "click").any():
+        return events
+    clicks = events.filter(pl.col(TYPE) == "click")
+    views = clicks.with_columns(pl.lit("view").cast(events.schema[TYPE]).alias(TYPE),
+                                code_expr(pl.format("view:{}", pl.col(EVENT_ID))).alias(EVENT_ID))
+    return pl.concat([events, views.select(events.columns)]).sort(TS, EVENT_ID)
 
 
 IMPLICIT_POSITIVES = ("click", "add_to_cart", "purchase")  # retrieval positives of a log with none of the configured

@@ -1,6 +1,6 @@
 """A shop's own export, from its files to a served /recommend: an impressions-and-clicks log with text ids, no
-sessions, no users table and the shop's attribute names (`tests.shop_layouts`), read by a config as a user writes
-it; the app takes the shop's user ids and answers with its SKUs, and feedback in the shop's ids comes back in."""
+sessions, no users table and the shop's attribute names (`tests.shop_layouts`), read by the config `recsys data
+init` writes; the app takes the shop's user ids and answers with its SKUs, and feedback in its ids comes back in."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from recsys.cli import main as recsys_main
-from recsys.config import DataConfig, from_dict
+from recsys.config import DataConfig, load_config
 from recsys.data.dataset import build_dataset
 from recsys.data.validate import validate
 from recsys.deploy import server
@@ -25,11 +25,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def served(local_ray, tiny_raw, tiny_cfg, schema, tmp_path_factory):
+def served(local_ray, tiny_raw, schema, tmp_path_factory):
     work = tmp_path_factory.mktemp("shop_export")
-    shop, raw_config = impressions_and_clicks(tiny_raw, work / "shop")
-    cfg = from_dict(DataConfig, {**raw_config, "build": {"val_days": tiny_cfg.build.val_days,
-                                                         "test_days": tiny_cfg.build.test_days}})
+    shop, _ = impressions_and_clicks(tiny_raw, work / "shop")
+    # as a new user starts: the config `recsys data init` writes, used as it is
+    assert recsys_main(["data", "init", "--source", str(shop), "--out", str(work / "data.yaml")]) == 0
+    cfg = load_config(DataConfig, work / "data.yaml")
     report = validate(shop, work / "validated", cfg.validation, cfg.ingest)
     dataset, _ = build_dataset(work / "validated", work / "datasets", schema, cfg.build, progress=False)
     repo = work / "triton_models"
@@ -57,13 +58,16 @@ def test_the_export_gets_in_with_nothing_converted_by_hand(served):
     assert report.ids["user_id"] == "text" and report.ids["item_id"] == "text"
     assert report.derived == {"events": ["event_id", "session_id"], "users": ["table"]}
     assert all(t.bad == 0 for t in report.tables.values()), report.summary()
-    # no product views in this log: the retriever learns from the clicks
-    assert dataset.manifest.splits["retrieval"]["positive_event_types"] == ["click"]
-    assert dataset.manifest.splits["retrieval"]["train"]["rows"] > 0
-    assert dataset.manifest.splits["ranking"]["train"]["rows"] > 0
+    # no product views in this log: each click opened a product page (`with_implied_views`), the retriever's
+    # positives are those views, one per click
     log = pl.read_csv(served["shop"] / "impressions.csv")
-    assert dataset.manifest.splits["ranking"]["train"]["rows"] + dataset.manifest.splits["ranking"]["val"]["rows"] \
-        + dataset.manifest.splits["ranking"]["test"]["rows"] == log.filter(pl.col("action") == "impression").height
+    splits = dataset.manifest.splits
+    assert splits["retrieval"]["positive_event_types"] == ["view"]
+    assert sum(splits["retrieval"][s]["rows"] for s in ("train", "val", "test")) == \
+        log.filter(pl.col("action") == "click").height
+    assert dataset.manifest.splits["ranking"]["train"]["rows"] > 0
+    assert sum(splits["ranking"][s]["rows"] for s in ("train", "val", "test")) == \
+        log.filter(pl.col("action") == "impression").height
 
 
 def test_recommend_takes_the_shops_user_ids_and_answers_with_its_skus(served):
