@@ -10,7 +10,13 @@ from recsys.config import DataConfig, load_config
 from recsys.data.dataset import build_dataset
 from recsys.data.starter_config import InitError, starter_config, timestamp_format
 from recsys.data.validate import validate
+from recsys.errors import RecsysError
+from recsys.training.config import TrainConfig
+from recsys.training.job import run
 from tests import shop_layouts
+from tests.conftest import ROOT
+
+TINY_TRAIN = ROOT / "configs" / "train" / "tiny.yaml"
 
 LAYOUTS = {  # layout -> (its text ids, whether it has impressions, its retrieval positives, what init must map)
     "impressions_and_clicks": ({"user_id", "item_id", "request_id"}, True, ["view"],
@@ -42,6 +48,11 @@ def test_init_writes_a_config_that_reads_the_layout_to_a_dataset(layout, tiny_ra
     splits = dataset.manifest.splits
     assert (splits["ranking"]["train"]["rows"] > 0) == impressions
     assert splits["retrieval"]["train"]["rows"] > 0 and splits["retrieval"]["positive_event_types"] == positives
+    if not impressions:  # nothing to rank: training the ranker is one clear refusal, before any cluster starts
+        train = load_config(TrainConfig, TINY_TRAIN, [f"dataset={dataset.path}", f"output={tmp_path / 'train'}"])
+        with pytest.raises(RecsysError, match=r"^dlrm: dataset ds-\w+ has no ranking training examples"):
+            run("dlrm", train, progress=False)
+        assert not (tmp_path / "train").exists()
     lines = (shop / cfg.ingest.events).read_text().splitlines()
     source_rows = len(lines) - (0 if cfg.ingest.events.endswith(".jsonl") else 1)  # (a CSV's header)
     assert report.tables["events"].good == source_rows  # every row in, none derived away
