@@ -175,6 +175,23 @@ def matching_formats(values: pl.Series) -> list[str]:
     return [fmt for fmt in TIME_FORMATS if values.str.to_datetime(fmt, strict=False).null_count() == 0]
 
 
+def _whole_column(source: Path, sample: SampledFile, name: str) -> pl.Series:
+    """Column ``name`` of every file of the sampled table (only that column is read), as stripped text."""
+    paths = [str(p) for p in sorted(source.glob(sample.pattern))]
+    fmt = FORMATS[sample.path.suffix.lower()]
+    try:
+        if fmt == "csv":
+            frame = pl.scan_csv(paths, infer_schema=False).select(name).collect()
+        elif fmt == "parquet":
+            frame = pl.scan_parquet(paths).select(pl.col(name).cast(pl.String)).collect()
+        else:
+            frame = pl.concat([pl.read_ndjson(p).select(pl.col(name).cast(pl.String)) for p in paths])
+    except pl.exceptions.PolarsError:  # (a file the sample did not reach cannot be read: validation will say so)
+        return sample.column(name)
+    values = frame[name].drop_nulls().str.strip_chars()
+    return values.filter(values != "")
+
+
 def _span_days(values: pl.Series, times: dict[str, Any]) -> float | None:
     if "timestamp_unit" in times:
         parsed = pl.from_epoch(values.cast(pl.Float64).cast(pl.Int64), time_unit=times["timestamp_unit"])
@@ -264,8 +281,8 @@ def starter_config(source: Path, schema: FeatureSchema) -> Starter:
                                   f"{' and as '.join(formats)}; {formats[0]} was chosen (ingest.timestamp_format)")
         starter.detected.append("timestamps: " + (f"epoch {times['timestamp_unit']}" if "timestamp_unit" in times
                                                   else times.get("timestamp_format", "ISO 8601")))
-    if times is not None and events.rows < SAMPLE_ROWS:  # the whole log was read: size the splits to its span
-        span = _span_days(events.column(columns["timestamp"]), times)
+    if times is not None:  # size the splits to the log's span (its time column read whole)
+        span = _span_days(_whole_column(source, events, columns["timestamp"]), times)
         if span is not None and span < 28:
             days = max(1, int(span) // 7)
             starter.config["build"] = {"val_days": days, "test_days": days}

@@ -11,9 +11,10 @@ import pytest
 
 from recsys.config import IngestConfig, ValidationConfig
 from recsys.data.attributes import attribute_tables
-from recsys.data.features import retrieval_event_types
+from recsys.data.features import retrieval_event_types, with_implied_views
 from recsys.data.ingest import IngestSchemaError
 from recsys.data.validate import validate
+from recsys.events import EventType
 from recsys.ids import IdMap
 from recsys.schema import load_schema
 
@@ -164,3 +165,18 @@ def test_an_attribute_feature_reads_any_column_and_a_missing_one_warns_by_name(c
     assert {"user_country", "user_device", "item_brand"} <= named and "item_price" not in named
     assert users["country"].is_null().all()
     assert all(w in caplog.text for w in warnings)
+
+
+def test_a_log_without_views_gets_a_view_at_each_click():
+    ts = [datetime(2026, 9, 1, 10, m, tzinfo=UTC) for m in range(3)]
+    events = pl.DataFrame({"event_id": [1, 2, 3], "timestamp": ts, "user_id": [7, 7, 7], "item_id": [4, 4, 5],
+                           "event_type": ["impression", "click", "purchase"]},
+                          schema_overrides={"event_type": EventType})
+    implied = with_implied_views(events)
+    views = implied.filter(pl.col("event_type") == "view")
+    assert views.select("timestamp", "user_id", "item_id").rows() == [(ts[1], 7, 4)]  # the click's, at its time
+    assert views["event_id"].to_list() == [_blake("view:2")]
+    assert implied.height == 4 and implied["timestamp"].is_sorted()
+    with_a_view = pl.concat([events, events.head(1).with_columns(pl.lit("view").cast(EventType).alias("event_type"),
+                                                                 pl.lit(9, pl.Int64).alias("event_id"))])
+    assert with_implied_views(with_a_view).equals(with_a_view)  # a log with views is left as it is
