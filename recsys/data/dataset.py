@@ -43,7 +43,7 @@ from recsys.data.features import (
     task_features,
     with_implied_views,
 )
-from recsys.data.profile import profile_features
+from recsys.data.profile import hash_collisions, profile_features
 from recsys.errors import RecsysError
 from recsys.hashing import file_sha256, stable_hash
 from recsys.ids import MAPPED_IDS, IdMap
@@ -192,21 +192,6 @@ def load_builder(validated: Path, schema: FeatureSchema, encoders: Encoders | No
     if encoders is None:
         encoders = fit_encoders(schema, _fit_values(schema, users, items))
     return FeatureBuilder(schema, events, users, items, encoders)
-
-
-def hash_collisions(builder: FeatureBuilder) -> dict[str, dict[str, Any]]:
-    """Per id feature hashed into buckets: how many ids, how many buckets they fill, and the share of ids that
-    share their bucket with another (such ids share one embedding row)."""
-    out = {}
-    for f in builder.schema.features:
-        if f.kind not in (Kind.USER_ID, Kind.ITEM_ID) or f.encoding != "hash":
-            continue
-        table = builder.users if f.kind == Kind.USER_ID else builder.items
-        rows = table.select(builder.encoders.index(f.embedding_table, pl.col(f.params["column"])).alias("b"))
-        shared = rows.filter(pl.col("b").is_duplicated()).height
-        out[f.name] = {"ids": rows.height, "buckets": builder.encoders.fitted[f.embedding_table].cardinality - 1,
-                       "buckets_used": rows["b"].n_unique(), "share_colliding": shared / max(rows.height, 1)}
-    return out
 
 
 def in_split(bounds: dict[str, datetime], split: str) -> pl.Expr:

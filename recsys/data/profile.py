@@ -2,7 +2,7 @@
 
 Dense features get moments, quantiles and a 10-bin histogram over their training quantiles (the bins
 PSI is computed on later); categorical features get their most frequent indices and the missing
-share; histories their fill.
+share; histories their fill. Id features hashed into buckets get how many ids share one (`hash_collisions`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from recsys.data.features import FeatureBuilder
 from recsys.schema import Feature, Kind
 
 QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
@@ -64,4 +65,19 @@ def profile_features(frame: pl.LazyFrame, features: list[Feature]) -> dict[str, 
             out[f.name] = {"kind": "categorical", **_categorical(s)}
         else:
             out[f.name] = {"kind": "label" if f.kind == Kind.LABEL else "dense", **_dense(s)}
+    return out
+
+
+def hash_collisions(builder: FeatureBuilder) -> dict[str, dict[str, Any]]:
+    """Per id feature hashed into buckets: how many ids, how many buckets they fill, and the share of ids that
+    share their bucket with another (such ids share one embedding row)."""
+    out = {}
+    for f in builder.schema.features:
+        if f.kind not in (Kind.USER_ID, Kind.ITEM_ID) or f.encoding != "hash":
+            continue
+        table = builder.users if f.kind == Kind.USER_ID else builder.items
+        rows = table.select(builder.encoders.index(f.embedding_table, pl.col(f.params["column"])).alias("b"))
+        shared = rows.filter(pl.col("b").is_duplicated()).height
+        out[f.name] = {"ids": rows.height, "buckets": builder.encoders.fitted[f.embedding_table].cardinality - 1,
+                       "buckets_used": rows["b"].n_unique(), "share_colliding": shared / max(rows.height, 1)}
     return out

@@ -17,6 +17,7 @@ What it wrote is a starting point: the file's comments say what to check before 
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +110,18 @@ class Starter:
     detected: list[str] = field(default_factory=list)
 
 
+def _as_text(frame: pl.DataFrame, name: str) -> pl.Expr:
+    """Column ``name`` as text: a list's items joined by "|", a struct as its JSON."""
+    dtype = frame.schema[name]
+    if isinstance(dtype, pl.List):
+        return pl.col(name).cast(pl.List(pl.String), strict=False).list.join("|")
+    if isinstance(dtype, pl.Struct):
+        return pl.col(name).struct.json_encode()
+    return pl.col(name).cast(pl.String)
+
+
 def _read_sample(path: Path) -> pl.DataFrame:
+    """The first `SAMPLE_ROWS` rows of ``path``, every column as text."""
     fmt = FORMATS.get(path.suffix.lower())
     try:
         if fmt == "csv":
@@ -117,14 +129,12 @@ def _read_sample(path: Path) -> pl.DataFrame:
         elif fmt == "parquet":
             frame = pl.scan_parquet(path).head(SAMPLE_ROWS).collect()
         else:
-            lines = path.read_text().splitlines()[:SAMPLE_ROWS]
-            frame = pl.read_ndjson("\n".join(lines).encode(), infer_schema_length=None)
+            with open(path, "rb") as fh:
+                lines = b"".join(itertools.islice(fh, SAMPLE_ROWS))
+            frame = pl.read_ndjson(lines, infer_schema_length=None)
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise InitError(f"{path}: cannot be read as {fmt}: {str(exc).splitlines()[0]}") from exc
-    return frame.select([pl.col(c).cast(pl.String) if not isinstance(frame.schema[c], pl.List | pl.Struct)
-                         else pl.col(c).cast(pl.List(pl.String), strict=False).list.join("|")
-                         if isinstance(frame.schema[c], pl.List) else pl.col(c).struct.json_encode()
-                         for c in frame.columns])
+    return frame.select([_as_text(frame, c) for c in frame.columns])
 
 
 def sample_files(source: Path) -> list[SampledFile]:
@@ -185,7 +195,7 @@ def _whole_column(source: Path, sample: SampledFile, name: str) -> pl.Series:
         elif fmt == "parquet":
             frame = pl.scan_parquet(paths).select(pl.col(name).cast(pl.String)).collect()
         else:
-            frame = pl.concat([pl.read_ndjson(p).select(pl.col(name).cast(pl.String)) for p in paths])
+            frame = pl.scan_ndjson(paths, infer_schema_length=None).select(pl.col(name).cast(pl.String)).collect()
     except pl.exceptions.PolarsError:  # (a file the sample did not reach cannot be read: validation will say so)
         return sample.column(name)
     values = frame[name].drop_nulls().str.strip_chars()
@@ -202,7 +212,7 @@ def _span_days(values: pl.Series, times: dict[str, Any]) -> float | None:
     return (parsed.max() - parsed.min()).total_seconds() / 86400 if parsed.len() else None  # type: ignore[operator]
 
 
-def _guess_columns(sample: SampledFile, table: Table, starter: Starter) -> dict[str, str]:
+def _guess_columns(sample: SampledFile, table: Table) -> dict[str, str]:
     """Our column -> theirs, by name, each of their columns used once."""
     names = NAMES[table.name]
     taken: set[str] = set()
@@ -217,7 +227,7 @@ def _guess_columns(sample: SampledFile, table: Table, starter: Starter) -> dict[
 
 
 def _events_score(sample: SampledFile) -> int:
-    guess = _guess_columns(sample, EVENTS, Starter({}))
+    guess = _guess_columns(sample, EVENTS)
     return sum(c in guess for c in ("user_id", "item_id", "timestamp")) * 10 + len(guess)
 
 
@@ -247,7 +257,7 @@ def describe_column(sample: SampledFile, name: str) -> str:
 
 def _table_key(sample: SampledFile, table: Table) -> str | None:
     """Their column that is ``table``'s key: named like it and one row per value."""
-    mapping = _guess_columns(sample, table, Starter({}))
+    mapping = _guess_columns(sample, table)
     key = mapping.get(table.key)
     if key is None:
         return None
@@ -261,7 +271,7 @@ def starter_config(source: Path, schema: FeatureSchema) -> Starter:
     events = max(samples, key=_events_score)
     starter = Starter({})
     ingest: dict[str, Any] = {"events": events.pattern}
-    columns = _guess_columns(events, EVENTS, starter)
+    columns = _guess_columns(events, EVENTS)
     for needed in ("user_id", "item_id", "timestamp"):
         if needed not in columns:
             raise InitError(f"{events.path}: no column looks like our {needed} (its columns: {events.frame.columns});"
@@ -307,7 +317,7 @@ def starter_config(source: Path, schema: FeatureSchema) -> Starter:
                                    + (", attributes unknown" if name == "items" else ", signup at the first event"))
             continue
         ingest[name] = table.pattern
-        mapped = _guess_columns(table, ours, starter)
+        mapped = _guess_columns(table, ours)
         has[name] = set(mapped) | set(table.frame.columns)
         ingest.setdefault("columns", {})[name] = {k: v for k, v in mapped.items() if k != v}
         own = [describe_column(table, c) for c in table.frame.columns if c not in mapped.values()]
