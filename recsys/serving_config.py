@@ -31,7 +31,7 @@ class ServingConfig:
     dataset: str = ""  # dataset folder (online tables, encoders); empty = the newest under runs/datasets
     retrieval_export: str = ""  # a two-tower export (`recsys export`): query_tower/ and items/
     triton_url: str = "127.0.0.1:8001"  # Triton's gRPC address (host:port)
-    ranker_model: str = "dlrm"  # the Triton model that ranks
+    ranker_model: str = "dlrm"  # the Triton model that ranks; "" = no ranker: the retrieval order, as ranked
     ranker_version: str = ""  # empty = Triton's newest loaded version
     event_log: str = "runs/serving/events"  # /feedback appends JSON lines under <event_log>/events/
     rollout_file: str = "runs/serving/rollout.json"  # production / candidate versions (recsys.deploy.rollout)

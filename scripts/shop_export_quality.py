@@ -62,17 +62,23 @@ def main() -> int:
     train = load_config(TrainConfig, ROOT / "configs" / "train" / "default.yaml",
                         [f"dataset={dataset.path}", f"output={work / 'train'}", *args.overrides])
     result = run("dlrm", train, progress=False)
-    test = dataset.read("ranking", "test")
-    labels = test[schema.label("dlrm").name].to_numpy()
     model, _ = load_model(result.checkpoint)
-    with torch.no_grad():
-        predicted = torch.sigmoid(model(make_batch(test, model.spec))).numpy()
+    label = schema.label("dlrm").name
+    rates = {}  # split -> (impressions, clicks, mean prediction)
+    for split in ("train", "val", "test"):
+        frame = dataset.read("ranking", split)
+        with torch.no_grad():
+            predicted = torch.sigmoid(model(make_batch(frame, model.spec))).numpy()
+        rates[split] = (frame.height, int(frame[label].sum()), float(np.mean(predicted)))
     b = result.baselines
-    out = {"dataset": dataset.id, "test_impressions": int(test.height), "test_clicks": int(labels.sum()),
+    (impressions, clicks, mean_prediction) = rates["test"]
+    out = {"dataset": dataset.id, "test_impressions": impressions, "test_clicks": clicks,
            "test_auc": result.metrics["test/auc"], "popularity_auc": b["popularity_auc"],
            "logistic_auc": b["logistic_auc"], "val_auc": result.metrics["val/auc"],
-           "logistic_val_auc": b["logistic_val_auc"], "mean_prediction": float(np.mean(predicted)),
-           "test_click_rate": float(labels.mean()), "calibration": float(np.mean(predicted) / labels.mean())}
+           "logistic_val_auc": b["logistic_val_auc"], "mean_prediction": mean_prediction,
+           "test_click_rate": clicks / impressions, "calibration": mean_prediction * impressions / clicks,
+           "by_split": {s: {"impressions": n, "clicks": c, "click_rate": c / n, "mean_prediction": m}
+                        for s, (n, c, m) in rates.items()}}
     print(json.dumps(out, indent=1))
     return 0
 

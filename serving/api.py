@@ -116,7 +116,7 @@ class RecommendRequest(Strict):
 
 class Scored(BaseModel):
     item_id: WireId
-    score: float | None  # the ranker's click probability; None where the ranker was not used
+    score: float | None  # the ranker's click probability (without a ranker: the retrieval score); None otherwise
 
 
 class RecommendResponse(BaseModel):

@@ -7,7 +7,9 @@
     GET  /metrics    Prometheus text: requests, errors, per-stage latency
 
 Whatever happens behind it, /recommend answers: an unknown user gets popular items flagged ``cold_start``;
-a Triton that is down or slower than ``rank_deadline_s`` gives the retrieval order flagged ``degraded``.
+a Triton that is down or slower than ``rank_deadline_s`` gives the retrieval order flagged ``degraded``. A shop
+whose log has no impressions has no ranker to train: with ``ranker_model: ""`` the retrieval order is the answer
+(scored by the two towers) and Triton is neither called nor awaited.
 Bad requests get a 4xx naming the field and what was expected (the body is read as JSON whatever its declared
 content type, so ``curl -d '{...}'`` works). Request ids travel as decimal strings: they exceed 2**53.
 
@@ -123,7 +125,7 @@ class Ingress:
         # Triton's gRPC client lives in the replica: Triton batches across requests itself, and a Ray hop to a
         # separate client deployment cost more CPU than the call (scripts/bench_serving.py)
         self.ranker = TritonRanker(config.triton_url, config.ranker_model, config.ranker_version,
-                                   config.rank_deadline_s)
+                                   config.rank_deadline_s) if config.ranker_model else None
         self.canary = Canary(config.rollout_file, config.ranker_model, config.ranker_version)
         self._rollout_checked = time.monotonic()
         schema = load_schema()
@@ -144,6 +146,9 @@ class Ingress:
         self.versions = {"dataset": dataset.id}
         kinds = dataset.manifest.online.get("ids", {})  # the shop's ids: coded in, decoded out (`recsys.ids`)
         self.ids = {c: IdMap.read(dataset.path / "online", c, kinds.get(c)) for c in MAPPED_IDS}
+        if self.ranker is not None and not dataset.manifest.splits.get("ranking", {}).get("train", {}).get("rows"):
+            log.warning("dataset %s has no ranking examples (a log without impressions): no ranker can have been "
+                        "trained on it; serve the retrieval order with ranker_model=\"\"", dataset.id)
         self._spec: dict[str, Any] | None = None
         replica.update(max_body_bytes=config.max_body_bytes, metrics=self.metrics)
 
@@ -194,7 +199,8 @@ class Ingress:
         else:
             try:
                 query = self.features.query_inputs(user, self.query_specs)
-                candidates = await asyncio.wait_for(self.retriever.retrieve.remote(query), cfg.retrieve_deadline_s)
+                found = await asyncio.wait_for(self.retriever.retrieve.remote(query), cfg.retrieve_deadline_s)
+                candidates = list(found)  # (without a ranker: id -> the retrieval score)
                 versions["retrieval"] = await self._retrieval_version()
             except Exception as exc:  # any failure of retrieval degrades to popularity
                 candidates, degraded = self.features.popular_items(), True
@@ -204,7 +210,10 @@ class Ingress:
             kept = self.features.to_rank(user_id, candidates, exclude, body.k)  # topped up with popular items
             t = lap("filter", t)
             items = kept[: body.k]
-            if kept and not degraded:
+            if kept and not degraded and self.ranker is None:  # the retrieval order is the ranking
+                if all(i in found for i in items):  # (not when popular items topped the list up)
+                    scores = np.array([found[i] for i in items], dtype=np.float32)
+            elif kept and not degraded:
                 ranking = await self._rank(user_id, kept)
                 variant = ranking.variant
                 if ranking.scores is not None:
@@ -356,8 +365,10 @@ class Ingress:
         versions = self.canary.state.versions
         checks = {"features": self.features.users.height > 0 and self.features.items.height > 0,
                   "datasets": self._datasets_load()}
-        for name, call in (("index", lambda: self.retriever.ready.remote()),
-                           ("triton", lambda: self.ranker.ready(timeout, versions))):
+        calls = {"index": lambda: self.retriever.ready.remote()}
+        if self.ranker is not None:
+            calls["triton"] = lambda: self.ranker.ready(timeout, versions)
+        for name, call in calls.items():
             try:
                 checks[name] = bool(await asyncio.wait_for(call(), timeout + 1.0))
             except Exception:  # not ready

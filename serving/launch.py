@@ -60,12 +60,17 @@ class RunningApp:
     url: str  # where clients send requests: the load balancer (or Ray's proxy without direct ingress)
     balancer: Balancer | None
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop the balancer and the app, and return once no ingress replica answers any more (Serve's shutdown
+        returns before its replicas have gone: an app started at once after would find them still answering)."""
         from ray import serve
 
         if self.balancer is not None:
             self.balancer.stop()
         serve.shutdown()
+        ports, deadline = direct_ingress_ports(), time.monotonic() + timeout_s
+        while ports and healthy_ports(ports) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def run_app(config: ServingConfig, host: str, proxy_port: int, run_dir: str | Path, timeout_s: float = 180.0

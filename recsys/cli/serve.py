@@ -15,7 +15,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "serve", help="serve recommendations over HTTP (Ray Serve: retrieve, filter, rank on Triton)",
         description="Start the Ray Serve application of serving/: POST /recommend, POST /feedback, GET /healthz, "
                     "/readyz, /metrics and /docs, on 127.0.0.1 by default. Triton must be running "
-                    "(`recsys triton start`); until it is, answers are the retrieval order flagged degraded. "
+                    "(`recsys triton start`); until it is, answers are the retrieval order flagged degraded. A shop "
+                    "without impressions has no ranker: --set ranker_model= serves the retrieval order as the answer. "
                     "Reads the application's args (the serving config and its overrides) and its HTTP options "
                     "from a Ray Serve config file. On a local cluster it runs `ingress_replicas` ingress replicas "
                     "(default 2), each with its own HTTP server (Ray Serve's throughput-optimized mode, direct "

@@ -343,6 +343,9 @@ def starter_config(source: Path, schema: FeatureSchema) -> Starter:
         starter.detected.append(f"{column}: {kind} ids (e.g. {values.head(3).to_list()})")
     starter.config = {"ingest": ingest, **starter.config}
     starter.features = feedable(schema, ingest, events, columns, has)
+    if "impression" not in _event_types(ingest, events, columns):
+        starter.missing.append("impressions: no lists shown, so no ranking examples and no ranker to train; "
+                               "train the two-tower only and serve its order (recsys serve --set ranker_model=)")
     return starter
 
 
@@ -350,10 +353,7 @@ def feedable(schema: FeatureSchema, ingest: dict[str, Any], events: SampledFile,
              has: dict[str, set[str]]) -> dict[str, list[str]]:
     """Which schema features the sampled data can feed (``fed``) and which get their defaults (``default``):
     an attribute needs its column, an event-based feature its event types, position and the label impressions."""
-    if "event_type" in columns:
-        types = {ingest["event_types"].get(n, n) for n in events.column(columns["event_type"]).unique().to_list()}
-    else:
-        types = {ingest["event_type"]}
+    types = _event_types(ingest, events, columns)
     out: dict[str, list[str]] = {"fed": [], "default": []}
     for f in schema.features:
         if f.op == "attribute":
@@ -368,6 +368,13 @@ def feedable(schema: FeatureSchema, ingest: dict[str, Any], events: SampledFile,
             ok = True
         out["fed" if ok else "default"].append(f.name)
     return out
+
+
+def _event_types(ingest: dict[str, Any], events: SampledFile, columns: dict[str, str]) -> set[str]:
+    """Our event types the sampled log holds, as the config maps them."""
+    if "event_type" in columns:
+        return {ingest["event_types"].get(n, n) for n in events.column(columns["event_type"]).unique().to_list()}
+    return {ingest["event_type"]}
 
 
 def render(starter: Starter, source: Path) -> str:

@@ -23,8 +23,14 @@ class QueryRetriever:
 
     def search(self, inputs: list[dict[str, np.ndarray]], n: int) -> list[list[int]]:
         """Top-``n`` item ids for each user's query-tower inputs (one row each), best first."""
+        return [list(found) for found in self.search_scored(inputs, n)]
+
+    def search_scored(self, inputs: list[dict[str, np.ndarray]], n: int) -> list[dict[int, float]]:
+        """Top-``n`` items for each user's query-tower inputs, best first: item id -> the index's score (the
+        inner product of the query and item embeddings, or its approximation by the index)."""
         names = [s.name for s in self.signature.inputs]
         batch = {name: np.concatenate([x[name] for x in inputs]) for name in names}
         queries = np.ascontiguousarray(self.session.run(None, batch)[0], dtype=np.float32)  # (B, D)
-        _, rows = self.index.search(queries, min(n, len(self.item_ids)))  # (B, n)
-        return [[int(self.item_ids[r]) for r in row if r >= 0] for row in rows]
+        scores, rows = self.index.search(queries, min(n, len(self.item_ids)))  # (B, n) each
+        return [{int(self.item_ids[r]): float(s) for r, s in zip(row, scored, strict=True) if r >= 0}
+                for row, scored in zip(rows, scores, strict=True)]

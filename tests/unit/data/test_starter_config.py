@@ -38,7 +38,9 @@ def test_init_writes_a_config_that_reads_the_layout_to_a_dataset(layout, tiny_ra
     shop = _write(layout, tiny_raw, tmp_path / "shop")
     assert main(["data", "init", "--source", str(shop), "--out", str(tmp_path / "data.yaml")]) == 0
     assert "next: recsys data validate" in capsys.readouterr().out
-    written = yaml.safe_load((tmp_path / "data.yaml").read_text())
+    text = (tmp_path / "data.yaml").read_text()
+    assert ("no ranker to train" in text) == (not impressions)  # said at once, not found at training
+    written = yaml.safe_load(text)
     assert {k: written["ingest"]["columns"]["events"][k] for k in mapped} == mapped
     cfg = load_config(DataConfig, tmp_path / "data.yaml")
     report = validate(shop, tmp_path / "validated", cfg.validation, cfg.ingest)
