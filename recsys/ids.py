@@ -15,6 +15,7 @@ configured (``ingest.ids``).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ MAPPED_IDS = ("user_id", "item_id")  # the ids an API takes and returns: their m
 KINDS = ("integer", "text")
 INTEGER_TEXT = r"^(0|-?[1-9][0-9]{0,18})$"  # a decimal int64 as a shop writes one (no leading zeros, no sign +)
 CODE, SHOP_ID = "code", "id"
+EXPORT_ID_MAPS = "ids"  # an export's folder of maps (`recsys.export.exporter`); its export.json has the kinds
 
 
 class IdError(RecsysError, ValueError):
@@ -89,6 +91,17 @@ class IdMap:
             return code
         return self.shop_ids.get(code, code)
 
+    def merged(self, other: IdMap) -> IdMap:
+        """This map with ``other``'s codes too: a model trained on another snapshot of the catalogue knows items
+        this one lacks. Refuses maps of two kinds (a model of another shop, or of this one before its ids were
+        recoded)."""
+        if other.kind != self.kind:
+            raise IdError(f"{self.column}: these ids are {self.kind} but the model's are {other.kind}: it was "
+                          "trained on another shop's data, or before this one's ids were read as they are now")
+        if self.kind == "integer":
+            return self
+        return IdMap(self.column, "text", {**(other.shop_ids or {}), **(self.shop_ids or {})})
+
     @staticmethod
     def path(folder: Path, column: str) -> Path:
         return folder / f"ids_{column}.parquet"
@@ -121,3 +134,11 @@ def write_id_map(folder: Path, column: str, frame: pl.DataFrame | None) -> None:
     """Save ``column``'s map (`id_map_frame`) in ``folder``; None (integer ids): nothing is written."""
     if frame is not None:
         frame.write_parquet(IdMap.path(folder, column))
+
+
+def export_id_maps(export_dir: str | Path) -> dict[str, IdMap]:
+    """The id maps a model export carries: its ``export.json``'s kinds and the maps in its ``ids/`` folder (none
+    for an export made before the maps travelled with it)."""
+    kinds = json.loads((Path(export_dir) / "export.json").read_text()).get("ids", {})
+    return {column: IdMap.read(Path(export_dir) / EXPORT_ID_MAPS, column, kind) for column, kind in kinds.items()
+            if column in MAPPED_IDS}

@@ -39,7 +39,7 @@ from recsys.eventlog.feedback import FEEDBACK_GLOB, FeedbackLog, FeedbackWriteEr
 from recsys.eventlog.jsonl import JsonlTail
 from recsys.eventlog.request_ids import RequestIds, request_key, variant_of
 from recsys.eventlog.requests import RequestLog
-from recsys.ids import MAPPED_IDS, IdError, IdMap, session_code
+from recsys.ids import MAPPED_IDS, IdError, IdMap, export_id_maps, session_code
 from recsys.serving_config import ServingConfig, from_args
 from serving.api import (
     DESCRIPTION,
@@ -146,6 +146,8 @@ class Ingress:
         self.versions = {"dataset": dataset.id}
         kinds = dataset.manifest.online.get("ids", {})  # the shop's ids: coded in, decoded out (`recsys.ids`)
         self.ids = {c: IdMap.read(dataset.path / "online", c, kinds.get(c)) for c in MAPPED_IDS}
+        for column, exported in export_id_maps(config.retrieval_export).items():  # what the index may answer
+            self.ids[column] = self.ids[column].merged(exported)
         if self.ranker is not None and not dataset.manifest.splits.get("ranking", {}).get("train", {}).get("rows"):
             log.warning("dataset %s has no ranking examples (a log without impressions): no ranker can have been "
                         "trained on it; serve the retrieval order with ranker_model=\"\"", dataset.id)

@@ -18,8 +18,8 @@ from recsys.evaluation.lists import NoUserOfBothClasses, gauc, ndcg_in_requests
 from recsys.evaluation.metrics import auc, log_loss
 
 
-def ranking_scores(model, rows: pl.DataFrame, batch_size: int = 8192) -> np.ndarray:
-    """Click probabilities of an unsharded `recsys.models.dlrm.Ranker` (eval mode) for every row of ``rows``."""
+def ranking_logits(model, rows: pl.DataFrame, batch_size: int = 8192) -> np.ndarray:
+    """Click logits of an unsharded `recsys.models.dlrm.Ranker` (eval mode) for every row of ``rows``."""
     import torch
 
     from recsys.models.inputs import make_batch
@@ -29,9 +29,15 @@ def ranking_scores(model, rows: pl.DataFrame, batch_size: int = 8192) -> np.ndar
     out = []
     with torch.no_grad():
         for start in range(0, rows.height, batch_size):
-            batch = make_batch(rows.slice(start, batch_size), model.spec)
-            out.append(torch.sigmoid(model(batch)).numpy().reshape(-1))
+            out.append(model(make_batch(rows.slice(start, batch_size), model.spec)).numpy().reshape(-1))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def ranking_scores(model, rows: pl.DataFrame, batch_size: int = 8192) -> np.ndarray:
+    """Click probabilities of an unsharded `recsys.models.dlrm.Ranker` (eval mode) for every row of ``rows``."""
+    import torch
+
+    return torch.sigmoid(torch.from_numpy(ranking_logits(model, rows, batch_size))).numpy()
 
 
 def ranking_metrics(labels: np.ndarray, probs: np.ndarray, prefix: str = "test",

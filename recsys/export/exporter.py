@@ -9,12 +9,18 @@ TorchRec's. Output layout (``out``)::
     dlrm/model.onnx, dlrm/model.json                 the ranker (probability of a click)
     query_tower/model.onnx, query_tower/model.json   user -> embedding
     items/embeddings.npy, items/index.faiss, items/item_ids.npy, items/index.json
-    export.json                                      what was exported, parity, index recall
+    ids/ids_<column>.parquet                         a text user / item id's map (`recsys.ids`): what the
+                                                     models' codes are in the shop's own ids
+    export.json                                      what was exported, parity, index recall, id kinds
+
+The id kinds (``integer`` or ``text``) are in each ONNX file's metadata too (``id_kinds``): a graph taken out of
+the folder still says how the ids it is fed were coded.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -33,6 +39,7 @@ from recsys.errors import RecsysError
 from recsys.export import ann
 from recsys.export.serving import ServingRanker, ServingTower, input_specs
 from recsys.export.signature import ModelSignature, TensorSpec, serving_inputs
+from recsys.ids import EXPORT_ID_MAPS, MAPPED_IDS, IdMap
 from recsys.models.inputs import InputSpec, make_batch
 from recsys.training.checkpoint import load_model
 
@@ -116,7 +123,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, tolerance: float 
     run_metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     out = Path(out)
     result = ExportResult(out)
-    lineage = _lineage(meta, run_metrics)
+    id_kinds = _export_id_maps(dataset, out / EXPORT_ID_MAPS)
+    lineage = {**_lineage(meta, run_metrics), "id_kinds": json.dumps(id_kinds)}
     if meta["task"] == "dlrm":
         rows = pl.read_parquet(dataset.shards("ranking", "val")[0]).head(parity_rows)
         specs = input_specs(model.spec)
@@ -137,8 +145,20 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, tolerance: float 
         result.index = _export_items(model, dataset, out / "items", tolerance, result)
     (out / "export.json").write_text(json.dumps({
         "checkpoint": str(checkpoint), "lineage": lineage, "models": {k: str(v) for k, v in result.models.items()},
-        "parity_max_abs_diff": result.parity, "tolerance": tolerance, "index": result.index}, indent=2))
+        "parity_max_abs_diff": result.parity, "tolerance": tolerance, "index": result.index,
+        "ids": id_kinds}, indent=2))
     return result
+
+
+def _export_id_maps(dataset: Dataset, folder: Path) -> dict[str, str]:
+    """Each mapped id's kind, with the dataset's maps of its text ids copied to ``folder``: the export decodes
+    what its models answer without the dataset it was trained on."""
+    kinds = dataset.manifest.online.get("ids", {})
+    folder.mkdir(parents=True, exist_ok=True)
+    for column in MAPPED_IDS:
+        if (source := IdMap.path(dataset.path / "online", column)).is_file():
+            shutil.copy2(source, IdMap.path(folder, column))
+    return {column: kinds.get(column, "integer") for column in MAPPED_IDS}
 
 
 def _export_checked(module: torch.nn.Module, signature: ModelSignature, rows: pl.DataFrame, expected: np.ndarray,

@@ -31,6 +31,9 @@ class DLRMConfig:
     interaction: str = "dot"  # dot (pairwise dot products) | dcn (DCN-v2 low-rank cross layers)
     dcn_layers: int = 3
     dcn_rank: int = 16
+    # once trained: Platt scaling of the logit on the validation split (`recsys.training.calibration`), so that the
+    # probabilities are click rates; the order, and so AUC, is unchanged
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.interaction not in INTERACTIONS:

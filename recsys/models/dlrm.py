@@ -44,6 +44,14 @@ class Ranker(nn.Module):
         with torch.no_grad():
             self.dlrm.over_arch.model[-1].bias.fill_(math.log(click_rate / (1 - click_rate)))  # the last Linear
 
+    def calibrate(self, scale: float, shift: float) -> None:
+        """Make every logit ``scale * logit + shift`` (in the output layer itself): the Platt scaling of
+        `recsys.training.calibration`; ``scale > 0`` keeps the order of any two rows."""
+        last = self.dlrm.over_arch.model[-1]
+        with torch.no_grad():
+            last.weight.mul_(scale)
+            last.bias.mul_(scale).add_(shift)
+
 
 class DLRMTrain(nn.Module):
     """The training wrapper: binary cross-entropy on the click label."""

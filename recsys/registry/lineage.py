@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from recsys.errors import RecsysError
+from recsys.ids import EXPORT_ID_MAPS
 
 # version tags, in the order `recsys models show` prints them
 LINEAGE_KEYS = ("task", "dataset_id", "dataset_path", "schema_hash", "code_version", "training_run",
                 "training_run_path", "wandb_run", "checkpoint", "export_dir", "exported_at", "metrics", "baselines",
-                "parity", "parity_tolerance", "parity_passed", "training_config")
-JSON_KEYS = ("metrics", "baselines", "parity", "training_config")
+                "parity", "parity_tolerance", "parity_passed", "id_kinds", "id_maps", "training_config")
+JSON_KEYS = ("metrics", "baselines", "parity", "id_kinds", "training_config")
 ARTIFACT_PREFIX = "artifact."  # artifact.<model> = its exported folder (model.onnx, model.json)
 ITEM_INDEX = "item_index"  # two-tower: items/ (embeddings, ANN index)
 TRITON_REPOSITORY = "triton_repository."  # triton_repository.<model> = the Triton model repository
@@ -70,6 +71,9 @@ def export_lineage(export_dir: str | Path, triton_versions: Mapping[str, str | P
         tags[ARTIFACT_PREFIX + name] = str(Path(folder).resolve())
     if export.get("index"):
         tags[ITEM_INDEX] = str(export_dir / "items")
+    if "ids" in export:  # (exports made before the id maps travelled with them have neither)
+        tags["id_kinds"] = json.dumps(export["ids"], sort_keys=True)
+        tags["id_maps"] = str(export_dir / EXPORT_ID_MAPS)  # a text id's map: ids_<column>.parquet
     for name, folder in (triton_versions or {}).items():
         folder = Path(folder).resolve()
         tags[TRITON_REPOSITORY + name] = str(folder.parents[1])

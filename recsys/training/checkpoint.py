@@ -5,7 +5,8 @@ A checkpoint is a directory (one per epoch; Ray Train merges every worker's file
     .metadata, __<rank>_0.distcp   tensors in torch.distributed.checkpoint (DCP) format, each worker's own
                                    shards: model weights, dense and embedding optimiser state
     trainer_state.pt               Lightning's non-tensor state (epoch, loop counters), plain containers
-    recsys.json                    what the model is: task, config, schema hash, dataset id, table sizes
+    recsys.json                    what the model is: task, config, schema hash, dataset id, table sizes, and
+                                   the ranker's calibration (``calibration``, written once training has ended)
 
 Nothing in it is unpickled: DCP reads tensors with ``weights_only=True`` and only tensors go to DCP (its
 loader unpickles anything else), and ``trainer_state.pt`` is read with ``weights_only=True``.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from recsys.errors import RecsysError
+from recsys.training.calibration import CALIBRATION_KEY, Calibration
 
 META = "recsys.json"
 TRAINER_STATE = "trainer_state.pt"
@@ -106,8 +109,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return json.loads((_checkpoint_dir(path) / META).read_text())
 
 
-def load_model(path: str | Path):
-    """The trained model (unsharded, CPU, eval mode) and its description, from a checkpoint alone.
+def load_model(path: str | Path, calibrated: bool = True):
+    """The trained model (unsharded, CPU, eval mode) and its description, from a checkpoint alone; a ranker with
+    its calibration applied, if it has one and ``calibrated``.
 
     Refuses a checkpoint written under another feature schema than the one configured now.
     """
@@ -132,4 +136,14 @@ def load_model(path: str | Path):
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
         dcp.load({"model": weights}, checkpoint_id=Path(path), no_dist=True)
     model.load_state_dict({k[len(MODEL_PREFIX):]: v for k, v in weights.items()})
+    if calibrated and CALIBRATION_KEY in meta:  # the ranker's Platt scaling, fitted once training ended
+        model.calibrate(meta[CALIBRATION_KEY]["scale"], meta[CALIBRATION_KEY]["shift"])
     return model.eval(), meta
+
+
+def record_calibration(path: str | Path, calibration: Calibration) -> None:
+    """Save the ranker's calibration in the checkpoint's description, in place of any earlier one (`load_model`
+    applies it). The tensors stay as trained: a run resumed from it trains on, and is calibrated when it ends."""
+    meta = read_meta(path)
+    meta[CALIBRATION_KEY] = asdict(calibration)
+    (_checkpoint_dir(path) / META).write_text(json.dumps(meta, indent=2))

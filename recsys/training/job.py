@@ -77,7 +77,8 @@ def _train(config: dict[str, Any]) -> None:
     from recsys.models.dlrm import DLRMTrain, Ranker
     from recsys.models.two_tower import TwoTower, TwoTowerTrain
     from recsys.online.features import serving_context
-    from recsys.training.checkpoint import load_model
+    from recsys.training.calibration import fit_calibration
+    from recsys.training.checkpoint import load_model, record_calibration
     from recsys.training.data import (
         EpochBatches,
         click_rate,
@@ -203,8 +204,17 @@ def _train(config: dict[str, Any]) -> None:
         metrics |= {k: float(v) for k, v in kept_metrics.items() if k.startswith("val/")}  # the kept epoch's
         # evaluated like every later consumer will use it: rebuilt, unsharded, from the checkpoint alone, on every
         # test row the baselines see (the per-epoch test metrics saw the rows the workers could split into batches)
-        trained, _ = load_model(model_path)
-        if task == "dlrm":
+        trained, _ = load_model(model_path, calibrated=False)
+        if task == "dlrm":  # calibrated (Platt scaling on the validation split) before anything measures it
+            calibration = fit_calibration(trained, dataset, schema.label("dlrm").name, cfg.eval_batch_size) \
+                if cfg.dlrm.calibrate else None
+            logits = torch.tensor(probe.pop("logits"))
+            if calibration is not None:
+                record_calibration(model_path, calibration)
+                trained.calibrate(calibration.scale, calibration.shift)
+                logits = calibration.scale * logits + calibration.shift
+                metrics |= {"calibration/scale": calibration.scale, "calibration/shift": calibration.shift}
+            probe["scores"] = torch.sigmoid(logits).tolist()  # (the model's outputs as its checkpoint gives them)
             metrics.pop("test/auc", None)  # (a split of one class has none)
             metrics |= ranking_report(trained, dataset.read("ranking", "test"), schema.label("dlrm").name,
                                       batch_size=cfg.eval_batch_size,
@@ -273,7 +283,7 @@ def _probe(module, task: str, rows) -> dict[str, list]:
     with torch.no_grad():
         if task == "dlrm":
             spec = model.module.spec
-            return {"scores": torch.sigmoid(model(make_batch(rows, spec))).tolist()}
+            return {"logits": model(make_batch(rows, spec)).tolist()}
         inner = model.module
         users, items = model(make_batch(rows, inner.user_spec), make_batch(rows, inner.item_spec))
         return {"user_vectors": users.tolist(), "item_vectors": items.tolist()}

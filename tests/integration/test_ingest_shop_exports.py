@@ -4,6 +4,11 @@ init` writes; the app takes the shop's user ids and answers with its SKUs, and f
 
 from __future__ import annotations
 
+import json
+import shutil
+
+import numpy as np
+import onnx
 import polars as pl
 import pytest
 
@@ -14,7 +19,8 @@ from recsys.data.validate import validate
 from recsys.deploy import server
 from recsys.deploy.ports import free_port
 from recsys.eventlog.feedback import FEEDBACK_INGEST
-from recsys.ids import IdMap, text_code
+from recsys.ids import IdMap, export_id_maps, text_code
+from recsys.registry.versions import register
 from recsys.serving_config import ServingConfig
 from recsys.training.job import run
 from serving.launch import run_app
@@ -101,3 +107,23 @@ def test_recommend_takes_the_shops_user_ids_and_answers_with_its_skus(served):
     fed_back = events.filter(pl.col("request_id") == int(answer["request_id"]))
     assert fed_back["user_id"].unique().to_list() == [text_code(user)]
     assert IdMap.read(served["work"] / "validated-again", "item_id").decode(fed_back["item_id"][0]) == items[0]
+
+
+def test_the_exports_and_the_registry_carry_the_shops_id_maps(served, tmp_path):
+    skus = set(pl.read_csv(served["shop"] / "products.csv")["sku"])
+    users = set(pl.read_csv(served["shop"] / "impressions.csv")["user"])
+    text = {"user_id": "text", "item_id": "text"}
+    for task, model in (("dlrm", "dlrm"), ("two-tower", "query_tower")):
+        moved = shutil.copytree(served["work"] / task, tmp_path / task)  # the export alone, away from its dataset
+        maps = export_id_maps(moved)
+        assert {c: m.kind for c, m in maps.items()} == text
+        assert {maps["item_id"].decode(text_code(s)) for s in skus} == skus
+        assert {maps["user_id"].decode(text_code(u)) for u in users} == users
+        graph = onnx.load(str(moved / model / "model.onnx"))
+        assert json.loads({p.key: p.value for p in graph.metadata_props}["id_kinds"]) == text
+    indexed = np.load(tmp_path / "two-tower" / "items" / "item_ids.npy")  # what the ANN index answers with
+    assert {export_id_maps(tmp_path / "two-tower")["item_id"].decode(int(c)) for c in indexed} <= skus
+    version = register(tmp_path / "two-tower", registry=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                       allow_below_floor="ids test: a 1-epoch tiny model")
+    assert json.loads(version.tags["id_kinds"]) == text
+    assert IdMap.read(version.tags["id_maps"], "item_id").decode(text_code(min(skus))) == min(skus)

@@ -15,7 +15,7 @@ from recsys.data.features import retrieval_event_types, with_implied_views
 from recsys.data.ingest import IngestSchemaError
 from recsys.data.validate import validate
 from recsys.events import EventType
-from recsys.ids import IdMap
+from recsys.ids import IdError, IdMap
 from recsys.schema import load_schema
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
@@ -57,6 +57,16 @@ def test_text_ids_are_coded_stably_and_mapped_back(tmp_path):
     assert items.encode("SKU-1") == _blake("SKU-1") and items.encode(" SKU-1 ") == _blake("SKU-1")
     users = IdMap.read(tmp_path / "out", "user_id")
     assert users.decode(_blake("u-bob")) == "u-bob"
+
+
+def test_a_models_map_adds_the_items_it_knows_and_a_map_of_another_kind_is_refused():
+    served = IdMap("item_id", "text", {_blake("SKU-1"): "SKU-1"})
+    retrained = IdMap("item_id", "text", {_blake("SKU-1"): "SKU-1", _blake("SKU-new"): "SKU-new"})
+    both = served.merged(retrained)
+    assert both.decode(_blake("SKU-new")) == "SKU-new" and both.decode(_blake("SKU-1")) == "SKU-1"
+    assert IdMap("item_id", "integer").merged(IdMap("item_id", "integer")).decode(42) == 42
+    with pytest.raises(IdError, match="these ids are text but the model's are integer"):
+        served.merged(IdMap("item_id", "integer"))
 
 
 def test_integer_ids_stay_numbers_and_a_few_garbled_ones_are_quarantined(tmp_path):
