@@ -1,7 +1,10 @@
 """Logs without impressions, from `recsys data init` to a served /recommend: a RetailRocket-shaped events file
 (integer ids, epoch milliseconds), MovieLens-shaped ratings read as views, and Amazon-shaped JSON-lines reviews
 (text ids with leading zeros). There is nothing to rank from (no impressions, so no ranker): the app serves the
-two-tower retrieval order with ``ranker_model: ""``, in the shop's own ids, and never waits for a Triton."""
+two-tower retrieval order with ``ranker_model: ""``, in the shop's own ids, and never waits for a Triton.
+
+It runs before the modules that share the session app (`conftest.app`): it stops Ray Serve when it ends, and
+that app with it."""
 
 from __future__ import annotations
 
