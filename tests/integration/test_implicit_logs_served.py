@@ -8,6 +8,8 @@ that app with it."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import polars as pl
 import pytest
@@ -65,7 +67,11 @@ def test_the_retrieval_order_is_served_in_the_shops_ids(served):
     known = set(events[item_column]) | (set(_read(served["shop"] / catalogue[0])[catalogue[1]]) if catalogue else set())
     user = events[user_column][0]
     with httpx.Client(base_url=served["url"], trust_env=False, timeout=60.0) as http:
-        ready = http.get("/readyz").json()
+        for _ in range(300):  # (the balancer may not yet have marked the new replica up: it answers 503 till then)
+            if (probe := http.get("/readyz")).status_code != 503:
+                break
+            time.sleep(0.2)
+        ready = probe.json()
         assert ready["ready"] and "triton" not in ready["checks"], ready
         answer = http.post("/recommend", json={"user_id": user, "k": 10}).json()
         assert answer["user_id"] == user and not answer["cold_start"] and not answer["degraded"], answer
