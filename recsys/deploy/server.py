@@ -35,6 +35,7 @@ from recsys.deploy.ports import HOST, free_port
 from recsys.deploy.repository import CPU_CONFIG_NAME, models
 from recsys.errors import RecsysError
 from recsys.io import atomic_write_text
+from recsys.processes import CHILDREN, cmdline, is_alive, proc_stat, wait_child
 
 STATE_FILE = "server.json"
 LOG_FILE = "tritonserver.log"
@@ -43,7 +44,6 @@ CONFIG_NAMES = ("auto", "cpu", "default")
 LOG_NOISE = ("CudaDriverHelper has not been initialized", "Unable to allocate pinned system memory",
              "CUDA memory pool disabled")
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes via a proxy
-_CHILDREN: dict[int, subprocess.Popen] = {}  # servers this process started, reaped on stop
 
 
 @dataclass(frozen=True)
@@ -146,48 +146,20 @@ def resolve_config_name(config_name: str, backends: Path) -> str:
 # ---------------------------------------------------------------- processes
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state first), None if there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
-def _reap(pid: int) -> None:
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        _CHILDREN.pop(pid, None)
-
-
-def is_alive(pid: int) -> bool:
-    _reap(pid)
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
 def _is_tritonserver(pid: int) -> bool:
     """Guards against a recycled pid: the process must still be a tritonserver."""
-    return b"tritonserver" in _cmdline(pid)
+    return b"tritonserver" in cmdline(pid)
 
 
 def _is_triton(pid: int) -> bool:
-    return b"tritonserver" in _cmdline(pid) or b"triton_python_backend_stub" in _cmdline(pid)
+    return b"tritonserver" in cmdline(pid) or b"triton_python_backend_stub" in cmdline(pid)
 
 
 def group_members(pgid: int) -> list[int]:
     """Live Triton processes (the server, its Python-backend stubs) in process group ``pgid``."""
     found = []
     for entry in Path("/proc").iterdir():
-        stat = _proc_stat(int(entry.name)) if entry.name.isdigit() else None
+        stat = proc_stat(int(entry.name)) if entry.name.isdigit() else None
         if stat is not None and stat[0] not in ("Z", "X") and int(stat[2]) == pgid and _is_triton(int(entry.name)):
             found.append(int(entry.name))
     return found
@@ -308,7 +280,7 @@ def start(repository: str | Path, model_names: list[str] | None = None, run_dir:
         with open(log, "w") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=server_env(), cwd=run_dir, start_new_session=True)
-        _CHILDREN[proc.pid] = proc
+        CHILDREN[proc.pid] = proc
         info = ServerInfo(pid=proc.pid, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
                           repository=str(repository), log=str(log), run_dir=str(run_dir), models=names,
                           config_name=name, started_at=datetime.now(UTC).isoformat(timespec="seconds"))
@@ -382,9 +354,7 @@ def stop(run_dir: str | Path = "runs/triton", timeout_s: float = 15.0) -> Server
         os.kill(member, signal.SIGKILL)
     while members and group_members(pid) and time.monotonic() < deadline + 5.0:
         time.sleep(0.05)
-    child = _CHILDREN.pop(pid, None)
-    if child is not None:
-        child.wait(timeout=5)
+    wait_child(pid)
     (Path(run_dir) / STATE_FILE).unlink(missing_ok=True)
     return info
 

@@ -24,6 +24,7 @@ import tritonclient.http as httpclient
 from recsys.deploy import server
 from recsys.deploy.repository import TritonModelSettings, add_version
 from recsys.errors import RecsysError
+from recsys.processes import cmdline
 from tests.tiny_onnx import batch, export_tiny_ranker, set_onnx_schema_hash, torch_scores
 
 pytestmark = pytest.mark.integration
@@ -349,7 +350,7 @@ def test_stop_leaves_no_process(triton):
     assert f"tritonserver (pid {triton.pid}) stopped" in out
     assert not server.is_alive(triton.pid) and server.group_members(triton.pid) == []
     leftovers = [p for p in Path("/proc").iterdir()
-                 if p.name.isdigit() and triton.repository.encode() in server._cmdline(int(p.name))]
+                 if p.name.isdigit() and triton.repository.encode() in cmdline(int(p.name))]
     assert leftovers == []  # no server or Python-backend stub serving this repository
     for port in (triton.http_port, triton.grpc_port, triton.metrics_port):
         with socket.socket() as s:
