@@ -35,9 +35,11 @@ from recsys.data.encoders import Encoders, fit_encoders
 from recsys.data.features import (
     EVENT_ID,
     TS,
+    TYPE,
     FeatureBuilder,
     encode_examples,
     example_rows,
+    implies_views,
     online_tables,
     retrieval_event_types,
     task_features,
@@ -313,6 +315,8 @@ def build_dataset(validated: str | Path, root: str | Path, schema: FeatureSchema
             shutil.copyfile(path, tmp / "online" / path.name)
         online["ids"] = report.get("ids", {})
         online["hashing"] = hash_collisions(builder)
+        # the live store mirrors them: each click of such a log is also a view (`with_implied_views`)
+        online["implied_views"] = implies_views(pl.read_parquet(validated / "events.parquet", columns=[TYPE]))
         steps.set_postfix_str("tables at the test start")
         (tmp / "snapshots" / "test_start").mkdir(parents=True)
         at_test = {}

@@ -22,6 +22,18 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from recsys.data.encoders import Encoders
+from recsys.data.state_spec import (
+    ITEM_COUNTS,
+    SIGNUP_COLUMN,
+    THEN,
+    USER_COUNTS,
+    StateSpec,
+    category_prefix,
+    count_column,
+    last_column,
+    window_days,
+    window_prefix,
+)
 from recsys.ids import code_expr
 from recsys.schema import Feature, FeatureSchema, Kind, Scope
 
@@ -36,6 +48,7 @@ META_EVENT_ID, META_TS, META_USER, META_ITEM = "_event_id", "_timestamp", "_user
 META_COLUMNS = (META_EVENT_ID, META_TS, META_USER, META_ITEM)
 META_REQUEST = "_request"  # ranking examples: the request whose list showed the impression
 META_AVAILABLE, META_CATEGORY = "_available", "_category"  # online item / user x category tables
+META_SIGNUP = "_signup"  # online users table: the signup time (live features compute the tenure as of now)
 
 F = "f:"  # prefix of computed features inside a frame (feature and event column names may coincide)
 
@@ -52,19 +65,6 @@ def _strictly_before(examples: pl.LazyFrame, state: pl.LazyFrame, by: str | list
     """
     return examples.join_asof(state, on=on, by=by, strategy="backward", allow_exact_matches=False,
                               check_sortedness=False)
-
-
-def _count(types: list[str] | tuple[str, ...]) -> str:
-    return "n:" + "+".join(sorted(types))
-
-
-def _last(types: list[str] | tuple[str, ...]) -> str:
-    return "last:" + "+".join(sorted(types))
-
-
-def _window_days(f: Feature) -> int | None:
-    """The trailing window of an item count feature, if it has one."""
-    return f.params.get("window_days") if f.op == "item_event_count" else None
 
 
 def _runs(keys: list[str]) -> tuple[pl.Expr, pl.Expr]:
@@ -108,37 +108,34 @@ class FeatureBuilder:
             flag = pl.col(TYPE).is_in(types).cast(pl.Int64)
             # a segmented running sum: the global running sum minus its value where the key started
             cols.append((flag.cum_sum() - pl.when(first).then(flag.cum_sum() - flag).forward_fill())
-                        .alias(prefix + _count(types)))
+                        .alias(prefix + count_column(types)))
         never = pl.lit(datetime(1970, 1, 1, tzinfo=UTC), dtype=pl.Datetime("us", "UTC"))
         for types in sorted(last_seen):
             seen = pl.when(pl.col(TYPE).is_in(types)).then(pl.col(TS)).when(first).then(never).forward_fill()
-            cols.append(pl.when(seen == never).then(None).otherwise(seen).alias(prefix + _last(types)))
+            cols.append(pl.when(seen == never).then(None).otherwise(seen).alias(prefix + last_column(types)))
         all_types = sorted({t for types in counters | last_seen for t in types})
         return (events.filter(pl.col(TYPE).is_in(all_types)).select(*keys, TS, TYPE)
                 .sort(keys, maintain_order=True)  # stable: time order within each key
                 .with_columns(cols).filter(last).drop(TYPE))
 
-    def _type_sets(self, op: str, *params: str) -> set[tuple[str, ...]]:
-        return {tuple(sorted(f.params[p])) for f in self.schema.features if f.op == op for p in params}
+    @property
+    def spec(self) -> StateSpec:
+        return StateSpec.of(self.schema)
 
     def _user_counts(self) -> pl.LazyFrame:
-        counters = self._type_sets("user_event_count", "event_types") | self._type_sets(
-            "user_category_share", "event_types")
+        spec = self.spec
         return self._state("user_counts", lambda: self._counts(
-            [USER], counters, "__u_", last_seen=self._type_sets("user_recency_hours", "event_types"))).lazy()
+            [USER], set(spec.user_counters), USER_COUNTS, last_seen=set(spec.user_last_seen))).lazy()
 
     def _item_counts(self) -> pl.LazyFrame | None:
-        counters = {tuple(sorted(f.params["event_types"])) for f in self.schema.features
-                    if f.op == "item_event_count" and not _window_days(f)}
-        counters |= self._type_sets("item_rate", "numerator", "denominator")
-        if not counters:
+        if not (counters := self.spec.item_counters):
             return None
-        return self._state("item_counts", lambda: self._counts([ITEM], counters, "__i_")).lazy()
+        return self._state("item_counts", lambda: self._counts([ITEM], set(counters), ITEM_COUNTS)).lazy()
 
     def _item_window_counts(self, days: int) -> pl.LazyFrame:
         """Counters of the ``days``-window features only: built from just their event types (small)."""
-        counters = {tuple(sorted(f.params["event_types"])) for f in self.schema.features if _window_days(f) == days}
-        return self._state(f"item_window:{days}", lambda: self._counts([ITEM], counters, f"__w{days}_")).lazy()
+        counters = set(self.spec.windows[days])
+        return self._state(f"item_window:{days}", lambda: self._counts([ITEM], counters, window_prefix(days))).lazy()
 
     def _history(self, f: Feature) -> pl.LazyFrame:
         """The user's last ``length`` items after each instant, newest first, as embedding indices: of the items
@@ -162,7 +159,7 @@ class FeatureBuilder:
     def _category_counts(self, f: Feature) -> pl.LazyFrame:
         with_cat = self.events.lazy().with_columns(self._category_of(pl.col(ITEM)).alias(CAT))
         return self._state(f"category:{f.name}", lambda: self._counts(
-            [USER, CAT], {tuple(sorted(f.params["event_types"]))}, f"__c{f.name}_", events=with_cat)).lazy()
+            [USER, CAT], {tuple(sorted(f.params["event_types"]))}, category_prefix(f), events=with_cat)).lazy()
 
     def _categories(self) -> pl.DataFrame:
         """Item -> an integer code of its category (joins on ints are cheaper than on names)."""
@@ -177,22 +174,13 @@ class FeatureBuilder:
         rows = self._categories().unique(CAT)
         return code.replace_strict(rows[CAT], rows[CATEGORY], default=None, return_dtype=pl.String)
 
-    @staticmethod
-    def _per_row_table(f: Feature) -> str | None:
-        """The table whose rows ``f`` is encoded on once (attributes, and ids with a vocabulary), if any."""
-        if f.op == "attribute":
-            return f.params["table"]
-        if f.op == "id" and f.encoding == "vocab":
-            return "users" if f.scope == Scope.USER else "items"
-        return None
-
     def _table(self, table: str) -> pl.DataFrame:
         """Every per-row feature of the users / items table, encoded once per row."""
         def make() -> pl.LazyFrame:
             cols = [self.encoders.expr(f, pl.col(f.params["column"])).alias(F + f.name) for f in self.schema.features
-                    if self._per_row_table(f) == table]
+                    if per_row_table(f) == table]
             if table == "users":
-                cols.append(pl.col(SIGNUP).cast(pl.Datetime("us", "UTC")).alias("__signup"))
+                cols.append(pl.col(SIGNUP).cast(pl.Datetime("us", "UTC")).alias(SIGNUP_COLUMN))
             frame = self.users if table == "users" else self.items
             return frame.lazy().select(USER if table == "users" else ITEM, *cols)
         return self._state(f"table:{table}", make)
@@ -211,11 +199,11 @@ class FeatureBuilder:
             ex = _strictly_before(ex, self._user_counts(), USER)
         if ops & set(ITEM_COUNT_OPS) and (item_state := self._item_counts()) is not None:
             ex = _strictly_before(ex, item_state, ITEM)
-        for days in sorted({d for f in features if (d := _window_days(f))}):
+        for days in sorted({d for f in features if (d := window_days(f))}):
             # events in [t - days, t) = count before t - count before t - days
             window, shifted = self._item_window_counts(days), f"__t_minus_{days}d"
             ex = _strictly_before(ex, window, ITEM)
-            before = window.select(ITEM, pl.col(TS).alias(shifted), pl.exclude(ITEM, TS).name.prefix("__then"))
+            before = window.select(ITEM, pl.col(TS).alias(shifted), pl.exclude(ITEM, TS).name.prefix(THEN))
             ex = _strictly_before(ex.with_columns((pl.col(TS) - timedelta(days=days)).alias(shifted)),
                                   before, ITEM, on=shifted).drop(shifted)
         if "user_category_share" in ops:
@@ -227,48 +215,65 @@ class FeatureBuilder:
         for f in features:  # last: the widest state, copied by no later join
             if f.op == "user_history":
                 ex = _strictly_before(ex, self._history(f), USER)
-        given = set(examples.collect_schema())
+        per_row = [self._lookup(table, F + f.name).alias(F + f.name) for f in features
+                   if (table := per_row_table(f)) is not None]
+        if any(f.op == "user_tenure_days" for f in features):
+            per_row.append(self._lookup("users", SIGNUP_COLUMN).alias(SIGNUP_COLUMN))
+        ex, given = ex.with_columns(per_row), set(examples.collect_schema())
         helpers = [c for c in ex.collect_schema() if c.startswith("__") and c not in given]
-        return ex.with_columns([self._encoded(f).alias(F + f.name) for f in features]).drop(helpers)
+        return ex.with_columns([encoded_value(f, self.encoders).alias(F + f.name) for f in features]).drop(helpers)
 
-    def _encoded(self, f: Feature) -> pl.Expr:
-        if (table := self._per_row_table(f)) is not None:
-            return self._lookup(table, F + f.name).fill_null(0)  # not in the table: unknown
-        if f.op == "user_history":
-            return self.encoders.expr(f, pl.col(F + f.name))  # indices already; pads a user with no history
-        return self.encoders.expr(f, self._raw(f))
 
-    def _raw(self, f: Feature) -> pl.Expr:
-        """The value before encoding, for ops computed per example."""
-        p = f.params
+def per_row_table(f: Feature) -> str | None:
+    """The table whose rows ``f`` is encoded on once (attributes, and ids with a vocabulary), if any."""
+    if f.op == "attribute":
+        return f.params["table"]
+    if f.op == "id" and f.encoding == "vocab":
+        return "users" if f.scope == Scope.USER else "items"
+    return None
 
-        def total(prefix: str, types: list[str]) -> pl.Expr:
-            return pl.col(prefix + _count(types)).fill_null(0)  # no state row yet: nothing happened
 
-        if f.op == "id":
-            return pl.col(p["column"])
-        if f.op == "user_tenure_days":
-            return (pl.col(TS) - self._lookup("users", "__signup")).dt.total_seconds() / 86400.0
-        if f.op == "user_event_count":
-            return total("__u_", p["event_types"])
-        if f.op == "user_recency_hours":
-            return (pl.col(TS) - pl.col("__u_" + _last(p["event_types"]))).dt.total_seconds() / 3600.0
-        if f.op == "user_category_share":
-            in_category, everywhere = total(f"__c{f.name}_", p["event_types"]), total("__u_", p["event_types"])
-            return pl.when(everywhere > 0).then(in_category / everywhere)
-        if f.op == "item_event_count":
-            days = p.get("window_days")
-            if not days:
-                return total("__i_", p["event_types"])
-            return total(f"__w{days}_", p["event_types"]) - total(f"__then__w{days}_", p["event_types"])
-        if f.op == "item_rate":
-            num, den = total("__i_", p["numerator"]), total("__i_", p["denominator"])
-            return (num + p["prior"] * p["prior_strength"]) / (den + p["prior_strength"])
-        if f.op == "position":
-            return pl.col(POSITION)
-        if f.op == "clicked":
-            return pl.col(LABEL)
-        raise ValueError(f"feature {f.name!r}: no implementation for op {f.op!r}")
+def encoded_value(f: Feature, encoders: Encoders) -> pl.Expr:
+    """The model input of ``f`` on a frame holding its state (`recsys.data.state_spec`'s columns, ``timestamp``,
+    the user and item ids, and each per-row feature already encoded as ``f:<name>``, null for a user or item outside
+    its table). The offline builder and the live store both encode with this."""
+    if per_row_table(f) is not None:
+        return pl.col(F + f.name).fill_null(0)  # not in the table: unknown
+    if f.op == "user_history":
+        return encoders.expr(f, pl.col(F + f.name))  # indices already; pads a user with no history
+    return encoders.expr(f, raw_value(f))
+
+
+def raw_value(f: Feature) -> pl.Expr:
+    """The value of ``f`` before encoding, for ops computed per example (see `encoded_value`)."""
+    p = f.params
+
+    def total(prefix: str, types: list[str]) -> pl.Expr:
+        return pl.col(prefix + count_column(types)).fill_null(0)  # no state row yet: nothing happened
+
+    if f.op == "id":
+        return pl.col(p["column"])
+    if f.op == "user_tenure_days":
+        return (pl.col(TS) - pl.col(SIGNUP_COLUMN)).dt.total_seconds() / 86400.0
+    if f.op == "user_event_count":
+        return total(USER_COUNTS, p["event_types"])
+    if f.op == "user_recency_hours":
+        return (pl.col(TS) - pl.col(USER_COUNTS + last_column(p["event_types"]))).dt.total_seconds() / 3600.0
+    if f.op == "user_category_share":
+        in_category, everywhere = total(category_prefix(f), p["event_types"]), total(USER_COUNTS, p["event_types"])
+        return pl.when(everywhere > 0).then(in_category / everywhere)
+    if f.op == "item_event_count":
+        if not (days := p.get("window_days")):
+            return total(ITEM_COUNTS, p["event_types"])
+        return total(window_prefix(days), p["event_types"]) - total(THEN + window_prefix(days), p["event_types"])
+    if f.op == "item_rate":
+        num, den = total(ITEM_COUNTS, p["numerator"]), total(ITEM_COUNTS, p["denominator"])
+        return (num + p["prior"] * p["prior_strength"]) / (den + p["prior_strength"])
+    if f.op == "position":
+        return pl.col(POSITION)
+    if f.op == "clicked":
+        return pl.col(LABEL)
+    raise ValueError(f"feature {f.name!r}: no implementation for op {f.op!r}")
 
 
 def ranking_examples(events: pl.LazyFrame, schema: FeatureSchema) -> pl.LazyFrame:
@@ -281,17 +286,26 @@ def ranking_examples(events: pl.LazyFrame, schema: FeatureSchema) -> pl.LazyFram
             .with_columns(pl.struct(REQUEST, ITEM).is_in(clicked.implode()).cast(pl.Float64).alias(LABEL)))
 
 
+def implies_views(events: pl.DataFrame) -> bool:
+    """Whether ``events`` is a log without product views but with clicks (`with_implied_views`)."""
+    types = events[TYPE].cast(pl.String)
+    return bool((types == "click").any() and not (types == "view").any())
+
+
+def implied_view_id(click_id: pl.Expr) -> pl.Expr:
+    return code_expr(pl.format("view:{}", click_id))
+
+
 def with_implied_views(events: pl.DataFrame) -> pl.DataFrame:
     """``events`` and, in a log without product views (impressions and clicks only), a view at each click: a click
     opens the product page. Features on views (counts, histories, trailing item counts) and the retrieval positives
     then read the clicks, as they would in a shop that logs its product pages. A log with any view is left as it is.
-    (Each implied view's id is the code of ``view:<the click's id>``.)"""
-    types = events[TYPE].cast(pl.String)
-    if (types == "view").any() or not (types == "click").any():
+    (Each implied view's id is the code of ``view:<the click's id>``: `implied_view_id`.)"""
+    if not implies_views(events):
         return events
     clicks = events.filter(pl.col(TYPE) == "click")
     views = clicks.with_columns(pl.lit("view").cast(events.schema[TYPE]).alias(TYPE),
-                                code_expr(pl.format("view:{}", pl.col(EVENT_ID))).alias(EVENT_ID))
+                                implied_view_id(pl.col(EVENT_ID)).alias(EVENT_ID))
     return pl.concat([events, views.select(events.columns)]).sort(TS, EVENT_ID)
 
 
@@ -362,8 +376,9 @@ def online_tables(builder: FeatureBuilder, as_of: datetime) -> dict[str, pl.Lazy
     cross_f = [f for f in schema.by_scope(Scope.CROSS) if f.name in used]
     at = pl.lit(as_of, dtype=pl.Datetime("us", "UTC")).alias(TS)
     tables = {
-        "users": builder.add(builder.users.lazy().select(USER, at), user_f)
-        .select(pl.col(USER).alias(META_USER), *_named(user_f)),
+        "users": builder.add(builder.users.lazy().select(USER, SIGNUP, at), user_f)
+        .select(pl.col(USER).alias(META_USER), pl.col(SIGNUP).cast(pl.Datetime("us", "UTC")).alias(META_SIGNUP),
+                *_named(user_f)),
         "items": builder.add(builder.items.lazy().select(ITEM, AVAILABLE, CATEGORY, at), item_f)
         .select(pl.col(ITEM).alias(META_ITEM), pl.col(AVAILABLE).alias(META_AVAILABLE),
                 pl.col(CATEGORY).cast(pl.String).alias(META_CATEGORY), *_named(item_f)),

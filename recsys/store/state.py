@@ -1,0 +1,273 @@
+"""The live feature state in Valkey: what each event changes, and how it is read back as of an instant.
+
+The state is the schema's (`recsys.data.state_spec.StateSpec`), kept per user and per item. Every key of one user
+(or item) carries the same hash tag, ``<ns>:{u:<code>}:…`` / ``<ns>:{i:<code>}:…``, so one event's change to one
+side is a single atomic script on one shard, on a single server and on Valkey / Redis Cluster alike:
+
+==============================  =================================================================================
+``{u:U}:n``  (hash)              ``n:<types>`` counters; ``last:<types>`` the latest event time (µs since epoch)
+``{u:U}:h:<types>``  (zset)      the last N events of a history's types: score = time (µs), member =
+                                 ``<event id + 2^63, 20 digits>:<item>`` (ties in time ordered by event id, as the
+                                 offline build orders them); trimmed to the longest history on those types
+``{u:U}:c``  (hash)              ``n:<types>|<category>`` counters, for the category shares
+``{u:U}:bought``  (set)          items purchased (serving's purchase filter)
+``{i:I}:n``  (hash)              ``n:<types>`` counters (event counts, rate numerators and denominators)
+``{i:I}:w<days>:<types>``        the events of a trailing window: score = time, member = event id; what falls out
+  (zset)                         of the window behind the newest event is removed
+``{u:U}:seen``, ``{i:I}:seen``   event ids applied to that side (zset by time), kept for ``dedupe_window_s`` of
+  (zset)                         event time behind the newest: an event delivered twice counts once
+==============================  =================================================================================
+
+Reading "as of" an instant ``t`` (`read_state`) gives exactly the offline builder's state strictly before ``t``
+for the events applied so far, provided none of them is at or after ``t`` (the clock serving reads with makes sure:
+`recsys.store.clock`): counters and last times as they are, histories below ``t``, window counts in ``[t - days, t)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import polars as pl
+import redis
+
+from recsys.data.state_spec import (
+    ITEM_COUNTS,
+    THEN,
+    USER_COUNTS,
+    StateSpec,
+    TypeSet,
+    category_prefix,
+    count_column,
+    last_column,
+    window_prefix,
+)
+
+DEFAULT_NAMESPACE = "rs"
+DAY_US = 86_400_000_000
+ID_OFFSET = 2**63  # event ids are signed int64: shifted to sort as text in numeric order
+
+# One side of one event, atomically: skip it if its event id was applied already, else apply each op.
+#   KEYS[1] the side's seen set, KEYS[2..] the state keys the ops name by index
+#   ARGV[1] event id, ARGV[2] event time (µs), ARGV[3] forget seen ids before this time,
+#   then one (op, key index, a, b) quadruple per op
+APPLY_LUA = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+local ts = ARGV[2]
+for i = 4, #ARGV, 4 do
+  local op, key, a, b = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]
+  if op == 'incr' then
+    redis.call('HINCRBY', key, a, 1)
+  elseif op == 'max' then
+    local seen = redis.call('HGET', key, a)
+    if (not seen) or tonumber(seen) < tonumber(ts) then redis.call('HSET', key, a, ts) end
+  elseif op == 'top' then
+    redis.call('ZADD', key, ts, a)
+    redis.call('ZREMRANGEBYRANK', key, 0, -(tonumber(b) + 1))
+  elseif op == 'since' then
+    redis.call('ZADD', key, ts, a)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (tonumber(ts) - tonumber(b)))
+  elseif op == 'add' then
+    redis.call('SADD', key, a)
+  else
+    return redis.error_reply('unknown op ' .. op)
+  end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class StoreEvent:
+    """One behaviour event as the store applies it (ids are the pipeline's int64 codes, `recsys.ids`)."""
+
+    event_id: int
+    ts_us: int  # microseconds since the epoch, UTC
+    user_id: int
+    item_id: int
+    event_type: str
+
+    @classmethod
+    def rows(cls, events: pl.DataFrame) -> list[StoreEvent]:
+        """The store events of a validated events frame (in its row order)."""
+        ts = events["timestamp"].cast(pl.Datetime("us", "UTC")).dt.epoch("us")
+        return [cls(*row) for row in zip(events["event_id"].to_list(), ts.to_list(), events["user_id"].to_list(),
+                                         events["item_id"].to_list(), events["event_type"].cast(pl.String).to_list(),
+                                         strict=True)]
+
+
+def to_us(when: datetime) -> int:
+    return int(when.timestamp() * 1_000_000) if when.tzinfo else int(when.replace(tzinfo=UTC).timestamp() * 1e6)
+
+
+def _ordered(event_id: int, item_id: int) -> str:
+    return f"{event_id + ID_OFFSET:020d}:{item_id}"
+
+
+def _item_of(member: bytes) -> int:
+    return int(member.split(b":", 1)[1])
+
+
+def _types_key(types: TypeSet) -> str:
+    return "+".join(types)
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Key names, and the ops each event type makes on each side (`StateSpec` → Valkey)."""
+
+    spec: StateSpec
+    namespace: str = DEFAULT_NAMESPACE
+    dedupe_window_s: float = 600.0
+    history_sets: dict[TypeSet, int] = field(init=False)  # type set -> longest history on it
+    category_sets: tuple[TypeSet, ...] = field(init=False)
+
+    def __post_init__(self):
+        lengths: dict[TypeSet, int] = {}
+        for f in self.spec.histories:
+            types = tuple(sorted(f.params["event_types"]))
+            lengths[types] = max(lengths.get(types, 0), f.length)
+        object.__setattr__(self, "history_sets", lengths)
+        object.__setattr__(self, "category_sets", tuple(sorted({tuple(sorted(f.params["event_types"]))
+                                                                for f in self.spec.category_shares})))
+
+    def user_key(self, user_id: int, part: str) -> str:
+        return f"{self.namespace}:{{u:{user_id}}}:{part}"
+
+    def item_key(self, item_id: int, part: str) -> str:
+        return f"{self.namespace}:{{i:{item_id}}}:{part}"
+
+    def user_ops(self, e: StoreEvent, category: str | None) -> tuple[list[str], list[str | int]]:
+        """(keys, args) of the apply script for ``e``'s user side."""
+        keys, args = [self.user_key(e.user_id, "seen")], [e.event_id, e.ts_us, e.ts_us - self._dedupe_us]
+
+        def op(name: str, part: str, a: str | int, b: str | int = "") -> None:
+            key = self.user_key(e.user_id, part)
+            if key not in keys:
+                keys.append(key)
+            args.extend((name, keys.index(key) + 1, a, b))
+
+        for types in sorted(self.spec.user_counters):
+            if e.event_type in types:
+                op("incr", "n", count_column(types))
+        for types in sorted(self.spec.user_last_seen):
+            if e.event_type in types:
+                op("max", "n", last_column(types))
+        for types, length in sorted(self.history_sets.items()):
+            if e.event_type in types:
+                op("top", f"h:{_types_key(types)}", _ordered(e.event_id, e.item_id), length)
+        if category is not None:
+            for types in self.category_sets:
+                if e.event_type in types:
+                    op("incr", "c", f"{count_column(types)}|{category}")
+        if e.event_type == "purchase":
+            op("add", "bought", e.item_id)
+        return keys, args
+
+    def item_ops(self, e: StoreEvent) -> tuple[list[str], list[str | int]]:
+        """(keys, args) of the apply script for ``e``'s item side."""
+        keys, args = [self.item_key(e.item_id, "seen")], [e.event_id, e.ts_us, e.ts_us - self._dedupe_us]
+        for types in sorted(self.spec.item_counters):
+            if e.event_type in types:
+                if len(keys) == 1:
+                    keys.append(self.item_key(e.item_id, "n"))
+                args.extend(("incr", 2, count_column(types), ""))
+        for days, sets in self.spec.windows.items():
+            for types in sorted(sets):
+                if e.event_type in types:
+                    keys.append(self.item_key(e.item_id, f"w{days}:{_types_key(types)}"))
+                    args.extend(("since", len(keys), e.event_id, days * DAY_US))
+        return keys, args
+
+    @property
+    def _dedupe_us(self) -> int:
+        return int(self.dedupe_window_s * 1_000_000)
+
+
+class StateWriter:
+    """Applies events to the state, pipelined: two script calls per event (its user side and its item side)."""
+
+    def __init__(self, client: redis.Redis, layout: StateLayout, categories: Mapping[int, str | None]):
+        self.client, self.layout, self.categories = client, layout, categories
+        self._apply = client.register_script(APPLY_LUA)
+        self._counted = layout.spec.event_types | {"purchase"}
+
+    def apply(self, events: Iterable[StoreEvent]) -> int:
+        """Apply ``events`` (each at most once, whatever was applied before); returns how many sides changed."""
+        pipe = self.client.pipeline(transaction=False)
+        calls = 0
+        for e in events:
+            if e.event_type not in self._counted:
+                continue
+            for keys, args in (self.layout.user_ops(e, self.categories.get(e.item_id)), self.layout.item_ops(e)):
+                if len(args) > 3:  # some op on this side
+                    self._apply(keys=keys, args=args, client=pipe)
+                    calls += 1
+        return sum(pipe.execute()) if calls else 0
+
+
+@dataclass
+class StateReader:
+    """Reads one request's state as of an instant, in one pipelined round trip, as the columns the feature
+    expressions read (`recsys.data.features.encoded_value`)."""
+
+    client: redis.Redis
+    layout: StateLayout
+
+    def read(self, user_id: int, item_ids: list[int], categories: list[str | None], at_us: int
+             ) -> tuple[dict[str, object], dict[str, list], set[int]]:
+        """(the user's columns, the candidates' columns, the user's purchased items) as of ``at_us``.
+
+        User columns: ``__u_n:…`` ints, ``__u_last:…`` µs or None, ``__history:<types>`` item ids newest first.
+        Candidate columns (one value per item): ``__i_n:…``, ``__w<d>_n:…`` (and ``__then__w<d>_n:…`` = 0: the
+        window is counted directly), ``__c<feature>_n:…`` for each candidate's category (``categories``).
+        """
+        lay, spec, pipe = self.layout, self.layout.spec, self.client.pipeline(transaction=False)
+        pipe.hgetall(lay.user_key(user_id, "n"))
+        for types, length in sorted(lay.history_sets.items()):
+            pipe.zrevrangebyscore(lay.user_key(user_id, f"h:{_types_key(types)}"), f"({at_us}", "-inf", 0, length)
+        if lay.category_sets:
+            pipe.hgetall(lay.user_key(user_id, "c"))
+        pipe.smembers(lay.user_key(user_id, "bought"))
+        item_fields = [count_column(t) for t in sorted(spec.item_counters)]
+        windows = [(days, types) for days, sets in spec.windows.items() for types in sorted(sets)]
+        for item in item_ids:
+            if item_fields:
+                pipe.hmget(lay.item_key(item, "n"), item_fields)
+            for days, types in windows:
+                pipe.zcount(lay.item_key(item, f"w{days}:{_types_key(types)}"), at_us - days * DAY_US, f"({at_us}")
+        replies = iter(pipe.execute())
+
+        counters = {k.decode(): int(v) for k, v in next(replies).items()}
+        user: dict[str, object] = {USER_COUNTS + count_column(t): counters.get(count_column(t), 0)
+                                   for t in sorted(spec.user_counters)}
+        for t in sorted(spec.user_last_seen):
+            user[USER_COUNTS + last_column(t)] = counters.get(last_column(t))
+        for types in sorted(lay.history_sets):
+            user[history_column(types)] = [_item_of(m) for m in next(replies)]
+        by_category = ({k.decode(): int(v) for k, v in next(replies).items()} if lay.category_sets else {})
+        bought = {int(i) for i in next(replies)}
+
+        items: dict[str, list] = {ITEM_COUNTS + f: [] for f in item_fields}
+        for days, types in windows:
+            items[window_prefix(days) + count_column(types)] = []
+            items[THEN + window_prefix(days) + count_column(types)] = [0] * len(item_ids)
+        for _ in item_ids:
+            if item_fields:
+                for name, value in zip(item_fields, next(replies), strict=True):
+                    items[ITEM_COUNTS + name].append(int(value or 0))
+            for days, types in windows:
+                items[window_prefix(days) + count_column(types)].append(next(replies))
+        for f in spec.category_shares:
+            field_of = count_column(f.params["event_types"])
+            items[category_prefix(f) + field_of] = [by_category.get(f"{field_of}|{c}", 0) if c is not None else 0
+                                                    for c in categories]
+        return user, items, bought
+
+
+def history_column(types: TypeSet) -> str:
+    """The reader's column of a history type set's item ids (newest first)."""
+    return f"__history:{_types_key(types)}"
