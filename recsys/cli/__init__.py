@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from recsys import __version__
-from recsys.cli import data, export, loop, models, monitor, serve, store, train, triton, tune
+from recsys.cli import data, events, export, loop, models, monitor, serve, store, train, triton, tune
 from recsys.errors import RecsysError
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_parser(commands)
     triton.add_parser(commands)
     store.add_parser(commands)
+    events.add_parser(commands)
     export.add_parser(commands)
     models.add_parser(commands)
     serve.add_parser(commands)

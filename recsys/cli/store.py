@@ -6,6 +6,7 @@ import argparse
 import json
 
 from recsys.store.server import DEFAULT_RUN_DIR, FSYNC_POLICIES
+from recsys.store.state import DEFAULT_NAMESPACE
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -27,10 +28,46 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     stop.add_argument("--timeout", type=float, default=15.0, help="seconds to wait after SIGTERM (default: 15)")
     state = sub.add_parser("status", help="is the store running, its keys and memory; exit code 1 if not running")
     state.add_argument("--json", action="store_true", help="print the status as JSON")
-    for p in (start, stop, state):
+    boot = sub.add_parser("bootstrap", help="load a dataset's event history into the live feature state",
+                          description="Apply the events a dataset was built from to the live feature state "
+                                      "(counts, last times, histories, windows, category counts, purchases), so "
+                                      "the live features start where the dataset's online tables are. Refused "
+                                      "if the store holds state already (recsys store reset first).")
+    consume = sub.add_parser("consume", help="apply the event stream to the live feature state (runs until "
+                                             "stopped)",
+                             description="Read the event stream as the 'features' consumer group and apply each "
+                                         "event to the live feature state, at least once and counted once; a "
+                                         "restarted consumer first applies what it had not acknowledged.")
+    consume.add_argument("--name", default="features-1", help="consumer name in the group (default: features-1)")
+    consume.add_argument("--batch", type=int, default=1000, help="entries per read (default: 1000)")
+    consume.add_argument("--idle-exit", type=float, default=None,
+                         help="exit after this many seconds without new entries (default: run until stopped)")
+    reset = sub.add_parser("reset", help="delete the live feature state and the stream of a namespace")
+    for p in (boot, consume):
+        p.add_argument("--dataset", default="", help="the dataset serving ranks with (default: the newest under "
+                                                     "runs/datasets)")
+        p.add_argument("--dedupe-window", type=float, default=600.0,
+                       help="seconds of event time an applied event id is remembered, so a redelivered or "
+                            "re-sent event counts once (default: 600)")
+    for p in (boot, consume, reset):
+        p.add_argument("--url", default=None, help="redis:// URL of a Valkey / Redis elsewhere (default: "
+                                                   "$RECSYS_STORE_URL, else the store started from --run-dir)")
+        p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="key prefix (default: rs)")
+    for p in (start, stop, state, boot, consume, reset):
         p.add_argument("--run-dir", default=DEFAULT_RUN_DIR,
                        help=f"where the store's state, password, log and data live (default: {DEFAULT_RUN_DIR})")
     store.set_defaults(func=cmd_store)
+
+
+def _live_context(args: argparse.Namespace):
+    from recsys.data.dataset import Dataset
+    from recsys.schema import load_schema
+    from recsys.store.consumer import LiveContext
+    from recsys.training.job import newest_dataset
+
+    schema = load_schema()
+    dataset = Dataset.open(args.dataset or newest_dataset(), schema)
+    return dataset, schema, LiveContext.of(dataset, schema, args.namespace, args.dedupe_window)
 
 
 def cmd_store(args: argparse.Namespace) -> int:
@@ -41,6 +78,8 @@ def cmd_store(args: argparse.Namespace) -> int:
         print(f"valkey-server ready (pid {info.pid}) on {info.address}, appendfsync {info.appendfsync}")
         print(f"  data      {info.data_dir}\n  password  {info.run_dir}/password\n  log       {info.log}")
         return 0
+    if args.action in ("bootstrap", "consume", "reset"):
+        return _state_action(args)
     if args.action == "stop":
         info = server.stop(args.run_dir, timeout_s=args.timeout)
         print(f"valkey-server (pid {info.pid}) stopped" if info else f"no store was running from {args.run_dir}")
@@ -62,3 +101,31 @@ def cmd_store(args: argparse.Namespace) -> int:
                   f"  aof       {current['appendfsync']}, last write {current['aof_last_write_status']}")
         print(f"  data      {current['data_dir']}\n  log       {current['log']}")
     return 0 if current is not None and current["alive"] else 1
+
+
+def _state_action(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from recsys.store import consumer, server
+    from recsys.store.state import reset
+
+    client = server.connect(args.run_dir, args.url)
+    if args.action == "reset":
+        print(f"deleted {reset(client, args.namespace)} keys of namespace {args.namespace!r}")
+        return 0
+    dataset, _, context = _live_context(args)
+    if args.action == "bootstrap":
+        n = consumer.bootstrap(client, context, dataset, progress=True)
+        print(f"applied the {n:,} events of dataset {dataset.id} to the live state (namespace {args.namespace!r})")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    worker = consumer.FeatureConsumer(client, context, name=args.name, batch=args.batch)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"consumer {args.name}: applying the event stream of namespace {args.namespace!r} for dataset "
+          f"{dataset.id}", flush=True)
+    worker.run(stop, idle_exit_s=args.idle_exit)
+    print(f"consumer {args.name}: {worker.entries:,} entries read, {worker.applied:,} event sides applied")
+    return 0

@@ -32,6 +32,7 @@ from recsys.processes import CHILDREN, cmdline, is_alive, wait_child
 STATE_FILE, PASSWORD_FILE, CONFIG_FILE, LOG_FILE = "store.json", "password", "valkey.conf", "valkey.log"
 FSYNC_POLICIES = ("everysec", "always")  # "no" would lose up to the OS's flush interval: not offered
 DEFAULT_RUN_DIR = "runs/store"
+URL_ENV = "RECSYS_STORE_URL"
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,14 @@ def store_url(run_dir: str | Path = DEFAULT_RUN_DIR) -> str:
     """``redis://:<password>@host:port/0`` of the store started from ``run_dir`` (`RecsysError` if none runs)."""
     info = running(run_dir)
     return f"redis://:{quote(password(run_dir), safe='')}@{info.host}:{info.port}/0"
+
+
+def connect(run_dir: str | Path = DEFAULT_RUN_DIR, url: str | None = None):
+    """A client of the store at ``url`` (or ``$RECSYS_STORE_URL``: a Valkey / Redis elsewhere, a managed one),
+    else of the one started from ``run_dir``."""
+    import redis
+
+    return redis.from_url(url or os.environ.get(URL_ENV) or store_url(run_dir), health_check_interval=30)
 
 
 def read_state(run_dir: str | Path) -> StoreInfo | None:

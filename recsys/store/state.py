@@ -271,3 +271,14 @@ class StateReader:
 def history_column(types: TypeSet) -> str:
     """The reader's column of a history type set's item ids (newest first)."""
     return f"__history:{_types_key(types)}"
+
+
+def reset(client: redis.Redis, namespace: str = DEFAULT_NAMESPACE) -> int:
+    """Delete every key of ``namespace`` (the state, the stream, the clock); returns how many."""
+    deleted, batch = 0, []
+    for key in client.scan_iter(match=f"{namespace}:*", count=1_000):
+        batch.append(key)
+        if len(batch) == 1_000:
+            deleted += client.delete(*batch)
+            batch = []
+    return deleted + (client.delete(*batch) if batch else 0)
