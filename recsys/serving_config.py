@@ -22,6 +22,29 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """The live feature store (`recsys.store`): features as of now from the event stream, instead of the dataset's
+    snapshot."""
+
+    enabled: bool = False  # False: every feature from the dataset's online tables (a snapshot)
+    url: str = ""  # redis:// URL of a Valkey / Redis (Cluster, managed); "" = the store started from run_dir
+    run_dir: str = "runs/store"  # `recsys store start`'s folder (its address and password)
+    namespace: str = "rs"
+    clock: str = "events"  # read as of: just after the newest applied event ("events") or the machine's ("wall")
+    timeout_s: float = 0.05  # a store slower than this (or down): snapshot features, flagged stale_features
+    retry_s: float = 1.0  # after a failure, snapshot features for this long before the store is tried again
+
+    def __post_init__(self) -> None:
+        from recsys.store.clock import CLOCKS
+
+        if self.clock not in CLOCKS:
+            raise ConfigError(f"serving config: store.clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
+        for name in ("timeout_s", "retry_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"serving config: store.{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     """What the Ray Serve application serves and how.
 
@@ -52,6 +75,7 @@ class ServingConfig:
     ingress_replicas: int = 2  # HTTP ingress replicas (behind the load balancer `recsys serve` starts)
     access_log: bool = False  # Ray Serve's per-request log lines of each replica (off: they cost CPU under load)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def __post_init__(self) -> None:
         for name in ("candidates", "max_k", "max_body_bytes", "popular_items", "ingress_replicas"):

@@ -125,6 +125,8 @@ class RecommendResponse(BaseModel):
     items: list[Scored]
     cold_start: bool
     degraded: bool
+    stale_features: bool = Field(default=False, description="the live feature store was down or slow: features "
+                                 "from the dataset's snapshot")
     reason: str | None  # why degraded, cold start, or ranked by production instead of the candidate
     variant: str  # which ranking model answered: production, or the candidate (canary / A-B)
     model_versions: dict[str, str]

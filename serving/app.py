@@ -22,6 +22,7 @@ import asyncio
 import importlib
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from recsys.eventlog.request_ids import RequestIds, request_key, variant_of
 from recsys.eventlog.requests import RequestLog
 from recsys.ids import MAPPED_IDS, IdError, IdMap, export_id_maps, session_code
 from recsys.serving_config import ServingConfig, from_args
+from recsys.store.state import UserState
 from serving.api import (
     DESCRIPTION,
     FEEDBACK_PROBLEMS,
@@ -62,6 +64,8 @@ from serving.api import (
 )
 from serving.canary import Canary
 from serving.datasets import DatasetUnavailable
+from serving.live_source import FAILURES as STORE_FAILURES
+from serving.live_source import LiveSource
 from serving.metrics import Metrics
 from serving.ranker import Ranking, TritonRanker
 from serving.request_body import RequestBody
@@ -133,6 +137,7 @@ class Ingress:
         self.features = OnlineFeatures(dataset, schema, config.popular_items)
         self.ranking_features = FeaturesByDataset(self.features)  # each variant's model ranks with its dataset's
         self.ranking_features.keep_only(self.canary.state.datasets.values())
+        self.live = LiveSource(config.store, self.features) if config.store.enabled else None
         self.query_specs = model_inputs(schema, "two_tower.user")
         self.ranking_specs = model_inputs(schema, "dlrm")
         self.metrics = Metrics()
@@ -192,15 +197,19 @@ class Ingress:
 
         t = start
         self._follow()
+        live_user = self.live.user(user_id) if self.live is not None else None
+        stale = self.live is not None and live_user is None  # the store is down or slow: the snapshot
         user = self.features.user(user_id)
+        known = self.live.base.known(live_user) if live_user is not None else user is not None
         t = lap("features", t)
-        if user is None:
+        if not known:
             items = self.features.keep(None, self.features.popular_items(category), exclude)[: body.k]
             reason = "unknown user: popular items" + (f" in {category!r}" if category else "")
             self.metrics.cold_start.inc()
         else:
             try:
-                query = self.features.query_inputs(user, self.query_specs)
+                query = (self.live.query_inputs(live_user, self.query_specs) if live_user is not None
+                         else self.features.query_inputs(user, self.query_specs))
                 found = await asyncio.wait_for(self.retriever.retrieve.remote(query), cfg.retrieve_deadline_s)
                 candidates = list(found)  # (without a ranker: id -> the retrieval score)
                 versions["retrieval"] = await self._retrieval_version()
@@ -209,15 +218,16 @@ class Ingress:
                 reason = f"retrieval failed ({type(exc).__name__}): popular items"
                 self.metrics.errors.labels(stage="retrieve").inc()
             t = lap("retrieve", t)
-            kept = self.features.to_rank(user_id, candidates, exclude, body.k)  # topped up with popular items
+            kept = self.features.to_rank(user_id, candidates, exclude, body.k,  # topped up with popular items
+                                         live_user.bought if live_user is not None else None)
             t = lap("filter", t)
             items = kept[: body.k]
             if kept and not degraded and self.ranker is None:  # the retrieval order is the ranking
                 if all(i in found for i in items):  # (not when popular items topped the list up)
                     scores = np.array([found[i] for i in items], dtype=np.float32)
             elif kept and not degraded:
-                ranking = await self._rank(user_id, kept)
-                variant = ranking.variant
+                ranking = await self._rank(user_id, kept, live_user)
+                variant, stale = ranking.variant, stale or ranking.stale_features
                 if ranking.scores is not None:
                     versions["ranking"], versions["dataset"] = ranking.model, ranking.dataset
                     order = np.argsort(-ranking.scores, kind="stable")[: body.k]
@@ -234,11 +244,13 @@ class Ingress:
         scored = [Scored(item_id=wire(item_ids.decode(i)), score=None if scores is None else float(scores[n]))
                   for n, i in enumerate(items)]
         request_id = self.request_ids.issue(user_id, variant)
-        self.requests.add(request_id, user_id, variant, query, items, scores, user is None, degraded,
+        if stale:
+            self.metrics.stale_features.inc()
+        self.requests.add(request_id, user_id, variant, query, items, scores, not known, degraded,
                           timings["total"])
         return RecommendResponse(request_id=str(request_id), user_id=wire(body.user_id), items=scored,
-                                 cold_start=user is None, degraded=degraded, reason=reason, variant=variant,
-                                 model_versions=versions, timings_ms=timings)
+                                 cold_start=not known, degraded=degraded, stale_features=stale, reason=reason,
+                                 variant=variant, model_versions=versions, timings_ms=timings)
 
     # ---- what other replicas and the rollout changed ------------------------------------------------
     def _follow(self) -> None:
@@ -259,34 +271,35 @@ class Ingress:
 
     # ---- ranking ---------------------------------------------------------------------------------
 
-    async def _rank(self, user_id: int, items: list[int]) -> Ranking:
+    async def _rank(self, user_id: int, items: list[int], live_user: UserState | None) -> Ranking:
         """The user's variant ranks; a candidate that cannot (its dataset lacks the user, its call failed) hands
         over to production, and a failed candidate call counts toward its automatic rollback."""
         variant, version = self.canary.variant(user_id)
         if variant == "candidate":
-            ranking = await self._rank_as("candidate", version, user_id, items)
+            ranking = await self._rank_as("candidate", version, user_id, items, live_user)
             if ranking.scores is not None:
                 return ranking
-            fallback = await self._rank_as("production", self.canary.state.production, user_id, items)
+            fallback = await self._rank_as("production", self.canary.state.production, user_id, items, live_user)
             if ranking.note and fallback.scores is not None:  # say why the candidate did not rank
                 fallback.note = f"candidate: {ranking.note}; ranked by production"
             return fallback
-        return await self._rank_as("production", version, user_id, items)
+        return await self._rank_as("production", version, user_id, items, live_user)
 
-    async def _rank_as(self, variant: str, version: str, user_id: int, items: list[int]) -> Ranking:
+    async def _rank_as(self, variant: str, version: str, user_id: int, items: list[int],
+                       live_user: UserState | None) -> Ranking:
         try:
             encoded = self.ranking_features.ranking_inputs(self.canary.state.datasets.get(variant), user_id, items,
-                                                           self.ranking_specs)
+                                                           self.ranking_specs, self.live, live_user)
         except DatasetUnavailable as exc:
             self.metrics.errors.labels(stage="features").inc()
             return Ranking(variant, None, note=str(exc))
         if encoded is None:  # (normal for a candidate whose dataset lacks the user: no note)
             return Ranking(variant, None, note=None if variant == "candidate" else
                            f"no ranking features for user {user_id} in the {variant} model's dataset")
-        inputs, dataset_id = encoded
+        inputs, dataset_id, stale = encoded
         start = time.perf_counter()
         ranking = await self.ranker.rank_within_deadline(inputs, version, self.config.rank_deadline_s)
-        ranking.variant, ranking.dataset = variant, dataset_id
+        ranking.variant, ranking.dataset, ranking.stale_features = variant, dataset_id, stale
         seconds = time.perf_counter() - start
         self.metrics.variant_latency.labels(variant=variant).observe(seconds)
         if ranking.scores is None:
@@ -317,13 +330,17 @@ class Ingress:
             raise HTTPException(404, [f"body.events: item ids not in the catalog: {unknown[:20]}"])
         if idempotency_key is not None and (replay := self.idempotency.replay(idempotency_key, body)) is not None:
             return replay
-        rows = [{"event_id": event_id, "timestamp": e.timestamp.isoformat() if e.timestamp else None,
+        rows = [{"event_id": event_id, "timestamp": e.timestamp,
                  "user_id": user_id, "item_id": item_id, "event_type": e.event_type,
                  "session_id": request_id if body.session_id is None else session_code(body.session_id),
                  "request_id": request_id, "position": e.position}
                 for e, item_id, event_id in zip(body.events, item_ids, event_ids(request_id, body, idempotency_key),
                                                 strict=True)]
         variant = variant_of(request_id)
+        if self.live is not None:  # the stream: the live store applies it, the sink writes the event log
+            return await self._publish(rows, variant, idempotency_key, body)
+        for row in rows:
+            row["timestamp"] = row["timestamp"].isoformat() if row["timestamp"] else None
         try:
             written = await asyncio.to_thread(self.log.append, rows, variant)
         except FeedbackWriteError as exc:
@@ -337,6 +354,25 @@ class Ingress:
         for row in written:
             self.metrics.feedback.labels(variant=variant, event_type=row["event_type"]).inc()
         answer = FeedbackResponse(accepted=len(rows), duplicates=len(rows) - len(written), log=str(self.log.path))
+        if idempotency_key is not None:
+            self.idempotency.remember(idempotency_key, body, answer)
+        return answer
+
+    async def _publish(self, rows: list[dict], variant: str, idempotency_key: str | None,
+                       body: FeedbackRequest) -> FeedbackResponse:
+        """/feedback with the live store: the events onto the stream, all or none (a retry is safe: event ids)."""
+        now = datetime.now(UTC)
+        for row in rows:
+            row["timestamp"], row["variant"] = row["timestamp"] or now, variant
+        try:
+            await asyncio.to_thread(self.live.events.publish, rows)
+        except STORE_FAILURES as exc:
+            self.metrics.errors.labels(stage="feedback").inc()
+            raise HTTPException(503, f"the event stream could not be written ({type(exc).__name__}: {exc}); "
+                                     "nothing was recorded: send the same request again") from exc
+        for row in rows:
+            self.metrics.feedback.labels(variant=variant, event_type=row["event_type"]).inc()
+        answer = FeedbackResponse(accepted=len(rows), duplicates=0, log=self.live.events.key)
         if idempotency_key is not None:
             self.idempotency.remember(idempotency_key, body, answer)
         return answer

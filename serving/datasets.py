@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,10 @@ from recsys.data.dataset import Dataset
 from recsys.errors import RecsysError
 from recsys.export.signature import TensorSpec
 from recsys.online.features import OnlineFeatures
+from recsys.store.state import UserState
+
+if TYPE_CHECKING:
+    from serving.live_source import LiveSource
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +81,21 @@ class FeaturesByDataset:
         self._loaded[key] = features
         return features
 
-    def ranking_inputs(self, path: str | None, user_id: int, items: list[int],
-                       specs: tuple[TensorSpec, ...]) -> tuple[dict[str, np.ndarray], str] | None:
-        """(inputs, dataset id) from the dataset at ``path``; None if it lacks the user or (another dataset than
-        the base, which serves the candidates) an item. Raises `DatasetUnavailable`."""
+    def ranking_inputs(self, path: str | None, user_id: int, items: list[int], specs: tuple[TensorSpec, ...],
+                       live: LiveSource | None = None, live_user: UserState | None = None
+                       ) -> tuple[dict[str, np.ndarray], str, bool] | None:
+        """(inputs, dataset id, stale) from the dataset at ``path``: live features when ``live_user`` was read
+        (stale: the store failed since, so the snapshot's), else the snapshot's; None if the snapshot lacks the
+        user, or (another dataset than the base, which serves the candidates) the dataset lacks an item. Raises
+        `DatasetUnavailable`."""
         features = self.get(path)
-        user = features.user(user_id)
-        if user is None or (features is not self.base and not all(map(features.known_item, items))):
+        if features is not self.base and not all(map(features.known_item, items)):
             return None
-        return features.ranking_inputs(user, items, specs), features.dataset.id
+        if live is not None and live_user is not None:
+            inputs = live.ranking_inputs(features, live_user, items, specs)
+            if inputs is not None:
+                return inputs, features.dataset.id, False
+        user = features.user(user_id)
+        if user is None:
+            return None
+        return features.ranking_inputs(user, items, specs), features.dataset.id, live is not None

@@ -21,6 +21,8 @@ class Metrics:
         self.latency = Histogram("recsys_stage_latency_seconds", "time per /recommend stage", ["stage"],
                                  buckets=BUCKETS, registry=r)
         self.degraded = Counter("recsys_degraded_responses", "answers without ranking (or retrieval)", registry=r)
+        self.stale_features = Counter("recsys_stale_feature_responses", "answers from snapshot features because "
+                                      "the live store was down or slow", registry=r)
         self.cold_start = Counter("recsys_cold_start_responses", "answers for unknown users", registry=r)
         self.feedback = Counter("recsys_feedback_events", "events appended to the event log, by the variant that "
                                 "served the list", ["variant", "event_type"], registry=r)

@@ -19,6 +19,7 @@ class Ranking:
     model: str = ""  # "model:version" that scored
     dataset: str = ""  # the dataset id whose features were the inputs
     note: str | None = None  # why there are no scores (or a remark on the ones there are)
+    stale_features: bool = False  # the live store failed: the inputs were the dataset's snapshot
 
 
 def _channel_args() -> list[tuple[str, int]]:

@@ -39,9 +39,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                          "event to the live feature state, at least once and counted once; a "
                                          "restarted consumer first applies what it had not acknowledged.")
     consume.add_argument("--name", default="features-1", help="consumer name in the group (default: features-1)")
-    consume.add_argument("--batch", type=int, default=1000, help="entries per read (default: 1000)")
-    consume.add_argument("--idle-exit", type=float, default=None,
-                         help="exit after this many seconds without new entries (default: run until stopped)")
+    sink = sub.add_parser("sink", help="write the event stream to the event log batch ingest reads (runs until "
+                                       "stopped)",
+                          description="Read the event stream as the 'sink' consumer group and append every event "
+                                      "to JSON-lines files under <event-log>/events/ (the feedback log's format, "
+                                      "fsynced before acknowledging): the next dataset is built from the events "
+                                      "the live store applied.")
+    sink.add_argument("--event-log", default="runs/serving/events",
+                      help="the event log folder (default: runs/serving/events, serving's event_log)")
+    sink.add_argument("--name", default="sink-1", help="consumer name in the group (default: sink-1)")
+    for p in (consume, sink):
+        p.add_argument("--batch", type=int, default=1000, help="entries per read (default: 1000)")
+        p.add_argument("--idle-exit", type=float, default=None,
+                       help="exit after this many seconds without new entries (default: run until stopped)")
     reset = sub.add_parser("reset", help="delete the live feature state and the stream of a namespace")
     for p in (boot, consume):
         p.add_argument("--dataset", default="", help="the dataset serving ranks with (default: the newest under "
@@ -49,11 +59,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         p.add_argument("--dedupe-window", type=float, default=600.0,
                        help="seconds of event time an applied event id is remembered, so a redelivered or "
                             "re-sent event counts once (default: 600)")
-    for p in (boot, consume, reset):
+    for p in (boot, consume, sink, reset):
         p.add_argument("--url", default=None, help="redis:// URL of a Valkey / Redis elsewhere (default: "
                                                    "$RECSYS_STORE_URL, else the store started from --run-dir)")
         p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="key prefix (default: rs)")
-    for p in (start, stop, state, boot, consume, reset):
+    for p in (start, stop, state, boot, consume, sink, reset):
         p.add_argument("--run-dir", default=DEFAULT_RUN_DIR,
                        help=f"where the store's state, password, log and data live (default: {DEFAULT_RUN_DIR})")
     store.set_defaults(func=cmd_store)
@@ -78,7 +88,7 @@ def cmd_store(args: argparse.Namespace) -> int:
         print(f"valkey-server ready (pid {info.pid}) on {info.address}, appendfsync {info.appendfsync}")
         print(f"  data      {info.data_dir}\n  password  {info.run_dir}/password\n  log       {info.log}")
         return 0
-    if args.action in ("bootstrap", "consume", "reset"):
+    if args.action in ("bootstrap", "consume", "sink", "reset"):
         return _state_action(args)
     if args.action == "stop":
         info = server.stop(args.run_dir, timeout_s=args.timeout)
@@ -115,15 +125,24 @@ def _state_action(args: argparse.Namespace) -> int:
     if args.action == "reset":
         print(f"deleted {reset(client, args.namespace)} keys of namespace {args.namespace!r}")
         return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.action == "sink":
+        from recsys.store.sink import EventSink
+
+        sink = EventSink(client, args.event_log, args.namespace, name=args.name, batch=args.batch)
+        print(f"sink {args.name}: writing the event stream of namespace {args.namespace!r} to "
+              f"{sink.log.path}", flush=True)
+        sink.run(stop, idle_exit_s=args.idle_exit)
+        print(f"sink {args.name}: {sink.entries:,} entries read, {sink.written:,} events written")
+        return 0
     dataset, _, context = _live_context(args)
     if args.action == "bootstrap":
         n = consumer.bootstrap(client, context, dataset, progress=True)
         print(f"applied the {n:,} events of dataset {dataset.id} to the live state (namespace {args.namespace!r})")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     worker = consumer.FeatureConsumer(client, context, name=args.name, batch=args.batch)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"consumer {args.name}: applying the event stream of namespace {args.namespace!r} for dataset "
           f"{dataset.id}", flush=True)
     worker.run(stop, idle_exit_s=args.idle_exit)

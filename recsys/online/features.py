@@ -96,9 +96,12 @@ class OnlineFeatures:
     def add_purchase(self, user_id: int, item_id: int) -> None:
         self.purchased.setdefault(user_id, set()).add(item_id)
 
-    def keep(self, user_id: int | None, item_ids: list[int], exclude: set[int]) -> list[int]:
-        """``item_ids`` without purchased, excluded, unavailable or unknown items, order kept."""
-        bought = self.purchased.get(user_id, set()) if user_id is not None else set()
+    def keep(self, user_id: int | None, item_ids: list[int], exclude: set[int],
+             bought: set[int] | None = None) -> list[int]:
+        """``item_ids`` without purchased (``bought``, else those this dataset and the feedback know of), excluded,
+        unavailable or unknown items, order kept."""
+        if bought is None:
+            bought = self.purchased.get(user_id, set()) if user_id is not None else set()
         out = []
         for item in item_ids:
             i = self._item_index.get(item)
@@ -107,12 +110,13 @@ class OnlineFeatures:
             out.append(item)
         return out
 
-    def to_rank(self, user_id: int, candidates: list[int], exclude: set[int], k: int) -> list[int]:
+    def to_rank(self, user_id: int, candidates: list[int], exclude: set[int], k: int,
+                bought: set[int] | None = None) -> list[int]:
         """The candidates a known user's list is ranked from: ``candidates`` kept (`keep`), topped up with popular
         items when fewer than ``k`` remain (most of them bought or excluded)."""
-        kept = self.keep(user_id, candidates, exclude)
+        kept = self.keep(user_id, candidates, exclude, bought)
         if len(kept) < k:
-            extra = self.keep(user_id, self.popular_items(), exclude | set(kept))
+            extra = self.keep(user_id, self.popular_items(), exclude | set(kept), bought)
             kept += extra[: k - len(kept)]
         return kept
 

@@ -27,12 +27,12 @@ from recsys.data.features import (
     encoded_value,
     per_row_table,
 )
-from recsys.data.state_spec import SIGNUP_COLUMN
+from recsys.data.state_spec import SIGNUP_COLUMN, USER_COUNTS
 from recsys.errors import RecsysError
 from recsys.export.signature import TensorSpec, serving_inputs
 from recsys.online.features import OnlineFeatures
 from recsys.schema import Feature, Kind, Scope
-from recsys.store.state import StateReader, history_column, to_us
+from recsys.store.state import HISTORY, StateReader, UserState, history_column, to_us
 
 MODEL_PARTS = ("two_tower.user", "dlrm")
 
@@ -57,20 +57,32 @@ class LiveFeatures:
                 raise RecsysError(f"history {f.name!r} indexes items by {table.name!r}, which the online items "
                                   f"table of dataset {online.dataset.id} does not hold")
 
-    def read(self, user_id: int, item_ids: list[int], at: datetime, part: str = "dlrm"
-             ) -> tuple[pl.DataFrame, set[int]]:
-        """(encoded inputs of ``part`` as ``f:<feature>`` columns, the items the user has purchased so far)."""
-        features = self.features[part]
-        if part != "dlrm":
-            item_ids = []
-        rows = [self.online._item_index.get(i) for i in item_ids]
+    def user(self, user_id: int, at: datetime | None = None) -> UserState:
+        """The user's live state as of ``at`` (None: the store's clock); one round trip."""
+        return self.reader.user(user_id, None if at is None else to_us(at))
+
+    def known(self, user: UserState) -> bool:
+        """In the dataset's users table, or has events in the store (a new user after their first events)."""
+        return user.user_id in self.online._user_index or user.has_events
+
+    def query_frame(self, user: UserState) -> pl.DataFrame:
+        """The query tower's encoded inputs (one row, ``f:<feature>`` columns)."""
+        return self._encoded(user, [], {}, "two_tower.user")
+
+    def ranking_frame(self, user: UserState, item_ids: list[int]) -> pl.DataFrame:
+        """The ranker's encoded inputs, one row per candidate (``f:<feature>`` columns), position 0; reads the
+        candidates' state as of the user's instant (one round trip)."""
         categories = [self.online.category.get(i) for i in item_ids]
-        user_state, item_state, bought = self.reader.read(user_id, item_ids, categories, to_us(at))
-        n = max(1, len(item_ids))
-        index = self.online._user_index.get(user_id)
+        return self._encoded(user, item_ids, self.reader.items(user, item_ids, categories), "dlrm")
+
+    def _encoded(self, user: UserState, item_ids: list[int], item_state: dict[str, list], part: str) -> pl.DataFrame:
+        features, n = self.features[part], max(1, len(item_ids))
+        rows = [self.online._item_index.get(i) for i in item_ids]
+        index = self.online._user_index.get(user.user_id)
+        at = pl.Series([user.at_us] * n, dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))
         columns: dict[str, object] = {
-            USER: [user_id] * n, ITEM: pl.Series(ITEM, item_ids or [None], dtype=pl.Int64),
-            TS: pl.Series(TS, [at] * n, dtype=pl.Datetime("us", "UTC")), POSITION: [0] * n,
+            USER: [user.user_id] * n, ITEM: pl.Series(ITEM, item_ids or [None], dtype=pl.Int64), TS: at,
+            POSITION: [0] * n,
             SIGNUP_COLUMN: pl.Series([None if index is None else self._signup[index]] * n,
                                      dtype=pl.Datetime("us", "UTC")),
         }
@@ -78,20 +90,16 @@ class LiveFeatures:
             columns[F + name] = [None if index is None else values[index]] * n
         for name, values in self._item_static.items():
             columns[F + name] = [None if r is None else values[r] for r in rows] if item_ids else [None]
-        for name, value in user_state.items():
-            if name.startswith("__history:"):
-                continue
-            if "last:" in name:
+        for name, value in user.columns.items():
+            if name.startswith(USER_COUNTS + "last:"):
                 columns[name] = pl.Series([value] * n, dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))
-            else:
+            elif not name.startswith(HISTORY):
                 columns[name] = [value] * n
-        if item_ids:
-            columns.update(item_state)
-        frame = pl.DataFrame(columns)
-        histories = [self._history(f, user_state[history_column(tuple(sorted(f.params["event_types"])))], n)
+        columns.update(item_state)
+        histories = [self._history(f, user.columns[history_column(tuple(sorted(f.params["event_types"])))], n)
                      for f in features if f.op == "user_history"]
-        return frame.with_columns(histories).select(
-            [encoded_value(f, self.encoders).alias(F + f.name) for f in features]), bought
+        return pl.DataFrame(columns).with_columns(histories).select(
+            [encoded_value(f, self.encoders).alias(F + f.name) for f in features])
 
     def _history(self, f: Feature, items: list[int], n: int) -> pl.Series:
         """A history feature's embedding indices (newest first, 0-padded), as the builder's state holds them."""

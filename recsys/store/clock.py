@@ -8,9 +8,9 @@ clock, for a shop whose events arrive as they happen (recency then keeps growing
 
 from __future__ import annotations
 
-import time
-
 import redis
+
+from recsys.store.state import clock_key
 
 CLOCKS = ("events", "wall")
 
@@ -22,10 +22,10 @@ return 1
 
 
 class StoreClock:
-    def __init__(self, client: redis.Redis, namespace: str, mode: str = "events"):
-        if mode not in CLOCKS:
-            raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {mode!r}")
-        self.client, self.mode, self.key = client, mode, f"{namespace}:clock"
+    """Advances the ``events`` clock (the consumer); `recsys.store.state.StateReader` reads it with each user."""
+
+    def __init__(self, client: redis.Redis, namespace: str):
+        self.client, self.key = client, clock_key(namespace)
         self._advance = client.register_script(ADVANCE_LUA)
 
     def advance(self, newest_us: int, client: redis.Redis | None = None) -> None:
@@ -35,10 +35,3 @@ class StoreClock:
     def newest_event_us(self) -> int | None:
         value = self.client.hget(self.key, "events")
         return None if value is None else int(value)
-
-    def now_us(self) -> int:
-        """The instant to read as of, in µs since the epoch (``events``: 1 µs after the newest applied event;
-        none applied yet: the machine's clock)."""
-        if self.mode == "events" and (newest := self.newest_event_us()) is not None:
-            return newest + 1
-        return time.time_ns() // 1_000

@@ -1,9 +1,8 @@
 """The feature consumer: reads the event stream (group ``features``) and applies each event to the live state.
 
-At least once, counted once: a batch is applied (each event side at most once: `recsys.store.state`), the clock
-advanced, and only then acknowledged. A consumer killed at any point leaves its unacknowledged entries pending;
-when it (or another consumer of the group, after ``claim_idle_s``) starts again it applies them first, and the
-event ids make a second application a no-op. Valkey killed mid-stream loses nothing it had acknowledged to a
+At least once, counted once (`recsys.store.worker`): a batch is applied (each event side at most once:
+`recsys.store.state`), the clock advanced, and only then acknowledged; the event ids make a second application of
+an entry a no-op. Valkey killed mid-stream loses nothing it had acknowledged to a
 writer with ``appendfsync always`` (with ``everysec``, up to its last second): the AOF restores the stream, the
 state and the acknowledgements together, each script's effects whole.
 
@@ -14,8 +13,6 @@ the dataset the models were trained on has them.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -31,6 +28,7 @@ from recsys.schema import FeatureSchema
 from recsys.store.clock import StoreClock
 from recsys.store.state import DEFAULT_NAMESPACE, StateLayout, StateWriter, StoreEvent
 from recsys.store.stream import EventStream, store_event
+from recsys.store.worker import Entries, StreamWorker
 
 log = logging.getLogger(__name__)
 GROUP = "features"
@@ -62,64 +60,24 @@ class LiveContext:
         return out
 
 
-class FeatureConsumer:
+class FeatureConsumer(StreamWorker):
+    """Applies each entry to the live state and advances the clock, then acknowledges."""
+
+    group = GROUP
+
     def __init__(self, client: redis.Redis, context: LiveContext, name: str = "features-1", batch: int = 1_000,
                  block_ms: int = 500, claim_idle_s: float = 30.0):
-        self.client, self.context, self.name, self.batch, self.block_ms = client, context, name, batch, block_ms
-        self.stream = EventStream(client, context.layout.namespace)
+        super().__init__(EventStream(client, context.layout.namespace), name, batch, block_ms, claim_idle_s)
+        self.context = context
         self.writer = StateWriter(client, context.layout, context.categories)
         self.clock = StoreClock(client, context.layout.namespace)
-        self.claim_idle_ms = int(claim_idle_s * 1000)
-        self.entries = self.applied = 0
+        self.applied = 0
 
-    def step(self, pending: bool = False) -> int:
-        """Read, apply and acknowledge one batch (``pending``: this consumer's unacknowledged entries); returns
-        how many entries it held."""
-        entries = self.stream.read(GROUP, self.name, self.batch, self.block_ms, pending=pending)
-        if not entries:
-            return 0
-        events = [store_event(fields) for _, fields in entries if fields]  # (a trimmed pending entry: no fields)
+    def handle(self, entries: Entries) -> None:
+        events = [store_event(fields) for _, fields in entries]
         if events:
             self.applied += self.writer.apply(self.context.events(events))
             self.clock.advance(max(e.ts_us for e in events))
-        self.stream.ack(GROUP, [entry_id for entry_id, _ in entries])
-        self.entries += len(entries)
-        return len(entries)
-
-    def recover(self) -> int:
-        """Apply what was delivered and not acknowledged: this consumer's pending entries, and those of consumers
-        gone for ``claim_idle_s``. Returns how many entries."""
-        self.stream.ensure_groups()
-        self.stream.claim_abandoned(GROUP, self.name, self.claim_idle_ms)
-        done = 0
-        while n := self.step(pending=True):
-            done += n
-        return done
-
-    def run(self, stop: threading.Event | None = None, idle_exit_s: float | None = None,
-            trim_every: int = 50) -> None:
-        """Recover, then apply new entries until ``stop`` is set (or nothing arrived for ``idle_exit_s``); Valkey
-        going away is waited out (retried every second), not fatal."""
-        stop = stop or threading.Event()
-        recovered, idle_since, steps = None, time.monotonic(), 0
-        while not stop.is_set():
-            try:
-                if recovered is None:
-                    recovered = self.recover()
-                    log.info("consumer %s: %d pending entries applied on start", self.name, recovered)
-                n = self.step()
-                steps += 1
-                if steps % trim_every == 0:
-                    self.stream.trim()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("consumer %s: the store is unreachable (%s); retrying", self.name, exc)
-                recovered = None  # what was pending is applied again (once) on reconnect
-                stop.wait(1.0)
-                continue
-            if n:
-                idle_since = time.monotonic()
-            elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
-                return
 
 
 def bootstrap(client: redis.Redis, context: LiveContext, dataset: Dataset, batch: int = 5_000,

@@ -25,6 +25,7 @@ for the events applied so far, provided none of them is at or after ``t`` (the c
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -209,48 +210,70 @@ class StateWriter:
         return sum(pipe.execute()) if calls else 0
 
 
+@dataclass(frozen=True)
+class UserState:
+    """One user's live state as of ``at_us`` (`StateReader.user`)."""
+
+    user_id: int
+    at_us: int
+    columns: dict[str, object]  # __u_n:… ints, __u_last:… µs or None, __history:<types> item ids newest first
+    by_category: dict[str, int]  # "n:<types>|<category>" -> count
+    bought: set[int]
+
+    @property
+    def has_events(self) -> bool:
+        """Whether any event of the user's has changed the state (a user outside the dataset is then not cold)."""
+        return any(self.columns.values()) or bool(self.by_category or self.bought)
+
+
 @dataclass
 class StateReader:
-    """Reads one request's state as of an instant, in one pipelined round trip, as the columns the feature
-    expressions read (`recsys.data.features.encoded_value`)."""
+    """Reads a request's state, as the columns the feature expressions read (`recsys.data.features.encoded_value`):
+    the user's with the clock in one pipelined round trip, then the candidates' as of the same instant in another."""
 
     client: redis.Redis
     layout: StateLayout
+    clock: str = "events"  # `recsys.store.clock`
 
-    def read(self, user_id: int, item_ids: list[int], categories: list[str | None], at_us: int
-             ) -> tuple[dict[str, object], dict[str, list], set[int]]:
-        """(the user's columns, the candidates' columns, the user's purchased items) as of ``at_us``.
-
-        User columns: ``__u_n:…`` ints, ``__u_last:…`` µs or None, ``__history:<types>`` item ids newest first.
-        Candidate columns (one value per item): ``__i_n:…``, ``__w<d>_n:…`` (and ``__then__w<d>_n:…`` = 0: the
-        window is counted directly), ``__c<feature>_n:…`` for each candidate's category (``categories``).
-        """
-        lay, spec, pipe = self.layout, self.layout.spec, self.client.pipeline(transaction=False)
+    def user(self, user_id: int, at_us: int | None = None) -> UserState:
+        """The user's state as of ``at_us`` (None: the clock's now)."""
+        lay, pipe = self.layout, self.client.pipeline(transaction=False)
+        pipe.hget(clock_key(lay.namespace), "events")
         pipe.hgetall(lay.user_key(user_id, "n"))
         for types, length in sorted(lay.history_sets.items()):
-            pipe.zrevrangebyscore(lay.user_key(user_id, f"h:{_types_key(types)}"), f"({at_us}", "-inf", 0, length)
+            pipe.zrevrange(lay.user_key(user_id, f"h:{_types_key(types)}"), 0, length - 1, withscores=True)
         if lay.category_sets:
             pipe.hgetall(lay.user_key(user_id, "c"))
         pipe.smembers(lay.user_key(user_id, "bought"))
+        replies = iter(pipe.execute())
+        newest = next(replies)
+        if at_us is None:
+            at_us = int(newest) + 1 if self.clock == "events" and newest is not None else time.time_ns() // 1_000
+        counters = {k.decode(): int(v) for k, v in next(replies).items()}
+        spec = lay.spec
+        columns: dict[str, object] = {USER_COUNTS + count_column(t): counters.get(count_column(t), 0)
+                                      for t in sorted(spec.user_counters)}
+        for t in sorted(spec.user_last_seen):
+            columns[USER_COUNTS + last_column(t)] = counters.get(last_column(t))
+        for types in sorted(lay.history_sets):  # strictly before the instant, newest first
+            columns[history_column(types)] = [_item_of(m) for m, score in next(replies) if score < at_us]
+        by_category = {k.decode(): int(v) for k, v in next(replies).items()} if lay.category_sets else {}
+        return UserState(user_id, at_us, columns, by_category, {int(i) for i in next(replies)})
+
+    def items(self, user: UserState, item_ids: list[int], categories: list[str | None]) -> dict[str, list]:
+        """The candidates' columns as of ``user.at_us`` (one value per item): ``__i_n:…``, ``__w<d>_n:…`` (and
+        ``__then__w<d>_n:…`` = 0: the window is counted directly), and from the user's state ``__c<feature>_n:…``
+        for each candidate's category (``categories``)."""
+        lay, spec, at_us = self.layout, self.layout.spec, user.at_us
         item_fields = [count_column(t) for t in sorted(spec.item_counters)]
         windows = [(days, types) for days, sets in spec.windows.items() for types in sorted(sets)]
+        pipe = self.client.pipeline(transaction=False)
         for item in item_ids:
             if item_fields:
                 pipe.hmget(lay.item_key(item, "n"), item_fields)
             for days, types in windows:
                 pipe.zcount(lay.item_key(item, f"w{days}:{_types_key(types)}"), at_us - days * DAY_US, f"({at_us}")
-        replies = iter(pipe.execute())
-
-        counters = {k.decode(): int(v) for k, v in next(replies).items()}
-        user: dict[str, object] = {USER_COUNTS + count_column(t): counters.get(count_column(t), 0)
-                                   for t in sorted(spec.user_counters)}
-        for t in sorted(spec.user_last_seen):
-            user[USER_COUNTS + last_column(t)] = counters.get(last_column(t))
-        for types in sorted(lay.history_sets):
-            user[history_column(types)] = [_item_of(m) for m in next(replies)]
-        by_category = ({k.decode(): int(v) for k, v in next(replies).items()} if lay.category_sets else {})
-        bought = {int(i) for i in next(replies)}
-
+        replies = iter(pipe.execute() if item_ids else [])
         items: dict[str, list] = {ITEM_COUNTS + f: [] for f in item_fields}
         for days, types in windows:
             items[window_prefix(days) + count_column(types)] = []
@@ -263,14 +286,21 @@ class StateReader:
                 items[window_prefix(days) + count_column(types)].append(next(replies))
         for f in spec.category_shares:
             field_of = count_column(f.params["event_types"])
-            items[category_prefix(f) + field_of] = [by_category.get(f"{field_of}|{c}", 0) if c is not None else 0
-                                                    for c in categories]
-        return user, items, bought
+            items[category_prefix(f) + field_of] = [user.by_category.get(f"{field_of}|{c}", 0) if c is not None
+                                                    else 0 for c in categories]
+        return items
+
+
+def clock_key(namespace: str) -> str:
+    return f"{namespace}:clock"
+
+
+HISTORY = "__history:"
 
 
 def history_column(types: TypeSet) -> str:
     """The reader's column of a history type set's item ids (newest first)."""
-    return f"__history:{_types_key(types)}"
+    return HISTORY + _types_key(types)
 
 
 def reset(client: redis.Redis, namespace: str = DEFAULT_NAMESPACE) -> int:

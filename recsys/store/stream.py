@@ -78,8 +78,8 @@ class EventStream:
     def publish(self, rows: Iterable[dict], atomic: bool = True, batch: int = 5_000) -> int:
         """Append event rows; with ``atomic`` all of them or none (one MULTI/EXEC), else pipelined in batches (a
         replay: a failure part-way leaves the earlier batches in, and publishing again is safe). Raises
-        `redis.RedisError` when the stream cannot be written. Returns how many were appended."""
-        self.ensure_groups()
+        `redis.RedisError` when the stream cannot be written. Returns how many were appended. (The groups are
+        the workers' to create, reading from the start: `ensure_groups`; nothing is trimmed before they exist.)"""
         pipe, pending, total = self.client.pipeline(transaction=atomic), 0, 0
         for row in rows:
             pipe.xadd(self.key, encode(row))

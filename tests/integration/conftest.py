@@ -76,28 +76,51 @@ class App:
         return httpx.Client(base_url=self.url, trust_env=False, timeout=60.0)
 
 
+@dataclass
+class ServedModels:
+    work: Path  # <task>/ exports, triton_models/, triton/ (the server's run folder)
+    triton: server.ServerInfo
+    retrieval_export: Path
+
+
 @pytest.fixture(scope="session")
-def app(local_ray, dlrm_run, two_tower_run, tiny_dataset, schema, tmp_path_factory):
+def served_models(dlrm_run, two_tower_run, tmp_path_factory):
+    """The tiny runs exported, the ranker on a real Triton (shared by every app a test deploys)."""
     work = tmp_path_factory.mktemp("serving")
     repo = work / "triton_models"
     for trained in (dlrm_run, two_tower_run):
         assert recsys_main(["export", str(trained.path), "--out", str(work / trained.task),
                             "--repository", str(repo)]) == 0
     triton = server.start(repo, ["dlrm"], run_dir=work / "triton")
+    try:
+        yield ServedModels(work, triton, work / two_tower_run.task)
+    finally:
+        server.stop(work / "triton")
+
+
+def serving_config(models: ServedModels, dataset, work: Path, **overrides) -> ServingConfig:
+    """The tests' app config: generous deadlines (the shared 2-core machine is busy; the degraded test stops
+    Triton instead), two ingress replicas behind HAProxy as `recsys serve` runs them."""
     assert direct_ingress_ports(), "the local_ray fixture starts the cluster with direct ingress, as `recsys serve`"
-    # generous deadline: the shared 2-core machine is busy; the degraded test stops Triton instead
-    config = ServingConfig(dataset=str(tiny_dataset.path), retrieval_export=str(work / two_tower_run.task),
-                           triton_url=triton.grpc_url, event_log=str(work / "events"), port=free_port(),
-                           rollout_file=str(work / "rollout.json"), rollout_poll_s=0.2,
-                           rank_deadline_s=5.0, retrieve_deadline_s=10.0, max_k=50, candidates=100,
-                           ingress_replicas=INGRESS_REPLICAS)
+    return ServingConfig(**{
+        "dataset": str(dataset.path), "retrieval_export": str(models.retrieval_export),
+        "triton_url": models.triton.grpc_url, "event_log": str(work / "events"), "port": free_port(),
+        "rollout_file": str(work / "rollout.json"), "rollout_poll_s": 0.2, "rank_deadline_s": 5.0,
+        "retrieve_deadline_s": 10.0, "max_k": 50, "candidates": 100, "ingress_replicas": INGRESS_REPLICAS,
+        **overrides})
+
+
+@pytest.fixture(scope="session")
+def app(local_ray, served_models, tiny_dataset, schema, tmp_path_factory):
+    work = served_models.work
+    config = serving_config(served_models, tiny_dataset, work)
+    triton = served_models.triton
     running = run_app(config, "127.0.0.1", proxy_port=free_port(), run_dir=work / "run")
     try:
         assert running.url == f"http://127.0.0.1:{config.port}" and running.balancer is not None
         yield App(running.url, config, triton, work, OnlineFeatures(tiny_dataset, schema, config.popular_items))
     finally:
         running.stop()
-        server.stop(work / "triton")
 
 
 @pytest.fixture(scope="module")

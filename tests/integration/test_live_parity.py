@@ -69,11 +69,12 @@ def test_replayed_log_gives_the_offline_inputs_at_every_instant(store, tiny_data
         applied += writer.apply(StoreEvent.rows(batch))
         replayed += batch.height
         candidates = [row[ITEM], *rng.sample(items, CANDIDATES - 1)]
-        frame, _ = live.read(row[USER], candidates, at)
+        user = live.user(row[USER], at)
+        frame = live.ranking_frame(user, candidates)
         seen.append(frame)
         compared += _assert_same(frame, _offline(builder, live.features["dlrm"], row[USER], candidates, at),
                                  live.features["dlrm"], f"ranking at {at}")
-        query, _ = live.read(row[USER], [], at, part="two_tower.user")
+        query = live.query_frame(user)
         user_f = live.features["two_tower.user"]
         compared += _assert_same(query, _offline(builder, user_f, row[USER], [row[ITEM]], at), user_f,
                                  f"query at {at}")

@@ -95,9 +95,10 @@ def test_each_model_version_ranks_with_its_own_datasets_features(features, schem
     assert other is not features and other is by_dataset.get(str(retrained))  # loaded once
     specs = model_inputs(schema, "dlrm")
     user, items = features.users[META_USER][0], features.items["_item"].head(5).to_list()
-    inputs, dataset_id = by_dataset.ranking_inputs(str(retrained), user, items, specs)
+    inputs, dataset_id, stale = by_dataset.ranking_inputs(str(retrained), user, items, specs)
     expected = features.ranking_inputs(features.user(user), items, specs)
-    assert dataset_id == tiny_dataset.id and all(np.array_equal(inputs[k], expected[k]) for k in expected)
+    assert dataset_id == tiny_dataset.id and not stale  # (no live store: the snapshot is not stale)
+    assert all(np.array_equal(inputs[k], expected[k]) for k in expected)
     assert by_dataset.ranking_inputs(str(retrained), 10**12, items, specs) is None  # a user it does not know
     assert by_dataset.ranking_inputs(str(retrained), user, [*items, 10**12], specs) is None  # nor an item
     gone = str(tmp_path / "gone")

@@ -1,0 +1,158 @@
+"""The app on live features: a real valkey-server bootstrapped from the tiny dataset, the feature consumer and the
+event-log sink reading its stream, two ingress replicas reading its state. A new user stops being cold after their
+first events; a purchase fed back to one replica is filtered by every replica and lands in the event log; with
+Valkey down the answers come from the snapshot, flagged, and feedback is refused; when it is back, all of it is
+automatic again."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+from recsys.config import IngestConfig
+from recsys.data.ingest import read_table
+from recsys.deploy.ports import free_port
+from recsys.eventlog.feedback import FEEDBACK_GLOB
+from recsys.events import EVENTS
+from recsys.online.features import OnlineFeatures
+from recsys.serving_config import StoreConfig
+from recsys.store import server as store_server
+from recsys.store.consumer import FeatureConsumer, LiveContext, bootstrap
+from recsys.store.sink import EventSink
+from recsys.store.stream import EventStream
+from serving.launch import direct_ingress_ports, healthy_ports, run_app
+from tests.integration.conftest import known_users, recommend, serving_config
+
+pytestmark = pytest.mark.integration
+
+NEW_USER = 10**12 + 7  # in no table of the dataset
+
+
+class LiveApp:
+    def __init__(self, url, config, store_dir, dataset, features):
+        self.url, self.config, self.store_dir, self.dataset, self.features = url, config, store_dir, dataset, features
+
+    def group(self, name: str) -> dict:
+        client = store_server.connect(self.store_dir)
+        return next((g for g in client.xinfo_groups("rs:events") if g["name"] == name.encode()), {})
+
+    def drained(self, name: str, limit_s: float = 60.0) -> None:
+        """Until the group has acknowledged every entry on the stream (a safety limit only)."""
+        deadline = time.monotonic() + limit_s
+        while not (self.group(name).get("lag") == 0 and self.group(name).get("pending") == 0):
+            assert time.monotonic() < deadline, f"the {name} group did not catch up"
+            time.sleep(0.05)
+
+
+def _workers(store_dir, context, event_log, stop):
+    consumer = FeatureConsumer(store_server.connect(store_dir), context, block_ms=100)
+    sink = EventSink(store_server.connect(store_dir), event_log, block_ms=100)
+    threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in (consumer, sink)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+@pytest.fixture(scope="module")
+def live(local_ray, served_models, tiny_dataset, schema, tmp_path_factory):
+    work = tmp_path_factory.mktemp("live_served")
+    store_dir = work / "store"
+    store_server.start(store_dir, appendfsync="always")
+    context = LiveContext.of(tiny_dataset, schema)
+    assert bootstrap(store_server.connect(store_dir), context, tiny_dataset) > 0
+    stop = threading.Event()
+    threads = _workers(store_dir, context, work / "events", stop)
+    config = serving_config(served_models, tiny_dataset, work, store=StoreConfig(
+        enabled=True, run_dir=str(store_dir), timeout_s=0.5, retry_s=0.5))
+    running = run_app(config, "127.0.0.1", proxy_port=free_port(), run_dir=work / "run")
+    try:
+        yield LiveApp(running.url, config, store_dir, tiny_dataset, OnlineFeatures(tiny_dataset, schema))
+    finally:
+        running.stop()
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        store_server.stop(store_dir)
+
+
+@pytest.fixture(scope="module")
+def http(live):
+    with httpx.Client(base_url=live.url, trust_env=False, timeout=60.0) as client:
+        yield client
+
+
+def _replicas():
+    return [httpx.Client(base_url=f"http://127.0.0.1:{p}", trust_env=False, timeout=60)
+            for p in healthy_ports(direct_ingress_ports())]
+
+
+def test_known_users_are_served_live_features(live, http):
+    for user in known_users(live, 3):
+        answer = recommend(http, user_id=user, k=5)
+        assert not answer["stale_features"] and not answer["cold_start"] and not answer["degraded"], answer
+        assert len(answer["items"]) == 5
+
+
+def test_a_new_user_is_not_cold_after_their_first_events(live, http):
+    first = recommend(http, user_id=NEW_USER, k=5)
+    assert first["cold_start"] and not first["stale_features"]
+    items = live.dataset.online("items")
+    category = items["_category"][0]
+    viewed = items.filter(pl.col("_category") == category)["_item"].head(3).to_list()
+    newest = store_server.connect(live.store_dir).hget("rs:clock", "events")
+    at = datetime.fromtimestamp(int(newest) / 1e6, UTC) + timedelta(minutes=1)
+    EventStream(store_server.connect(live.store_dir)).publish([
+        {"event_id": 900_000 + n, "timestamp": at + timedelta(seconds=n), "user_id": NEW_USER, "item_id": item,
+         "event_type": "view", "session_id": 1} for n, item in enumerate(viewed)])
+    live.drained("features")
+    for replica in _replicas():  # every replica reads the same store
+        with replica:
+            answer = recommend(replica, user_id=NEW_USER, k=5)
+            assert not answer["cold_start"] and not answer["stale_features"], answer
+            assert answer["reason"] is None or "popular" not in answer["reason"]
+
+
+def test_a_purchase_fed_back_to_one_replica_is_filtered_by_every_replica(live, http):
+    user = known_users(live, 4)[3]
+    replicas = _replicas()
+    served = recommend(replicas[0], user_id=user, k=5)
+    bought = served["items"][0]["item_id"]
+    r = replicas[0].post("/feedback", json={"request_id": served["request_id"], "user_id": user,
+                                             "events": [{"item_id": bought, "event_type": "purchase"}]})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    live.drained("features")
+    for replica in replicas:
+        assert bought not in [i["item_id"] for i in recommend(replica, user_id=user, k=5)["items"]]
+        replica.close()
+    live.drained("sink")  # and the event log the next dataset is built from has it
+    frame, *_ = read_table(Path(live.config.event_log), EVENTS, IngestConfig(events=FEEDBACK_GLOB))
+    logged = frame.collect().filter(pl.col("request_id") == int(served["request_id"]))
+    assert logged.select("user_id", "item_id", "event_type").rows() == [(user, bought, "purchase")]
+
+
+def test_valkey_down_gives_snapshot_features_flagged_and_refuses_feedback_then_recovers(live, http):
+    user = known_users(live, 1)[0]
+    served = recommend(http, user_id=user, k=3)
+    info = store_server.read_state(live.store_dir)
+    store_server.stop(live.store_dir)
+    try:
+        for _ in range(4):  # each replica, through the balancer
+            answer = recommend(http, user_id=user, k=3)
+            assert answer["stale_features"] and len(answer["items"]) == 3, answer
+        r = http.post("/feedback", json={"request_id": served["request_id"], "user_id": user,
+                                         "events": [{"item_id": served["items"][0]["item_id"],
+                                                     "event_type": "click"}]})
+        assert r.status_code == 503 and "nothing was recorded" in r.text, r.text
+    finally:
+        store_server.start(live.store_dir, port=info.port, appendfsync="always")
+    fresh, deadline = 0, time.monotonic() + 60
+    while fresh < 4:  # back on live features, with nobody's help (each replica retries after store.retry_s)
+        assert time.monotonic() < deadline, "the app did not go back to live features"
+        fresh = fresh + 1 if not recommend(http, user_id=user, k=3)["stale_features"] else 0
+        time.sleep(0.1)
