@@ -31,12 +31,17 @@ class StoreConfig:
     run_dir: str = "runs/store"  # `recsys store start`'s folder (its address and password)
     namespace: str = "rs"
     clock: str = "events"  # read as of: just after the newest applied event ("events") or the machine's ("wall")
+    appendfsync: str = "everysec"  # `recsys serve` starting the store: fsync the AOF every second, or "always"
     timeout_s: float = 0.05  # a store slower than this (or down): snapshot features, flagged stale_features
     retry_s: float = 1.0  # after a failure, snapshot features for this long before the store is tried again
 
     def __post_init__(self) -> None:
         from recsys.store.clock import CLOCKS
+        from recsys.store.server import FSYNC_POLICIES
 
+        if self.appendfsync not in FSYNC_POLICIES:
+            raise ConfigError(f"serving config: store.appendfsync must be one of {', '.join(FSYNC_POLICIES)}, got "
+                              f"{self.appendfsync!r}")
         if self.clock not in CLOCKS:
             raise ConfigError(f"serving config: store.clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
         for name in ("timeout_s", "retry_s"):
@@ -73,6 +78,8 @@ class ServingConfig:
     triton_run_dir: str = ""  # `recsys serve` restarts the Triton started from here if it dies ("" = leave it)
     route_prefix: str = "/"
     ingress_replicas: int = 2  # HTTP ingress replicas (behind the load balancer `recsys serve` starts)
+    api_keys_file: str = ""  # the shop's API keys for /events and /feedback, one per line (serving/auth.py)
+    require_api_key: str = "auto"  # auto: whenever the app listens beyond loopback; true: always; false: never
     access_log: bool = False  # Ray Serve's per-request log lines of each replica (off: they cost CPU under load)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)

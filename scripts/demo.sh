@@ -95,7 +95,7 @@ port=$(python -c "from recsys.deploy.server import free_port; print(free_port())
 # two ingress replicas behind HAProxy on the port; Triton restarted if it dies; its log and Ray's: $runs/serving.log
 recsys serve --set "dataset=$dataset" --set "retrieval_export=$runs/train/demo-two-tower-$stamp/export" \
   --set "triton_url=$grpc_url" --set "port=$port" --set "rollout_file=$runs/serving/rollout-demo-$stamp.json" \
-  --set "triton_run_dir=$runs/triton" > "$runs/serving.log" 2>&1 &
+  --set "triton_run_dir=$runs/triton" --set "store.run_dir=$runs/store-$stamp" > "$runs/serving.log" 2>&1 &
 serve_pid=$!
 trap 'kill -TERM $serve_pid 2>/dev/null; wait $serve_pid 2>/dev/null; recsys triton stop --run-dir "$runs/triton" >/dev/null 2>&1 || true' EXIT
 for _ in $(seq 1 180); do

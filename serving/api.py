@@ -11,10 +11,9 @@ back as numbers up to 2**53 - 1 and as strings above.
 import hashlib
 import json
 from collections import OrderedDict
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from recsys.eventlog.feedback import event_id_for
 
@@ -48,6 +47,15 @@ def json_int(**bounds: Any) -> Any:
 ShopIdText = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S", examples=["SKU-0042"])]
 Id = json_int(ge=0, le=EXACT_IN_JSON) | ShopIdText
 WireId = int | str  # an id in an answer: `wire`
+# an ISO 8601 time with its offset ("2026-09-14T10:02:11Z"); read from JSON text even in strict models
+def _iso_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("a time as an ISO 8601 string with its UTC offset, e.g. \"2026-09-14T10:02:11Z\"")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, Field(strict=False, examples=["2026-09-14T10:02:11Z"]),
+                      BeforeValidator(_iso_text)]
 
 
 def wire(value: int | str) -> int | str:
@@ -75,6 +83,8 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 FEEDBACK_PROBLEMS = {**PROBLEMS,
                      404: {"model": Problem, "description": "the request id was not issued to this user by the app, "
                                                             "or an item id is not in the catalog"},
+                     401: {"model": Problem, "description": "no API key, or not one of the shop's (nothing "
+                                                            "written)"},
                      503: {"model": Problem, "description": "the event log could not be written; the same request "
                                                             "may be sent again"}}
 
@@ -137,7 +147,7 @@ class FeedbackEvent(Strict):
     item_id: Id
     event_type: Literal["impression", "click", "purchase"]
     position: json_int(ge=0, le=10_000) | None = None  # slot in the served list (impressions)
-    timestamp: datetime | None = None  # default: when the event is received
+    timestamp: Timestamp | None = None  # default: when the event is received
     event_id: IdText | None = Field(default=None, description="the client's own id of this event (a decimal "
                                     "string): an event sent twice with the same id is recorded once")
 

@@ -36,7 +36,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from recsys.eventlog.feedback import FEEDBACK_GLOB, FeedbackLog, FeedbackWriteError
+from recsys.eventlog.feedback import FEEDBACK_GLOB
 from recsys.eventlog.jsonl import JsonlTail
 from recsys.eventlog.request_ids import RequestIds, request_key, variant_of
 from recsys.eventlog.requests import RequestLog
@@ -51,7 +51,6 @@ from serving.api import (
     VERSION,
     FeedbackRequest,
     FeedbackResponse,
-    IdempotencyKeys,
     Problem,
     Readiness,
     RecommendRequest,
@@ -64,16 +63,17 @@ from serving.api import (
 )
 from serving.canary import Canary
 from serving.datasets import DatasetUnavailable
-from serving.live_source import FAILURES as STORE_FAILURES
 from serving.live_source import LiveSource
 from serving.metrics import Metrics
 from serving.ranker import Ranking, TritonRanker
 from serving.request_body import RequestBody
 from serving.retriever import Retriever
+from serving.shop_events import EVENTS_PROBLEMS, EventsRequest, EventsResponse, event_rows
+from serving.writes import AUTH_HEADER, EventWrites
 
 log = logging.getLogger(__name__)
 
-ROUTES = ("/recommend", "/feedback", "/healthz", "/readyz", "/metrics")
+ROUTES = ("/recommend", "/feedback", "/events", "/healthz", "/readyz", "/metrics")
 REPLICA: dict[str, Any] = {"max_body_bytes": 65536, "metrics": None}  # set by the ingress replica (see Ingress)
 
 
@@ -141,10 +141,9 @@ class Ingress:
         self.query_specs = model_inputs(schema, "two_tower.user")
         self.ranking_specs = model_inputs(schema, "dlrm")
         self.metrics = Metrics()
-        self.log = FeedbackLog(config.event_log)
         self.requests = RequestLog(config.event_log, on_drop=self.metrics.request_log_dropped.inc)
         self.request_ids = RequestIds(request_key(config.event_log))
-        self.idempotency = IdempotencyKeys()
+        self.writes = EventWrites(config, dataset, list(self.features._item_index), self.live, self.metrics)
         # purchases fed back to any replica (and before a restart): followed in the shared feedback log
         self._feedback = JsonlTail(Path(config.event_log), FEEDBACK_GLOB)
         self._follow_purchases()
@@ -312,12 +311,15 @@ class Ingress:
             self.metrics.rollbacks.inc()
         return ranking
 
-    # ---- feedback --------------------------------------------------------------------------------
+    # ---- feedback and events ---------------------------------------------------------------------
     @api.post("/feedback", response_model=FeedbackResponse, responses=FEEDBACK_PROBLEMS)
     async def feedback(self, body: FeedbackRequest,
                        idempotency_key: str | None = Header(default=None, max_length=200, description=(
                            "a key of the client's choosing: a retry with the same key and body records nothing "
-                           "twice (without one, events are identified by what they say)"))) -> FeedbackResponse:
+                           "twice (without one, events are identified by what they say)")),
+                       authorization: str | None = Header(default=None, description=AUTH_HEADER)
+                       ) -> FeedbackResponse:
+        self.writes.authorize(authorization)
         request_id = int(body.request_id)
         user_id = self._code("user_id", body.user_id, "body.user_id")
         item_ids = [self._code("item_id", e.item_id, f"body.events.{n}.item_id") for n, e in enumerate(body.events)]
@@ -328,7 +330,8 @@ class Ingress:
                           if not self.features.known_item(i)})
         if unknown:
             raise HTTPException(404, [f"body.events: item ids not in the catalog: {unknown[:20]}"])
-        if idempotency_key is not None and (replay := self.idempotency.replay(idempotency_key, body)) is not None:
+        replay = self.writes.idempotency.replay(idempotency_key, body) if idempotency_key is not None else None
+        if replay is not None:
             return replay
         rows = [{"event_id": event_id, "timestamp": e.timestamp,
                  "user_id": user_id, "item_id": item_id, "event_type": e.event_type,
@@ -336,46 +339,25 @@ class Ingress:
                  "request_id": request_id, "position": e.position}
                 for e, item_id, event_id in zip(body.events, item_ids, event_ids(request_id, body, idempotency_key),
                                                 strict=True)]
-        variant = variant_of(request_id)
-        if self.live is not None:  # the stream: the live store applies it, the sink writes the event log
-            return await self._publish(rows, variant, idempotency_key, body)
-        for row in rows:
-            row["timestamp"] = row["timestamp"].isoformat() if row["timestamp"] else None
-        try:
-            written = await asyncio.to_thread(self.log.append, rows, variant)
-        except FeedbackWriteError as exc:
-            self.metrics.errors.labels(stage="feedback").inc()
-            raise HTTPException(503, f"the event log could not be written ({exc}); some of these events may have "
-                                     "been recorded: send the same request again (same body, same Idempotency-Key "
-                                     "if you used one): an event is recorded once, by its event_id") from exc
+        answer, _ = await self.writes.feedback(rows, variant_of(request_id), body, idempotency_key)
         for e, item_id in zip(body.events, item_ids, strict=True):
             if e.event_type == "purchase":
                 self.features.add_purchase(user_id, item_id)
-        for row in written:
-            self.metrics.feedback.labels(variant=variant, event_type=row["event_type"]).inc()
-        answer = FeedbackResponse(accepted=len(rows), duplicates=len(rows) - len(written), log=str(self.log.path))
-        if idempotency_key is not None:
-            self.idempotency.remember(idempotency_key, body, answer)
         return answer
 
-    async def _publish(self, rows: list[dict], variant: str, idempotency_key: str | None,
-                       body: FeedbackRequest) -> FeedbackResponse:
-        """/feedback with the live store: the events onto the stream, all or none (a retry is safe: event ids)."""
+    @api.post("/events", response_model=EventsResponse, responses=EVENTS_PROBLEMS)
+    async def events(self, body: EventsRequest,
+                     idempotency_key: str | None = Header(default=None, max_length=200, description=(
+                         "a key of the client's choosing: a retry with the same key counts each event once")),
+                     authorization: str | None = Header(default=None, description=AUTH_HEADER)
+                     ) -> EventsResponse:
+        """The shop's product-page events (view, add_to_cart, purchase) onto the event stream: the live features
+        see them within a second, the next dataset is built from them."""
+        self.writes.authorize(authorization)
+        users = [self._code("user_id", e.user_id, f"body.events.{n}.user_id") for n, e in enumerate(body.events)]
+        items = [self._code("item_id", e.item_id, f"body.events.{n}.item_id") for n, e in enumerate(body.events)]
         now = datetime.now(UTC)
-        for row in rows:
-            row["timestamp"], row["variant"] = row["timestamp"] or now, variant
-        try:
-            await asyncio.to_thread(self.live.events.publish, rows)
-        except STORE_FAILURES as exc:
-            self.metrics.errors.labels(stage="feedback").inc()
-            raise HTTPException(503, f"the event stream could not be written ({type(exc).__name__}: {exc}); "
-                                     "nothing was recorded: send the same request again") from exc
-        for row in rows:
-            self.metrics.feedback.labels(variant=variant, event_type=row["event_type"]).inc()
-        answer = FeedbackResponse(accepted=len(rows), duplicates=0, log=self.live.events.key)
-        if idempotency_key is not None:
-            self.idempotency.remember(idempotency_key, body, answer)
-        return answer
+        return await self.writes.shop_events(event_rows(body, users, items, idempotency_key, now), now)
 
     # ---- the spec ----------------------------------------------------------------------------------
     @api.get("/openapi.json", include_in_schema=False)

@@ -26,6 +26,8 @@ class Metrics:
         self.cold_start = Counter("recsys_cold_start_responses", "answers for unknown users", registry=r)
         self.feedback = Counter("recsys_feedback_events", "events appended to the event log, by the variant that "
                                 "served the list", ["variant", "event_type"], registry=r)
+        self.shop_events = Counter("recsys_shop_events", "events POST /events put on the stream", ["event_type"],
+                                   registry=r)
         self.variant = Counter("recsys_variant_requests", "ranked answers by variant", ["variant"], registry=r)
         self.variant_errors = Counter("recsys_variant_errors", "failed ranking calls by variant", ["variant"],
                                       registry=r)

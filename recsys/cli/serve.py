@@ -7,7 +7,7 @@ import argparse
 from recsys.schema import PROJECT_ROOT
 
 DEFAULT_CONFIG = str(PROJECT_ROOT / "serving" / "config.yaml")
-PATH_FIELDS = ("dataset", "retrieval_export", "event_log", "rollout_file", "run_dir", "triton_run_dir")
+PATH_FIELDS = ("dataset", "retrieval_export", "event_log", "rollout_file", "run_dir", "triton_run_dir", "api_keys_file")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -79,6 +79,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = config.host if "host" in given else http.get("host", config.host)
     port = config.port if "port" in given else http.get("port", config.port)
     config = replace(config, host=host, port=port)
+    from serving.auth import ApiKeys, AuthConfigError, is_loopback, keys_required
+
+    if config.require_api_key == "false" and not is_loopback(host):
+        raise AuthConfigError(f"require_api_key=false on {host}: writes (/feedback, /events) would be open to "
+                              "anyone who can reach it; configure api_keys_file or $RECSYS_API_KEYS instead")
+    ApiKeys(config.api_keys_file, keys_required(config.require_api_key, host))  # refused here, not per replica
+    live = None
+    if config.store.enabled and not config.store.url:  # the embedded store, its consumer and its sink
+        from recsys.training.job import newest_dataset
+        from serving.live_processes import start_live
+
+        config = replace(config, store=replace(config.store, run_dir=str(Path(config.store.run_dir).resolve())))
+        live = start_live(config, config.dataset or str(newest_dataset()))
     proxy_port = port
     if args.address:
         ray.init(address=args.address, include_dashboard=False)
@@ -88,8 +101,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             os.environ.update(direct_ingress_env(free_port_block(ports), ports))
             proxy_port = free_port()
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    running = run_app(config, host, proxy_port, run_dir=config.run_dir)
+    try:
+        running = run_app(config, host, proxy_port, run_dir=config.run_dir)
+    except BaseException:
+        if live is not None:
+            live.stop()
+        raise
     watched = [supervisor.triton(config.triton_run_dir)] if config.triton_run_dir else []
+    watched += live.watched() if live is not None else []
     if running.balancer is not None:
         watched.append(supervisor.Watched("haproxy", running.balancer.alive, running.balancer.restart))
     guard = supervisor.Supervisor(watched)
@@ -97,7 +116,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving on {running.url}  (POST /recommend, POST /feedback, GET /readyz, /metrics, /docs); "
           f"{config.ingress_replicas} ingress replica(s)"
           + (" behind HAProxy" if running.balancer else "")
-          + (f"; restarting Triton ({config.triton_run_dir}) if it dies" if config.triton_run_dir else ""), flush=True)
+          + (f"; restarting Triton ({config.triton_run_dir}) if it dies" if config.triton_run_dir else "")
+          + (f"; live features from the store in {config.store.run_dir} (consumer and sink logs in "
+             f"{config.run_dir})" if live is not None else ""), flush=True)
     if args.detach:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly on SIGTERM too
@@ -110,4 +131,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         guard.stop()
         running.stop()
         ray.shutdown()
+        if live is not None:
+            live.stop()
     return 0

@@ -145,6 +145,16 @@ def _event_checks(cfg: ValidationConfig, now: datetime, users: pl.Series,
     ]
 
 
+def event_row_problems(events: pl.DataFrame, cfg: ValidationConfig, now: datetime, items: pl.Series
+                       ) -> list[str | None]:
+    """Batch ingest's row checks on events already parsed (``POST /events``): per row, why validation would
+    quarantine it ('; '-joined), or None. The user is not looked up in a users table: a live event may be a new
+    shopper's first."""
+    checks = [(cond, why) for cond, why in _event_checks(cfg, now, pl.Series([], dtype=pl.Int64), items)
+              if why != "unknown user_id"]
+    return events.select(_reasons(checks)).to_series().to_list()
+
+
 def _exact_copies(table: Table) -> pl.Expr:
     """True on a row that repeats an earlier row with the same key: every column's value the same but the time,
     and where a value (the time too) did not parse, the same raw text (rows without a key are never copies).

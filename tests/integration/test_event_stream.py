@@ -25,6 +25,7 @@ from recsys.store.stream import EventStream
 pytestmark = pytest.mark.integration
 
 DAY_S = 86_400.0
+EVENTS = 12_000  # the first part of the tiny log: every user's and item's exact counts, in seconds
 
 
 def _until(condition, what: str, limit_s: float = 180.0, every_s: float = 0.02) -> None:
@@ -71,7 +72,7 @@ def _stored(client, layout, users, items) -> tuple[dict, dict, dict]:
 
 @pytest.fixture
 def log_and_context(tiny_dataset, tiny_validated, schema):
-    events = pl.read_parquet(tiny_validated / "events.parquet").sort(TS, EVENT_ID)
+    events = pl.read_parquet(tiny_validated / "events.parquet").sort(TS, EVENT_ID).head(EVENTS)
     return events, LiveContext.of(tiny_dataset, schema, dedupe_window_s=DAY_S)
 
 
@@ -88,7 +89,7 @@ def test_consumer_killed_mid_stream_loses_nothing_and_counts_nothing_twice(tmp_p
     try:
         client = server.connect(tmp_path)
         stream = EventStream(client)
-        assert replay(stream, tiny_dataset.path) == events.height
+        assert replay(stream, tiny_dataset.path, limit=EVENTS) == events.height
         command = [str(Path(sys.executable).with_name("recsys")), "store", "consume", "--run-dir", str(tmp_path),
                    "--dataset", str(tiny_dataset.path), "--batch", "100", "--dedupe-window", str(DAY_S)]
         first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -115,7 +116,7 @@ def test_valkey_killed_mid_stream_loses_nothing_and_counts_nothing_twice(tmp_pat
     try:
         client = server.connect(tmp_path)
         stream = EventStream(client)
-        assert replay(stream, tiny_dataset.path) == events.height
+        assert replay(stream, tiny_dataset.path, limit=EVENTS) == events.height
         consumer = FeatureConsumer(server.connect(tmp_path), context, batch=100)
         stop = threading.Event()
         worker = threading.Thread(target=consumer.run, args=(stop,), daemon=True)

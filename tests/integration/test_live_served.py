@@ -32,6 +32,8 @@ from tests.integration.conftest import known_users, recommend, serving_config
 pytestmark = pytest.mark.integration
 
 NEW_USER = 10**12 + 7  # in no table of the dataset
+KEY = "shop-key-" + "x" * 24
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 class LiveApp:
@@ -68,8 +70,10 @@ def live(local_ray, served_models, tiny_dataset, schema, tmp_path_factory):
     assert bootstrap(store_server.connect(store_dir), context, tiny_dataset) > 0
     stop = threading.Event()
     threads = _workers(store_dir, context, work / "events", stop)
+    (work / "api_keys").write_text(f"# the shop's keys\n{KEY}\n")
     config = serving_config(served_models, tiny_dataset, work, store=StoreConfig(
-        enabled=True, run_dir=str(store_dir), timeout_s=0.5, retry_s=0.5))
+        enabled=True, run_dir=str(store_dir), timeout_s=0.5, retry_s=0.5),
+        api_keys_file=str(work / "api_keys"), require_api_key="true")
     running = run_app(config, "127.0.0.1", proxy_port=free_port(), run_dir=work / "run")
     try:
         yield LiveApp(running.url, config, store_dir, tiny_dataset, OnlineFeatures(tiny_dataset, schema))
@@ -124,7 +128,8 @@ def test_a_purchase_fed_back_to_one_replica_is_filtered_by_every_replica(live, h
     served = recommend(replicas[0], user_id=user, k=5)
     bought = served["items"][0]["item_id"]
     r = replicas[0].post("/feedback", json={"request_id": served["request_id"], "user_id": user,
-                                             "events": [{"item_id": bought, "event_type": "purchase"}]})
+                                             "events": [{"item_id": bought, "event_type": "purchase"}]},
+                         headers=AUTH)
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
     live.drained("features")
     for replica in replicas:
@@ -134,6 +139,38 @@ def test_a_purchase_fed_back_to_one_replica_is_filtered_by_every_replica(live, h
     frame, *_ = read_table(Path(live.config.event_log), EVENTS, IngestConfig(events=FEEDBACK_GLOB))
     logged = frame.collect().filter(pl.col("request_id") == int(served["request_id"]))
     assert logged.select("user_id", "item_id", "event_type").rows() == [(user, bought, "purchase")]
+
+
+def test_writes_need_the_shops_key_and_a_bad_event_refuses_the_request_whole(live, http):
+    client = store_server.connect(live.store_dir)
+    user = known_users(live, 5)[4]
+    items = live.dataset.online("items")["_item"].head(2).to_list()
+    good = [{"user_id": user, "item_id": item, "event_type": "view"} for item in items]
+    served = recommend(http, user_id=user, k=2)
+    feedback = {"request_id": served["request_id"], "user_id": user,
+                "events": [{"item_id": served["items"][0]["item_id"], "event_type": "click"}]}
+    before = client.xlen("rs:events")
+    for headers in ({}, {"Authorization": "Bearer not-the-key-at-all-0000"}, {"Authorization": KEY}):
+        for path, body in (("/events", {"events": good}), ("/feedback", feedback)):
+            r = http.post(path, json=body, headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (path, headers, r.text)
+    future = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    for bad, where, why in (
+            ({"user_id": user, "item_id": 10**12, "event_type": "view"}, "body.events.1", "unknown item_id"),
+            ({"user_id": user, "item_id": items[0], "event_type": "view", "timestamp": future}, "body.events.1",
+             "timestamp in the future"),
+            ({"user_id": user, "item_id": items[0], "event_type": "impression"}, "body.events.1.event_type", ""),
+            ({"user_id": user, "event_type": "view"}, "body.events.1.item_id", "")):
+        r = http.post("/events", json={"events": [good[0], bad]}, headers=AUTH)
+        assert r.status_code == 422 and where in str(r.json()["detail"]) and why in str(r.json()["detail"]), r.text
+    assert client.xlen("rs:events") == before  # nothing of a refused request was recorded
+    views = int(client.hget(f"rs:{{u:{user}}}:n", "n:view") or 0)
+    r = http.post("/events", json={"events": good}, headers={**AUTH, "Idempotency-Key": f"page-{user}"})
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+    again = http.post("/events", json={"events": good}, headers={**AUTH, "Idempotency-Key": f"page-{user}"})
+    assert again.status_code == 200  # a retry: on the stream twice, counted once
+    live.drained("features")
+    assert int(client.hget(f"rs:{{u:{user}}}:n", "n:view")) == views + 2
 
 
 def test_valkey_down_gives_snapshot_features_flagged_and_refuses_feedback_then_recovers(live, http):
@@ -147,7 +184,10 @@ def test_valkey_down_gives_snapshot_features_flagged_and_refuses_feedback_then_r
             assert answer["stale_features"] and len(answer["items"]) == 3, answer
         r = http.post("/feedback", json={"request_id": served["request_id"], "user_id": user,
                                          "events": [{"item_id": served["items"][0]["item_id"],
-                                                     "event_type": "click"}]})
+                                                     "event_type": "click"}]}, headers=AUTH)
+        assert r.status_code == 503 and "nothing was recorded" in r.text, r.text
+        events = {"events": [{"user_id": user, "item_id": served["items"][0]["item_id"], "event_type": "view"}]}
+        r = http.post("/events", json=events, headers=AUTH)
         assert r.status_code == 503 and "nothing was recorded" in r.text, r.text
     finally:
         store_server.start(live.store_dir, port=info.port, appendfsync="always")
