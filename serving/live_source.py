@@ -71,8 +71,7 @@ class LiveSource:
             return None
 
     def query_inputs(self, user: UserState, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
-        live = self.base
-        return live.inputs(live.query_frame(user), specs)
+        return self.base.query_inputs(user, specs)
 
     def ranking_inputs(self, online: OnlineFeatures, user: UserState, items: list[int],
                        specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray] | None:
@@ -81,7 +80,7 @@ class LiveSource:
             return None
         live = self.features(online)
         try:
-            return live.inputs(live.ranking_frame(user, items), specs)
+            return live.ranking_inputs(user, items, specs)
         except FAILURES as exc:
             self._failed(exc)
             return None

@@ -93,6 +93,10 @@ class OnlineFeatures:
     def known_item(self, item_id: int) -> bool:
         return item_id in self._item_index
 
+    def item_row(self, item_id: int, missing: int | None = None) -> int | None:
+        """The item's row in the online items table (``missing`` for an item outside it)."""
+        return self._item_index.get(item_id, missing)
+
     def add_purchase(self, user_id: int, item_id: int) -> None:
         self.purchased.setdefault(user_id, set()).add(item_id)
 

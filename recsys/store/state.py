@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 import polars as pl
 import redis
 
@@ -219,6 +220,7 @@ class UserState:
     columns: dict[str, object]  # __u_n:… ints, __u_last:… µs or None, __history:<types> item ids newest first
     by_category: dict[str, int]  # "n:<types>|<category>" -> count
     bought: set[int]
+    encoded: dict = field(default_factory=dict, compare=False)  # per dataset: the user's encoded features
 
     @property
     def has_events(self) -> bool:
@@ -226,14 +228,39 @@ class UserState:
         return any(self.columns.values()) or bool(self.by_category or self.bought)
 
 
-@dataclass
+# Every candidate's item state in one call: KEYS per item: its counters hash (if any counters), then one zset per
+# window; ARGV: #counter fields, #windows, the instant (µs), the fields, each window's lower bound. Returns, per item,
+# the counters then the window counts, as integers. (Its keys span many slots: on a Cluster the reader would call
+# it once per slot's candidates.)
+READ_ITEMS_LUA = """
+local nf, nw, at = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local fields = {}
+for j = 1, nf do fields[j] = ARGV[3 + j] end
+local stride = (nf > 0 and 1 or 0) + nw
+local out = {}
+for base = 0, #KEYS - 1, stride do
+  local k = base + 1
+  if nf > 0 then
+    local values = redis.call('HMGET', KEYS[k], unpack(fields))
+    for j = 1, nf do out[#out + 1] = tonumber(values[j]) or 0 end
+    k = k + 1
+  end
+  for w = 1, nw do
+    out[#out + 1] = redis.call('ZCOUNT', KEYS[k + w - 1], ARGV[3 + nf + w], '(' .. at)
+  end
+end
+return out
+"""
+
+
 class StateReader:
     """Reads a request's state, as the columns the feature expressions read (`recsys.data.features.encoded_value`):
-    the user's with the clock in one pipelined round trip, then the candidates' as of the same instant in another."""
+    the user's with the clock in one pipelined round trip, then the candidates' as of the same instant in one
+    script call."""
 
-    client: redis.Redis
-    layout: StateLayout
-    clock: str = "events"  # `recsys.store.clock`
+    def __init__(self, client: redis.Redis, layout: StateLayout, clock: str = "events"):
+        self.client, self.layout, self.clock = client, layout, clock  # clock: `recsys.store.clock`
+        self._read_items = client.register_script(READ_ITEMS_LUA)
 
     def user(self, user_id: int, at_us: int | None = None) -> UserState:
         """The user's state as of ``at_us`` (None: the clock's now)."""
@@ -260,34 +287,29 @@ class StateReader:
         by_category = {k.decode(): int(v) for k, v in next(replies).items()} if lay.category_sets else {}
         return UserState(user_id, at_us, columns, by_category, {int(i) for i in next(replies)})
 
-    def items(self, user: UserState, item_ids: list[int], categories: list[str | None]) -> dict[str, list]:
-        """The candidates' columns as of ``user.at_us`` (one value per item): ``__i_n:…``, ``__w<d>_n:…`` (and
+    def items(self, user: UserState, item_ids: list[int], categories: list[str | None]) -> dict[str, np.ndarray]:
+        """The candidates' columns as of ``user.at_us`` (one int64 per item): ``__i_n:…``, ``__w<d>_n:…`` (and
         ``__then__w<d>_n:…`` = 0: the window is counted directly), and from the user's state ``__c<feature>_n:…``
-        for each candidate's category (``categories``)."""
+        for each candidate's category (``categories``). One script call (`READ_ITEMS_LUA`) reads them all."""
         lay, spec, at_us = self.layout, self.layout.spec, user.at_us
-        item_fields = [count_column(t) for t in sorted(spec.item_counters)]
+        fields = [count_column(t) for t in sorted(spec.item_counters)]
         windows = [(days, types) for days, sets in spec.windows.items() for types in sorted(sets)]
-        pipe = self.client.pipeline(transaction=False)
+        keys = []
         for item in item_ids:
-            if item_fields:
-                pipe.hmget(lay.item_key(item, "n"), item_fields)
-            for days, types in windows:
-                pipe.zcount(lay.item_key(item, f"w{days}:{_types_key(types)}"), at_us - days * DAY_US, f"({at_us}")
-        replies = iter(pipe.execute() if item_ids else [])
-        items: dict[str, list] = {ITEM_COUNTS + f: [] for f in item_fields}
-        for days, types in windows:
-            items[window_prefix(days) + count_column(types)] = []
-            items[THEN + window_prefix(days) + count_column(types)] = [0] * len(item_ids)
-        for _ in item_ids:
-            if item_fields:
-                for name, value in zip(item_fields, next(replies), strict=True):
-                    items[ITEM_COUNTS + name].append(int(value or 0))
-            for days, types in windows:
-                items[window_prefix(days) + count_column(types)].append(next(replies))
+            if fields:
+                keys.append(lay.item_key(item, "n"))
+            keys.extend(lay.item_key(item, f"w{days}:{_types_key(types)}") for days, types in windows)
+        args = [len(fields), len(windows), at_us, *fields, *(at_us - days * DAY_US for days, _ in windows)]
+        flat = np.asarray(self._read_items(keys=keys, args=args) if keys else [], dtype=np.int64)
+        per_item = flat.reshape(len(item_ids), len(fields) + len(windows))
+        items: dict[str, np.ndarray] = {ITEM_COUNTS + f: per_item[:, n] for n, f in enumerate(fields)}
+        for n, (days, types) in enumerate(windows):
+            items[window_prefix(days) + count_column(types)] = per_item[:, len(fields) + n]
+            items[THEN + window_prefix(days) + count_column(types)] = np.zeros(len(item_ids), np.int64)
         for f in spec.category_shares:
             field_of = count_column(f.params["event_types"])
-            items[category_prefix(f) + field_of] = [user.by_category.get(f"{field_of}|{c}", 0) if c is not None
-                                                    else 0 for c in categories]
+            items[category_prefix(f) + field_of] = np.array(
+                [user.by_category.get(f"{field_of}|{c}", 0) if c is not None else 0 for c in categories], np.int64)
         return items
 
 
