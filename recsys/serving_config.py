@@ -27,7 +27,7 @@ class StoreConfig:
     snapshot."""
 
     enabled: bool = False  # False: every feature from the dataset's online tables (a snapshot)
-    url: str = ""  # redis:// URL of a Valkey / Redis (Cluster, managed); "" = the store started from run_dir
+    url: str = ""  # redis:// URL of a Valkey / Redis elsewhere; "" = $RECSYS_STORE_URL, else the one in run_dir
     run_dir: str = "runs/store"  # `recsys store start`'s folder (its address and password)
     namespace: str = "rs"
     clock: str = "events"  # read as of: just after the newest applied event ("events") or the machine's ("wall")

@@ -240,6 +240,10 @@ def spec(routes, config, text_ids: bool = False) -> dict[str, Any]:
     from fastapi.openapi.utils import get_openapi
 
     doc = get_openapi(title=TITLE, version=VERSION, description=DESCRIPTION, routes=routes)
+    if not config.store.enabled:  # /events is the live store's: an app without one does not offer it
+        doc["paths"].pop("/events", None)
+        for name in ("EventsRequest", "EventsResponse", "ShopEvent"):
+            doc["components"]["schemas"].pop(name, None)
     request = doc["components"]["schemas"]["RecommendRequest"]["properties"]
     request["k"]["maximum"] = config.max_k
     request["exclude"]["maxItems"] = config.max_exclude
@@ -249,5 +253,6 @@ def spec(routes, config, text_ids: bool = False) -> dict[str, Any]:
 
 
 TITLE, VERSION = "recsys", "2"
-DESCRIPTION = ("Recommendations: retrieve (two-tower + ANN), filter, rank (DLRM on Triton). Feedback goes back into "
-               "the event log.")
+DESCRIPTION = ("Recommendations: retrieve (two-tower + ANN), filter, rank (DLRM on Triton). Feedback and the shop's "
+               "own events go back into the event log (with the live store: through the event stream, and into the "
+               "features at once).")

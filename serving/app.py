@@ -86,7 +86,7 @@ def replica_settings() -> dict[str, Any]:
 # ---- the FastAPI app -------------------------------------------------------------------------------
 # the spec and its page are routes of the replica: the spec carries the limits of the replica's config
 api = FastAPI(title=TITLE, description=DESCRIPTION, version=VERSION, openapi_url=None, docs_url=None, redoc_url=None)
-api.add_middleware(RequestBody, settings=replica_settings, json_routes=("/recommend", "/feedback"))
+api.add_middleware(RequestBody, settings=replica_settings, json_routes=("/recommend", "/feedback", "/events"))
 
 
 @api.middleware("http")

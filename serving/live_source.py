@@ -9,6 +9,7 @@ of waiting out a timeout), then tried again: recovery needs nobody.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from recsys.export.signature import TensorSpec
 from recsys.online.features import OnlineFeatures
 from recsys.online.live import LiveFeatures
 from recsys.serving_config import StoreConfig
-from recsys.store.server import store_url
+from recsys.store.server import URL_ENV, store_url
 from recsys.store.state import StateLayout, StateReader, UserState
 from recsys.store.stream import EventStream
 
@@ -31,7 +32,7 @@ WRITE_TIMEOUT_S = 2.0
 
 class LiveSource:
     def __init__(self, cfg: StoreConfig, base: OnlineFeatures):
-        url = cfg.url or store_url(cfg.run_dir)
+        url = cfg.url or os.environ.get(URL_ENV) or store_url(cfg.run_dir)
         client = redis.from_url(url, socket_timeout=cfg.timeout_s, socket_connect_timeout=cfg.timeout_s)
         self.cfg = cfg
         # writes (/feedback, /events) wait longer than reads: with appendfsync always each one waits for a fsync

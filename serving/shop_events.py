@@ -2,8 +2,9 @@
 next dataset take them.
 
 Each event is checked the way batch validation checks an exported one (`recsys.data.validate.event_row_problems`:
-time not in the future nor before the shop opened, item in the catalog, no event id twice in a request) and a
-request with any bad event is refused whole, naming each (``body.events.<n>``: why), so nothing of it is recorded.
+time not in the future nor before the shop opened, no event id twice in a request; an item outside the catalog is a
+404, as for ``/feedback``) and a request with any bad event is refused whole, naming each (``body.events.<n>``:
+why), so nothing of it is recorded.
 A new user is fine: their first events are what makes them known.
 
 An event's id is the client's ``event_id``, else one derived from the request's ``Idempotency-Key`` and the event's
@@ -28,11 +29,12 @@ from serving.api import PROBLEMS, Id, IdText, Problem, Strict, Timestamp
 
 UNAUTHORIZED = {401: {"model": Problem, "description": "no API key, or not one of the shop's (nothing written)"}}
 EVENTS_PROBLEMS = {**PROBLEMS, **UNAUTHORIZED,
+                   404: {"model": Problem, "description": "an item id is not in the catalog, or the app runs without "
+                                                          "the live store (it takes no events)"},
                    503: {"model": Problem, "description": "the event stream could not be written (nothing was "
-                                                          "recorded; send the same request again), or the app runs "
-                                                          "without the live store"}}
+                                                          "recorded; send the same request again)"}}
 EVENTS_SCOPE = "events"  # event_id_for's first part for /events (a request id for /feedback)
-MAX_EVENTS = 1000
+MAX_EVENTS = 250  # so that a request one event too long still fits the default 64 KiB body limit (a 422, not a 413)
 
 
 class ShopEvent(Strict):

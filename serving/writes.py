@@ -33,6 +33,10 @@ class EventWrites:
         self.idempotency = IdempotencyKeys()
         self.validation = validation_config(dataset)
         self.catalog = pl.Series(sorted(catalog), dtype=pl.Int64)
+        self._catalog = set(catalog)
+
+    def catalog_has(self, item_id: int) -> bool:
+        return item_id in self._catalog
 
     def authorize(self, authorization: str | None) -> None:
         """401 (nothing written) unless the request carries one of the shop's API keys."""
@@ -80,9 +84,12 @@ class EventWrites:
     async def shop_events(self, rows: list[dict], now: datetime) -> EventsResponse:
         """A /events request's rows checked as batch validation checks them (422 naming each bad one), then
         published."""
-        if self.live is None:
-            raise HTTPException(503, "POST /events needs the live store (serving config store.enabled: true); "
-                                     "without it, send the events with the shop's export")
+        if self.live is None:  # (not in this app's OpenAPI spec either)
+            raise HTTPException(404, "this app takes no /events: it runs without the live store (serving config "
+                                     "store.enabled: false); send the events with the shop's export")
+        unknown = sorted({str(r["item_id"]) for r in rows if not self.catalog_has(r["item_id"])})
+        if unknown:  # well formed, about something that does not exist (as /feedback answers it)
+            raise HTTPException(404, [f"body.events: item ids not in the catalog: {unknown[:20]}"])
         bad = problems(rows, self.validation, now, self.catalog)
         if bad:
             raise HTTPException(422, bad)

@@ -79,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = config.host if "host" in given else http.get("host", config.host)
     port = config.port if "port" in given else http.get("port", config.port)
     config = replace(config, host=host, port=port)
+    from recsys.store.server import URL_ENV
     from serving.auth import ApiKeys, AuthConfigError, is_loopback, keys_required
 
     if config.require_api_key == "false" and not is_loopback(host):
@@ -86,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               "anyone who can reach it; configure api_keys_file or $RECSYS_API_KEYS instead")
     ApiKeys(config.api_keys_file, keys_required(config.require_api_key, host))  # refused here, not per replica
     live = None
-    if config.store.enabled and not config.store.url:  # the embedded store, its consumer and its sink
+    if config.store.enabled and not (config.store.url or os.environ.get(URL_ENV)):  # the embedded store and co.
         from recsys.training.job import newest_dataset
         from serving.live_processes import start_live
 
