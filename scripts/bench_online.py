@@ -40,6 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+from recsys.store.state import from_us  # noqa: E402  (after the path is set)
+from recsys.store.stream import EventStream  # noqa: E402
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     return {f"p{q}": round(float(np.percentile(values, q)), 3) for q in (50, 99)} | {
         "max": round(float(max(values)), 3), "n": len(values)}
@@ -67,7 +71,7 @@ def consumer_process(store_dir: Path, dataset: Path, log: Path) -> subprocess.Po
 def wait_drained(client, group: str = "features", limit_s: float = 600) -> None:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        info = next((g for g in client.xinfo_groups("rs:events") if g["name"] == group.encode()), {})
+        info = EventStream(client).group(group)
         if info.get("lag") == 0 and info.get("pending") == 0:
             return
         time.sleep(0.01)
@@ -88,7 +92,6 @@ def synthetic_events(users: list[int], items: list[int], n: int, first_id: int, 
 
 def freshness(client, users, items, rate: float, duration: float) -> dict:
     """Publish at ``rate`` with wall-clock timestamps; an event is visible when the store's clock passes it."""
-    from recsys.store.stream import EventStream
 
     stream = EventStream(client)
     published: list[int] = []  # timestamps (µs) of what was published
@@ -114,7 +117,7 @@ def freshness(client, users, items, rate: float, duration: float) -> dict:
             now_us = time.time_ns() // 1000  # one µs apart: the clock passing an event means its batch is applied
             batch = synthetic_events(users, items, due, next_id + n)
             for k, e in enumerate(batch):
-                e["timestamp"] = datetime.fromtimestamp((now_us + k) / 1e6, UTC)
+                e["timestamp"] = from_us(now_us + k)
             stream.publish(batch, atomic=False)
             published.extend(now_us + k for k in range(due))
             n += due
@@ -163,18 +166,16 @@ def lookups(live_features, online, users, items, candidates: int, n: int) -> dic
 
 
 def group_read(client, group: str = "features") -> int:
-    info = next((g for g in client.xinfo_groups("rs:events") if g["name"] == group.encode()), {})
-    return info.get("entries-read") or 0
+    return EventStream(client).group(group).get("entries-read") or 0
 
 
 def throughput(client, users, items, backlog: int, start_consumer) -> dict:
     """Queue ``backlog`` events, start the consumer, time it from its first acknowledged entry to the last."""
-    from recsys.store.stream import EventStream
 
     start_us = int(client.hget("rs:clock", "events")) + 1
     events = synthetic_events(users, items, backlog, 2 * 10**15, start_us=start_us, step_us=1000)
     for e in events:
-        e["timestamp"] = datetime.fromtimestamp(e["timestamp"] / 1e6, UTC)
+        e["timestamp"] = from_us(e["timestamp"])
     EventStream(client).publish(events, atomic=False)
     process = start_consumer()
     while (first := group_read(client)) == 0:

@@ -77,7 +77,7 @@ def _live_context(args: argparse.Namespace):
 
     schema = load_schema()
     dataset = Dataset.open(args.dataset or newest_dataset(), schema)
-    return dataset, schema, LiveContext.of(dataset, schema, args.namespace, args.dedupe_window)
+    return dataset, LiveContext.of(dataset, schema, args.namespace, args.dedupe_window)
 
 
 def cmd_store(args: argparse.Namespace) -> int:
@@ -137,7 +137,7 @@ def _state_action(args: argparse.Namespace) -> int:
         sink.run(stop, idle_exit_s=args.idle_exit)
         print(f"sink {args.name}: {sink.entries:,} entries read, {sink.written:,} events written")
         return 0
-    dataset, _, context = _live_context(args)
+    dataset, context = _live_context(args)
     if args.action == "bootstrap":
         n = consumer.bootstrap(client, context, dataset, progress=True)
         print(f"applied the {n:,} events of dataset {dataset.id} to the live state (namespace {args.namespace!r})")

@@ -12,7 +12,6 @@ the dataset the models were trained on has them.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -30,7 +29,6 @@ from recsys.store.state import DEFAULT_NAMESPACE, StateLayout, StateWriter, Stor
 from recsys.store.stream import EventStream, store_event
 from recsys.store.worker import Entries, StreamWorker
 
-log = logging.getLogger(__name__)
 GROUP = "features"
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -101,8 +101,16 @@ class StoreEvent:
                                          strict=True)]
 
 
+EPOCH, MICROSECOND = datetime(1970, 1, 1, tzinfo=UTC), timedelta(microseconds=1)
+
+
 def to_us(when: datetime) -> int:
-    return int(when.timestamp() * 1_000_000) if when.tzinfo else int(when.replace(tzinfo=UTC).timestamp() * 1e6)
+    """Microseconds since the epoch, exactly (a naive time is UTC; a float timestamp would round some away)."""
+    return ((when if when.tzinfo else when.replace(tzinfo=UTC)) - EPOCH) // MICROSECOND
+
+
+def from_us(us: int) -> datetime:
+    return EPOCH + us * MICROSECOND
 
 
 def _ordered(event_id: int, item_id: int) -> str:

@@ -11,12 +11,12 @@ trimmed behind the slowest group, never past an entry some group has not acknowl
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import redis
 
 from recsys.events import EVENTS
-from recsys.store.state import DEFAULT_NAMESPACE, StoreEvent
+from recsys.store.state import DEFAULT_NAMESPACE, StoreEvent, from_us, to_us
 
 GROUPS = ("features", "sink")
 VARIANT = "variant"
@@ -28,10 +28,7 @@ def stream_key(namespace: str = DEFAULT_NAMESPACE) -> str:
 
 
 def _text(value: object) -> str:
-    if isinstance(value, datetime):
-        return str(int(value.timestamp() * 1_000_000) if value.tzinfo else
-                   int(value.replace(tzinfo=UTC).timestamp() * 1_000_000))
-    return str(value)
+    return str(to_us(value) if isinstance(value, datetime) else value)
 
 
 def encode(row: dict) -> dict[str, str]:
@@ -47,7 +44,7 @@ def decode(fields: dict[bytes, bytes]) -> dict[str, int | str | datetime]:
         if name in ("event_type", VARIANT):
             row[name] = text
         elif name == "timestamp":
-            row[name] = datetime.fromtimestamp(int(text) / 1_000_000, UTC)
+            row[name] = from_us(int(text))
         else:
             row[name] = int(text)
     return row
@@ -128,12 +125,12 @@ class EventStream:
     def length(self) -> int:
         return self.client.xlen(self.key)
 
-    def lag(self, group: str) -> int | None:
-        """Entries not yet delivered to ``group`` (Valkey's own count), None if the group does not exist."""
-        for info in self.client.xinfo_groups(self.key):
-            if info["name"] in (group, group.encode()):
-                return info.get("lag")
-        return None
+    def group(self, name: str) -> dict:
+        """Valkey's counters of consumer group ``name`` (``lag``, ``pending``, ``entries-read``, …); {} until it
+        exists."""
+        if not self.client.exists(self.key):
+            return {}
+        return next((g for g in self.client.xinfo_groups(self.key) if g["name"] in (name, name.encode())), {})
 
 
 def _id(entry_id: bytes | str) -> tuple[int, int]:

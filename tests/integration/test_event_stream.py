@@ -38,7 +38,7 @@ def _until(condition, what: str, limit_s: float = 180.0, every_s: float = 0.02) 
 
 def _group(client) -> dict:
     """The features group's counters ({} until its consumer has created it)."""
-    return next((g for g in client.xinfo_groups("rs:events") if g["name"] == GROUP.encode()), {})
+    return EventStream(client).group(GROUP)
 
 
 def _expected(events: pl.DataFrame, spec: StateSpec) -> tuple[dict, dict, dict]:

@@ -42,8 +42,7 @@ class LiveApp:
         self.url, self.config, self.store_dir, self.dataset, self.features = url, config, store_dir, dataset, features
 
     def group(self, name: str) -> dict:
-        client = store_server.connect(self.store_dir)
-        return next((g for g in client.xinfo_groups("rs:events") if g["name"] == name.encode()), {})
+        return EventStream(store_server.connect(self.store_dir)).group(name)
 
     def drained(self, name: str, limit_s: float = 60.0) -> None:
         """Until the group has acknowledged every entry on the stream (a safety limit only)."""
