@@ -71,8 +71,7 @@ def consumer_process(store_dir: Path, dataset: Path, log: Path) -> subprocess.Po
 def wait_drained(client, group: str = "features", limit_s: float = 600) -> None:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        info = EventStream(client).group(group)
-        if info.get("lag") == 0 and info.get("pending") == 0:
+        if EventStream(client).caught_up(group):
             return
         time.sleep(0.01)
     raise TimeoutError(f"the {group} group did not drain in {limit_s} s")

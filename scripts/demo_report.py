@@ -12,7 +12,9 @@ import argparse
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from recsys.data.dataset import Dataset
-from recsys.data.features import META_ITEM, META_USER
+from recsys.data.features import META_CATEGORY, META_ITEM, META_USER
 
 
 def post(url: str, body: dict) -> tuple[dict, float]:
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    user {user:>6}: {items}  ({ms:.0f} ms{', ' + ', '.join(flags) if flags else ''})")
         print(f"    {'':>11} viewed {viewed[:8]}{' …' if len(viewed) > 8 else ''}  hits: "
               f"{sorted(set(items) & set(viewed)) or 'none'}")
+
+    live_shopper(args.url, dataset, users[0])
 
     all_users = test[META_USER].unique().to_list()
     latencies, stages = [], {}
@@ -115,6 +119,39 @@ def main(argv: list[str] | None = None) -> int:
         "![training curves, metrics against baselines, latency](demo.png)", ""]))
     print(f"  report: {out / 'report.md'} (plots: {out / 'demo.png'})")
     return 0
+
+
+def live_shopper(url: str, dataset: Dataset, user: int, views: int = 4, k: int = 10) -> None:
+    """One shopper's list before and after they view a few items of the category their list shows least of (the
+    live store: `POST /events`, then the same `/recommend`). The views are stamped just after the dataset's
+    history ends, where the store's clock stands, so that everyone else's recency stays as it was."""
+    items = dataset.online("items").select(META_ITEM, META_CATEGORY, "item_views_7d")
+    category = dict(items.select(META_ITEM, META_CATEGORY).iter_rows())
+    before, _ = post(f"{url}/recommend", {"user_id": int(user), "k": k})
+    shown = [r["item_id"] for r in before["items"]]
+    counts = items.group_by(META_CATEGORY).len().sort("len", descending=True).head(8)  # the larger categories
+    target = min(counts[META_CATEGORY].to_list(), key=lambda c: sum(category[i] == c for i in shown))
+    viewed = (items.filter((pl.col(META_CATEGORY) == target) & ~pl.col(META_ITEM).is_in(shown))
+              .sort("item_views_7d", descending=True).head(views)[META_ITEM].to_list())
+    at = datetime.fromisoformat(dataset.manifest.online["as_of"])
+    body = {"events": [{"user_id": int(user), "item_id": int(i), "event_type": "view",
+                        "timestamp": (at + timedelta(seconds=10 * (n + 1))).isoformat()} for n, i in enumerate(viewed)]}
+    try:
+        post(f"{url}/events", body)
+    except urllib.error.HTTPError as exc:
+        print(f"  (no live store: /events answered {exc.code}; run the app with store.enabled to see a list change)")
+        return
+    after = before
+    for _ in range(50):  # the consumer applies an event within milliseconds; a safety limit only
+        time.sleep(0.05)
+        after, _ = post(f"{url}/recommend", {"user_id": int(user), "k": k})
+        if [r["item_id"] for r in after["items"]] != shown:
+            break
+    share = lambda answer: sum(category[r["item_id"]] == target for r in answer["items"])  # noqa: E731
+    print(f"  one shopper, live: user {user} views {len(viewed)} items of {target} ({viewed})")
+    for name, answer in (("before", before), ("after", after)):
+        print(f"    {name:>6}: {[(r['item_id'], category[r['item_id']]) for r in answer['items']]}  "
+              f"({share(answer)} of {k} in {target})")
 
 
 if __name__ == "__main__":

@@ -142,6 +142,17 @@ class ShopWorld:
                  - cfg.position_decay * np.log2(1.0 + position) + cfg.click_bias)
         return _sigmoid(logit)
 
+    def cart_prob(self, view_affinity: np.ndarray) -> np.ndarray:
+        """The chance that a view of an item with this affinity puts it in the cart."""
+        return _sigmoid(3.0 * view_affinity + self.cfg.cart_bias - 1.0)
+
+    def organic_views(self, rng: np.random.Generator, users: np.ndarray, when_s: np.ndarray) -> np.ndarray:
+        """The item each of ``users`` views from search or browsing: the best liked of 30 popular candidates."""
+        cand = _draw(rng, self.pop_cdf, len(users) * 30).reshape(-1, 30)
+        cand_aff = np.einsum("nd,nkd->nk", self.user_vectors(users, when_s), self.item_vec[cand])
+        pick = np.argmax(2 * self.cfg.affinity_scale * cand_aff + rng.gumbel(size=cand.shape), axis=1)
+        return cand[np.arange(len(cand)), pick]
+
     def users_table(self) -> pl.DataFrame:
         n = self.cfg.n_users
         return pl.DataFrame({
@@ -240,17 +251,14 @@ def _chunk(world: ShopWorld, rng: np.random.Generator, n_sessions: int,
     org_session = np.repeat(np.arange(n_sessions), n_org)
     org_user = users[org_session]
     org_time_s = session_start[org_session] + rng.integers(0, SESSION_SECONDS, len(org_session))
-    cand = _draw(rng, world.pop_cdf, len(org_session) * 30).reshape(-1, 30)
-    cand_aff = np.einsum("nd,nkd->nk", world.user_vectors(org_user, org_time_s), world.item_vec[cand])
-    pick = np.argmax(2 * cfg.affinity_scale * cand_aff + rng.gumbel(size=cand.shape), axis=1)
-    org_item = cand[np.arange(len(cand)), pick]
+    org_item = world.organic_views(rng, org_user, org_time_s)
 
     view_user = np.concatenate([imp_user[c], org_user])
     view_item = np.concatenate([imp_item[c], org_item])
     view_session = np.concatenate([imp_session[c], session_id[org_session]])
     view_time = np.concatenate([click_time + US_PER_S, org_time_s * US_PER_S])
     view_aff = world.affinity(view_user, view_item, view_time // US_PER_S)
-    cart = rng.random(len(view_item)) < _sigmoid(3.0 * view_aff + cfg.cart_bias - 1.0)
+    cart = rng.random(len(view_item)) < world.cart_prob(view_aff)
     cart_time = view_time[cart] + rng.integers(5, 300, int(cart.sum())) * US_PER_S
     buy = rng.random(int(cart.sum())) < cfg.purchase_prob
     buy_time = cart_time[buy] + rng.integers(10, 600, int(buy.sum())) * US_PER_S

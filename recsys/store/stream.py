@@ -117,7 +117,8 @@ class EventStream:
         floor = None
         for info in self.client.xinfo_groups(self.key):
             group, last = info["name"], info["last-delivered-id"]
-            oldest = last if not info["pending"] else self.client.xpending(self.key, group)["min"]
+            # (acknowledged between the two calls: then nothing is pending any more)
+            oldest = (self.client.xpending(self.key, group)["min"] if info["pending"] else None) or last
             floor = oldest if floor is None or _id(oldest) < _id(floor) else floor
         if floor is not None:  # (the floor entry itself is kept: it may be unacknowledged)
             self.client.xtrim(self.key, minid=floor, approximate=True)
@@ -131,6 +132,14 @@ class EventStream:
         if not self.client.exists(self.key):
             return {}
         return next((g for g in self.client.xinfo_groups(self.key) if g["name"] in (name, name.encode())), {})
+
+    def caught_up(self, name: str) -> bool:
+        """Whether group ``name`` has acknowledged every entry published so far (true before the first)."""
+        if not self.client.exists(self.key):
+            return True
+        group = self.group(name)
+        newest = self.client.xinfo_stream(self.key)["last-generated-id"]
+        return bool(group) and group["pending"] == 0 and _id(group["last-delivered-id"]) == _id(newest)
 
 
 def _id(entry_id: bytes | str) -> tuple[int, int]:

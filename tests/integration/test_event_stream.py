@@ -126,7 +126,7 @@ def test_valkey_killed_mid_stream_loses_nothing_and_counts_nothing_twice(tmp_pat
         killed_at = consumer.entries
         assert killed_at < events.height
         server.start(tmp_path, port=info.port, appendfsync="always")  # the same folder: its AOF is reloaded
-        _until(lambda: _group(client).get("lag") == 0 and _group(client).get("pending") == 0, "the rest consumed")
+        _until(lambda: stream.caught_up("features"), "the rest consumed")
         stop.set()
         worker.join(timeout=30)
         _assert_counted_once(client, events, context)

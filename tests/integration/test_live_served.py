@@ -7,7 +7,6 @@ automatic again."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,71 +17,21 @@ import pytest
 
 from recsys.config import IngestConfig
 from recsys.data.ingest import read_table
-from recsys.deploy.ports import free_port
 from recsys.eventlog.feedback import FEEDBACK_GLOB
 from recsys.events import EVENTS
-from recsys.online.features import OnlineFeatures
-from recsys.serving_config import StoreConfig
 from recsys.store import server as store_server
-from recsys.store.consumer import FeatureConsumer, LiveContext, bootstrap
-from recsys.store.sink import EventSink
 from recsys.store.stream import EventStream
-from serving.launch import direct_ingress_ports, healthy_ports, run_app
-from tests.integration.conftest import known_users, recommend, serving_config
+from serving.launch import direct_ingress_ports, healthy_ports
+from tests.integration.conftest import known_users, recommend
+from tests.integration.live_app import AUTH, KEY, live_app
 
 pytestmark = pytest.mark.integration
 
 NEW_USER = 10**12 + 7  # in no table of the dataset
-KEY = "shop-key-" + "x" * 24
-AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-class LiveApp:
-    def __init__(self, url, config, store_dir, dataset, features):
-        self.url, self.config, self.store_dir, self.dataset, self.features = url, config, store_dir, dataset, features
-
-    def group(self, name: str) -> dict:
-        return EventStream(store_server.connect(self.store_dir)).group(name)
-
-    def drained(self, name: str, limit_s: float = 60.0) -> None:
-        """Until the group has acknowledged every entry on the stream (a safety limit only)."""
-        deadline = time.monotonic() + limit_s
-        while not (self.group(name).get("lag") == 0 and self.group(name).get("pending") == 0):
-            assert time.monotonic() < deadline, f"the {name} group did not catch up"
-            time.sleep(0.05)
-
-
-def _workers(store_dir, context, event_log, stop):
-    consumer = FeatureConsumer(store_server.connect(store_dir), context, block_ms=100)
-    sink = EventSink(store_server.connect(store_dir), event_log, block_ms=100)
-    threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w in (consumer, sink)]
-    for t in threads:
-        t.start()
-    return threads
-
-
 @pytest.fixture(scope="module")
 def live(local_ray, served_models, tiny_dataset, schema, tmp_path_factory):
-    work = tmp_path_factory.mktemp("live_served")
-    store_dir = work / "store"
-    store_server.start(store_dir, appendfsync="always")
-    context = LiveContext.of(tiny_dataset, schema)
-    assert bootstrap(store_server.connect(store_dir), context, tiny_dataset) > 0
-    stop = threading.Event()
-    threads = _workers(store_dir, context, work / "events", stop)
-    (work / "api_keys").write_text(f"# the shop's keys\n{KEY}\n")
-    config = serving_config(served_models, tiny_dataset, work, store=StoreConfig(
-        enabled=True, run_dir=str(store_dir), timeout_s=0.5, retry_s=0.5),
-        api_keys_file=str(work / "api_keys"), require_api_key="true")
-    running = run_app(config, "127.0.0.1", proxy_port=free_port(), run_dir=work / "run")
-    try:
-        yield LiveApp(running.url, config, store_dir, tiny_dataset, OnlineFeatures(tiny_dataset, schema))
-    finally:
-        running.stop()
-        stop.set()
-        for t in threads:
-            t.join(timeout=10)
-        store_server.stop(store_dir)
+    with live_app(served_models, tiny_dataset, schema, tmp_path_factory.mktemp("live_served")) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
