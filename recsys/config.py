@@ -79,10 +79,13 @@ class BuildConfig:
     test_days: int = 7  # the last days of the data
     shards: int = 2  # Parquet shards per split (one per training worker)
     chunk_rows: int = 1_000_000  # examples computed and written at a time: bounds memory, not the output
+    # log-and-train: the app's event-log folders; ranking examples the app logged take its logged inputs
+    # (recsys.data.logged_inputs; the logs' content is in the dataset id, not these paths)
+    logged_inputs: tuple[str, ...] = ()
 
 
 # build settings that change how a dataset is computed but never what it contains (not in its id)
-EXECUTION_ONLY = frozenset({"chunk_rows"})
+EXECUTION_ONLY = frozenset({"chunk_rows", "logged_inputs"})
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class IngestConfig:
     event_type: str | None = None  # no event type column: every event is this one (e.g. view, for a ratings file)
     ids: dict[str, str] = field(default_factory=dict)  # id column -> integer | text (default: told by the values)
     session_gap_minutes: int = 30  # no session_id column: a user's new session starts after this much inactivity
+    derive_empty_sessions: bool = False  # an empty session_id is derived as above (else the row is quarantined)
 
 
 @dataclass(frozen=True)

@@ -186,6 +186,7 @@ class Ingress:
         versions = {"dataset": self.versions["dataset"]}
         scores: np.ndarray | None = None
         query: dict[str, np.ndarray] | None = None
+        ranked: tuple[str, dict[str, np.ndarray]] | None = None  # (dataset id, the shown items' ranking inputs)
         reason, degraded, variant = None, False, "production"
 
         def lap(stage: str, since: float) -> float:
@@ -231,6 +232,7 @@ class Ingress:
                     versions["ranking"], versions["dataset"] = ranking.model, ranking.dataset
                     order = np.argsort(-ranking.scores, kind="stable")[: body.k]
                     items, scores = [kept[i] for i in order], ranking.scores[order]
+                    ranked = ranking.dataset, {name: a[order] for name, a in ranking.inputs.items()}
                     reason = ranking.note
                 else:  # Triton down, slow or failing: the retrieval order
                     degraded, reason = True, f"{ranking.note}: retrieval order"
@@ -246,7 +248,7 @@ class Ingress:
         if stale:
             self.metrics.stale_features.inc()
         self.requests.add(request_id, user_id, variant, query, items, scores, not known, degraded,
-                          timings["total"])
+                          timings["total"], ranked)
         return RecommendResponse(request_id=str(request_id), user_id=wire(body.user_id), items=scored,
                                  cold_start=not known, degraded=degraded, stale_features=stale, reason=reason,
                                  variant=variant, model_versions=versions, timings_ms=timings)
@@ -298,7 +300,7 @@ class Ingress:
         inputs, dataset_id, stale = encoded
         start = time.perf_counter()
         ranking = await self.ranker.rank_within_deadline(inputs, version, self.config.rank_deadline_s)
-        ranking.variant, ranking.dataset, ranking.stale_features = variant, dataset_id, stale
+        ranking.variant, ranking.dataset, ranking.stale_features, ranking.inputs = variant, dataset_id, stale, inputs
         seconds = time.perf_counter() - start
         self.metrics.variant_latency.labels(variant=variant).observe(seconds)
         if ranking.scores is None:

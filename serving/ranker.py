@@ -20,6 +20,7 @@ class Ranking:
     dataset: str = ""  # the dataset id whose features were the inputs
     note: str | None = None  # why there are no scores (or a remark on the ones there are)
     stale_features: bool = False  # the live store failed: the inputs were the dataset's snapshot
+    inputs: dict[str, np.ndarray] | None = None  # what was scored, one row per candidate
 
 
 def _channel_args() -> list[tuple[str, int]]:

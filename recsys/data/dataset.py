@@ -30,6 +30,7 @@ from polars.io.plugins import register_io_source
 from tqdm.auto import tqdm
 
 from recsys.config import EXECUTION_ONLY, BuildConfig
+from recsys.data import logged_inputs
 from recsys.data.attributes import attribute_tables
 from recsys.data.encoders import Encoders, fit_encoders
 from recsys.data.features import (
@@ -212,8 +213,9 @@ SHARD = "__shard"
 
 
 def write_examples(builder: FeatureBuilder, task: str, bounds: dict[str, datetime], out: Path,
-                   cfg: BuildConfig) -> dict[str, Any]:
+                   cfg: BuildConfig, logged: pl.DataFrame | None = None) -> dict[str, Any]:
     """Build ``task``'s examples and write ``out/shards/<task>/<split>/``; returns the splits' layout.
+    With ``logged`` (`recsys.data.logged_inputs.prepare`), examples the app logged take their logged inputs.
 
     Row i of a split goes to shard i % n. Examples are computed ``cfg.chunk_rows`` at a time and
     streamed into the shard files by Polars' partitioned Parquet sink: memory holds one chunk, not the
@@ -228,14 +230,18 @@ def write_examples(builder: FeatureBuilder, task: str, bounds: dict[str, datetim
     layout = {}
     for split, part in splits.items():
         rel = f"shards/{task}/{split}"
+        from_logs = [0]  # examples that took logged inputs
 
-        def encoded_chunks(with_columns, predicate, n_rows, batch_size, part=part):
+        def encoded_chunks(with_columns, predicate, n_rows, batch_size, part=part, from_logs=from_logs):
             """A Polars IO source: the split's encoded examples, chunk by chunk, with their shard."""
             rows = part if n_rows is None else part.head(n_rows)
             for start in range(0, rows.height, cfg.chunk_rows):
                 chunk = rows.slice(start, cfg.chunk_rows)
-                df = encode_examples(builder, chunk.lazy(), task).collect().with_columns(
-                    ((pl.int_range(pl.len()) + start) % n).alias(SHARD))
+                df = encode_examples(builder, chunk.lazy(), task).collect()
+                if logged is not None:
+                    df, taken = logged_inputs.with_logged(df, logged)
+                    from_logs[0] += taken
+                df = df.with_columns(((pl.int_range(pl.len()) + start) % n).alias(SHARD))
                 df = df if predicate is None else df.filter(predicate)
                 yield df if with_columns is None else df.select(with_columns)
 
@@ -256,6 +262,8 @@ def write_examples(builder: FeatureBuilder, task: str, bounds: dict[str, datetim
                 pl.DataFrame(schema=schema).write_parquet(out / path)
             shards.append({"path": path, "rows": size})
         layout[split] = {"rows": part.height, "shards": shards}
+        if logged is not None:
+            layout[split]["from_logged_inputs"] = from_logs[0]
     return layout
 
 
@@ -275,7 +283,8 @@ def build_dataset(validated: str | Path, root: str | Path, schema: FeatureSchema
     inputs = {t: file_sha256(validated / f"{t}.parquet") for t in VALIDATED_TABLES}
     id_maps = {c: IdMap.path(validated, c) for c in MAPPED_IDS if IdMap.path(validated, c).is_file()}
     inputs |= {f"ids_{c}": file_sha256(path) for c, path in id_maps.items()}  # (none for integer ids: as before)
-    ds_id = dataset_id(schema, cfg, inputs)
+    logged_id = {"logged_inputs": logged_inputs.digest(list(cfg.logged_inputs))} if cfg.logged_inputs else {}
+    ds_id = dataset_id(schema, cfg, inputs | logged_id)
     final = root / ds_id
     if (final / "manifest.json").is_file() and not force:
         return Dataset.open(final, schema), False
@@ -285,6 +294,9 @@ def build_dataset(validated: str | Path, root: str | Path, schema: FeatureSchema
     builder = load_builder(validated, schema)
     events, encoders = builder.events, builder.encoders
     bounds = split_boundaries(events[TS].min(), events[TS].max(), cfg)  # type: ignore[arg-type]
+    logged, logged_account = None, None
+    if cfg.logged_inputs and (rows := logged_inputs.read_logged(list(cfg.logged_inputs))) is not None:
+        logged, logged_account = logged_inputs.prepare(rows, schema, encoders, root)
     steps.update(1)
 
     splits: dict[str, Any] = {"boundaries": {k: v.isoformat() for k, v in bounds.items()}}
@@ -292,7 +304,9 @@ def build_dataset(validated: str | Path, root: str | Path, schema: FeatureSchema
     with atomic_dir(final) as tmp:
         for task in TASKS:
             steps.set_postfix_str(f"{task} examples")
-            splits[task] = write_examples(builder, task, bounds, tmp, cfg)
+            splits[task] = write_examples(builder, task, bounds, tmp, cfg, logged if task == "ranking" else None)
+            if task == "ranking" and cfg.logged_inputs:
+                splits[task]["logged_inputs"] = logged_account or {"rows": 0}
             if task == "retrieval":
                 splits[task]["positive_event_types"] = positives = retrieval_event_types(events, schema)
                 if positives != list(schema.examples["retrieval"]["event_types"]):

@@ -7,7 +7,8 @@ Most shops export user, item, event type and time; the rest of our format follow
   row read twice gets the same id and identical rows are one event (counted as ``deduplicated``).
 * ``session_id``: a user's events in time order, a new session after ``ingest.session_gap_minutes`` (30) without
   an event; its id is a hash of the user and the session's first event time, so appending later events never
-  renumbers an earlier session.
+  renumbers an earlier session. With ``ingest.derive_empty_sessions`` (the app's event log: ``POST /events`` takes
+  events without one), a row that leaves the column empty gets the derived id.
 * ``signup_date``: the date of the user's first event (a user with none: the export's last event date).
 * a users table (``ingest.users: null``): one row per user of the events, signup as above.
 * an items table (``ingest.items: null``): one row per item of the events, its attributes unknown (null: every
@@ -57,6 +58,19 @@ def session_ids(events: pl.LazyFrame, gap_minutes: int) -> pl.LazyFrame:
     return ranked.with_columns(_set("session_id", code_expr(key))).sort("__order").drop("__order")
 
 
+def _empty(raw: str) -> pl.Expr:
+    return pl.col(raw).is_null() | (pl.col(raw).str.strip_chars() == "")
+
+
+def sessions_where_empty(events: pl.LazyFrame, gap_minutes: int) -> pl.LazyFrame:
+    """``session_id`` derived (`session_ids`) in the rows that leave it empty; the others keep theirs."""
+    columns = ("session_id", RAW + "session_id")
+    derived = session_ids(events.with_columns(pl.col(c).alias("__kept" + c) for c in columns), gap_minutes)
+    empty = _empty("__kept" + RAW + "session_id")
+    return derived.with_columns(pl.when(empty).then(pl.col(c)).otherwise(pl.col("__kept" + c)).alias(c)
+                                for c in columns).drop("__kept" + c for c in columns)
+
+
 def derive_event_columns(events: pl.LazyFrame, absent: set[str], cfg: IngestConfig) -> pl.LazyFrame:
     """Fill the derivable event columns in ``absent`` (those the source files do not have)."""
     if "event_type" in absent and cfg.event_type:
@@ -67,6 +81,8 @@ def derive_event_columns(events: pl.LazyFrame, absent: set[str], cfg: IngestConf
         events = event_ids(events)
     if "session_id" in absent:
         events = session_ids(events, cfg.session_gap_minutes)
+    elif cfg.derive_empty_sessions:
+        events = sessions_where_empty(events, cfg.session_gap_minutes)
     return events
 
 

@@ -29,7 +29,8 @@ from recsys.ids import ID_COLUMNS
 
 FEEDBACK_GLOB = "events/*.jsonl"
 # how the data pipeline reads the log: its ids are the pipeline's own already (a text id's code: `recsys.ids`)
-FEEDBACK_INGEST = IngestConfig(events=FEEDBACK_GLOB, format="jsonl", ids=dict.fromkeys(ID_COLUMNS, "integer"))
+FEEDBACK_INGEST = IngestConfig(events=FEEDBACK_GLOB, format="jsonl", ids=dict.fromkeys(ID_COLUMNS, "integer"),
+                               derive_empty_sessions=True)  # (/events takes events without a session)
 VARIANT = "variant"  # beside the EVENTS columns: the variant whose list the event is about
 INT63 = (1 << 63) - 1
 

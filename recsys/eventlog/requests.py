@@ -1,6 +1,8 @@
 """The request log: what the app served, for monitoring. One JSON line per answer, with the user's model inputs as
 the model saw them (``inputs``: encoded, so drift is measured against the training dataset's profile; absent for a
-cold start), the variant, and the served items with their scores.
+cold start), the variant, and the served items with their scores. A ranked answer also logs what the ranker was
+given for each shown item, in the shown order (``ranked``: the dataset whose encoders encoded them and every input
+column), so that the next dataset can train on exactly what was served (`recsys.data.logged_inputs`).
 
 Lines are buffered and written at most every ``flush_s`` seconds or ``max_rows`` rows (not fsynced per request:
 this is telemetry, unlike the feedback log), one file per replica: ``<event_log>/requests/requests-<start>-<id>.jsonl``.
@@ -41,13 +43,17 @@ class RequestLog:
         self._lock = threading.Lock()
 
     def add(self, request_id: int, user_id: int, variant: str, inputs: dict[str, np.ndarray] | None,
-            items: list[int], scores: np.ndarray | None, cold_start: bool, degraded: bool, total_ms: float) -> None:
+            items: list[int], scores: np.ndarray | None, cold_start: bool, degraded: bool, total_ms: float,
+            ranked: tuple[str, dict[str, np.ndarray]] | None = None) -> None:
+        """One answer; ``ranked``: (dataset id, the ranking inputs of the shown items, row n for ``items[n]``)."""
         row = {"timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"), "request_id": request_id,
                "user_id": user_id, "variant": variant, "cold_start": cold_start, "degraded": degraded,
                "total_ms": total_ms,
                "items": items, "scores": None if scores is None else [round(float(s), 6) for s in scores]}
         if inputs is not None:  # nested: the encoded `user_id` input is not the shop's user id
             row["inputs"] = {name: a[0].tolist() if a[0].size > 1 else a[0].item() for name, a in inputs.items()}
+        if ranked is not None:
+            row["ranked"] = {"dataset": ranked[0], "inputs": {name: a.tolist() for name, a in ranked[1].items()}}
         self._lines.append(json.dumps(row, separators=(",", ":")) + "\n")
         if len(self._lines) >= self.max_rows or time.monotonic() - self._flushed >= self.flush_s:
             self.flush()

@@ -69,7 +69,7 @@ def sessions_per_day(export: str | Path) -> float:
 class _Due:
     at_us: int
     seq: int
-    kind: str = field(compare=False)  # session | request | impression | click | view | organic | add_to_cart | purchase
+    kind: str = field(compare=False)  # session request impression click view organic add_to_cart purchase
     user: int = field(compare=False)  # the generator's user index
     item: int = field(compare=False, default=-1)  # the generator's item index
     request_id: str | None = field(compare=False, default=None)
@@ -89,8 +89,8 @@ class Answered:
 
 class ShopTraffic:
     def __init__(self, world: ShopWorld, client: httpx.Client, start_s: int, sessions_per_day: float, *,
-                 settle: Callable[[int], object] = lambda now_us: None, headers: dict[str, str] | None = None, k: int = 10,
-                 seed: int = 0, known_users: set[int] | None = None):
+                 settle: Callable[[int], object] = lambda now_us: None, headers: dict[str, str] | None = None,
+                 k: int = 10, seed: int = 0, known_users: set[int] | None = None):
         """``client`` talks to the app; ``headers`` go with every write (the shop's API key); ``settle(now_us)``
         returns once the store has applied every event sent and reads features as of ``now_us`` (microseconds since
         the epoch), e.g. `live_store_settle`."""
@@ -151,9 +151,9 @@ class ShopTraffic:
         probability = self.world.click_prob(self._affinity(due.user, items), items, positions)
         clicked = self.rng.random(len(items)) < probability
         for position, item, click in zip(positions, items, clicked, strict=True):
-            shown = self.now_us + int(position) * 1000  # the list renders top to bottom
+            shown = self.now_us + int(position) * 1000  # the list renders top to bottom (sent with what follows)
             what = {"item": int(item), "request_id": answer["request_id"], "position": int(position)}
-            self._schedule("impression", shown, due.user, **what)
+            self._pending.append(_Due(shown, next(self._seq), "impression", due.user, **what))
             if click:
                 self._schedule("click", shown + int(self.rng.integers(1, 60)) * US, due.user, **what)
         return Answered(user_id, answer["variant"], len(items), int(clicked.sum()), float(probability.sum()))

@@ -1,4 +1,5 @@
-"""Steady simulated traffic on the app with live features: no input drifts beyond the shop's own day-to-day noise.
+"""Steady simulated traffic on the app with live features: no input drifts beyond the shop's own day-to-day noise,
+and the next dataset can train on exactly the inputs the app served (log-and-train).
 
 The tiny shop is played forward from the end of its dataset in its own time (`recsys.retrain.shop_traffic`: the
 generator's sessions, click model and follow-up events, sent to ``/recommend``, ``/feedback`` and ``/events``), so
@@ -9,15 +10,20 @@ the snapshot instead, ``user_recency_hours`` reads the hours to the snapshot and
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import numpy as np
 import polars as pl
 import pytest
 
+from recsys.data.dataset import build_dataset
 from recsys.data.features import META_USER
 from recsys.data.generate import ShopWorld
+from recsys.data.validate import validate
+from recsys.eventlog.feedback import FEEDBACK_INGEST
 from recsys.monitoring.drift import feature_drift
 from recsys.monitoring.monitor import Monitor, reference_profile
 from recsys.retrain.shop_traffic import ShopTraffic, live_store_settle, sessions_per_day
@@ -47,7 +53,7 @@ def steady(local_ray, served_models, tiny_dataset, tiny_cfg, tiny_raw, schema, t
         while monitor.requests.refresh() is None or monitor.requests.rows_read < REQUESTS:
             assert time.monotonic() < deadline, "the app did not log every answer"
             time.sleep(0.1)
-        yield monitor.evaluate(since=began), answered
+        yield monitor.evaluate(since=began), answered, app
 
 
 def test_steady_traffic_with_live_features_drifts_no_more_than_the_shops_own_days(steady, tiny_dataset, schema):
@@ -55,7 +61,7 @@ def test_steady_traffic_with_live_features_drifts_no_more_than_the_shops_own_day
     as many) differ from them by sampling alone (400 users) by up to PSI 0.15: the floor. The traffic of the days
     after, served live, must be no further than 0.1 beyond twice the floor. Served from the snapshot, the recency
     alone was at PSI 3."""
-    snapshot, answered = steady
+    snapshot, answered, _ = steady
     assert len(answered) == REQUESTS and sum(a.clicks for a in answered) > 0
     assert snapshot.metrics["drift.rows"] == REQUESTS
     psi = {k.removeprefix("drift.psi."): v for k, v in snapshot.metrics.items() if k.startswith("drift.psi.")}
@@ -66,3 +72,34 @@ def test_steady_traffic_with_live_features_drifts_no_more_than_the_shops_own_day
     print({k: (round(v, 3), round(floor[k], 3)) for k, v in sorted(psi.items())})
     assert set(psi) == set(floor), (sorted(psi), sorted(floor))
     assert all(psi[k] < 0.1 + 2 * floor[k] for k in psi), {k: (psi[k], floor[k]) for k in psi}
+
+
+def test_log_and_train_takes_the_served_inputs_which_equal_the_offline_ones(steady, tiny_raw, tiny_cfg,
+                                                                            tiny_dataset, schema, tmp_path):
+    """The export plus what the app's sink wrote, built twice: computed, and with ``build.logged_inputs``. Every
+    impression the app showed (and logged) takes its logged inputs; served live, those are the offline builder's
+    own values, so the shards agree. (The recency, counted in whole seconds, of a lower slot, shown a few
+    milliseconds after the list was asked for, may be one second more offline.)"""
+    _, answered, app = steady
+    validated = tmp_path / "validated"
+    validate(tiny_raw, validated, tiny_cfg.validation, tiny_cfg.ingest,
+             extra_events=[(app.config.event_log, FEEDBACK_INGEST)])
+    root = tiny_dataset.path.parent  # where the serving dataset (whose encoders the log names) lies
+    computed, _ = build_dataset(validated, root, schema, tiny_cfg.build, progress=False)
+    logged, _ = build_dataset(validated, root, schema, replace(tiny_cfg.build, logged_inputs=(app.config.event_log,)),
+                              progress=False)
+    assert logged.id != computed.id
+    account = logged.manifest.splits["ranking"]
+    shown = sum(a.impressions for a in answered)
+    assert sum(account[s]["from_logged_inputs"] for s in ("train", "val", "test")) == shown
+    assert account["logged_inputs"]["rows"] == shown
+    assert set(account["logged_inputs"]["inputs"].values()) == {"as logged"}  # the same encoders
+    for split in ("train", "val", "test"):
+        a, b = computed.read("ranking", split), logged.read("ranking", split)
+        assert a.columns == b.columns and a.height == b.height
+        for column in a.columns:
+            if a[column].dtype.is_float():
+                second = 1 / 3600 if column == "user_recency_hours" else 0.0  # (log1p: no more in its log)
+                assert np.abs(a[column].to_numpy() - b[column].to_numpy()).max() <= second + 1e-6, column
+            else:
+                assert a[column].equals(b[column]), column
