@@ -10,7 +10,10 @@ Two servers answer the same requests, one after the other, on the same trained r
 
 An open-loop asynchronous client (aiohttp) sends requests at a fixed rate whether or not earlier ones have
 answered, so queueing shows in the latencies. Per rate it reports achieved RPS, p50 / p95 / p99, errors,
-degraded answers and the per-stage medians the app reports. A server *sustains* a rate when it answers every
+degraded answers, the per-stage medians the app reports, and the CPU each answered request cost, by process (the
+ingress replicas, Triton, Ray's own processes, HAProxy, and with live features Valkey and its consumer and sink:
+every process under this one but this one, which only generates the load). The app runs twice, on the dataset's
+snapshot features and on the live store (``--features``). A server *sustains* a rate when it answers every
 request (no errors, no degraded answers), keeps up (achieved >= 95% of offered) and keeps p99 within the SLO
 (``--slo-ms``, 50 ms); its sustainable throughput is the highest such rate. The compute of the baseline
 alone (in this process, no HTTP) is printed too.
@@ -28,6 +31,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -86,11 +90,48 @@ async def drive(url: str, users: list[int], rate: float, duration: float, k: int
             "stage_p50_ms": {s: float(np.median(v)) for s, v in stages.items()}}
 
 
+GROUPS = (("ingress", b"ServeReplica:recsys:Ingress"), ("triton", b"tritonserver"), ("balancer", b"haproxy"),
+          ("store", b"valkey-server"), ("store", b"redis-server"), ("consumer+sink", b"store\x00consume"),
+          ("consumer+sink", b"store\x00sink"), ("naive", b"naive_server.py"))
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) so far of every process under this one (not this one: the load generator), by
+    what it is; Ray's own processes (raylet, GCS, controller, proxy, workers) are ``ray``."""
+    parent, cpu, names = {}, {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            names[int(entry.name)] = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) * TICK_S
+    me, totals = os.getpid(), {}
+    for pid, seconds in cpu.items():
+        ancestor = parent.get(pid)
+        while ancestor not in (None, 0, 1, me):
+            ancestor = parent.get(ancestor)
+        if ancestor != me:
+            continue
+        group = next((g for g, title in GROUPS if title in names[pid]), "ray")
+        totals[group] = totals.get(group, 0.0) + seconds
+    return totals
+
+
 def sweep(name: str, url: str, users: list[int], rates: list[float], duration: float, k: int, slo_ms: float) -> dict:
     asyncio.run(drive(url, users, 50, 5, k))  # warm-up
     rows = []
     for rate in rates:
+        before = cpu_seconds()
         row = asyncio.run(drive(url, users, rate, duration, k))
+        after, answered = cpu_seconds(), max(row["sent"] - row["errors"], 1)
+        row["cpu_ms_per_request"] = {g: round((after[g] - before.get(g, 0.0)) * 1000 / answered, 2)
+                                     for g in sorted(after)}
+        row["cpu_ms_per_request"]["total"] = round(sum(row["cpu_ms_per_request"].values()), 2)
         row["sustained"] = (row["errors"] == 0 and row["degraded"] == 0 and row["achieved_rps"] >= 0.95 * rate
                             and row["p99"] <= slo_ms)
         rows.append(row)
@@ -98,7 +139,10 @@ def sweep(name: str, url: str, users: list[int], rates: list[float], duration: f
               f"p95 {row['p95']:8.1f} ms  p99 {row['p99']:8.1f} ms  errors {row['errors']}  "
               f"degraded {row['degraded']}  {'sustained' if row['sustained'] else 'NOT sustained'}"
               + ("  stages p50 " + ", ".join(f"{s} {v:.1f}" for s, v in row["stage_p50_ms"].items())
-                 if row["stage_p50_ms"] else ""), flush=True)
+                 if row["stage_p50_ms"] else "")
+              + "\n       CPU ms per answered request: " + ", ".join(f"{g} {v:.1f}"
+                                                              for g, v in row["cpu_ms_per_request"].items()),
+              flush=True)
         time.sleep(2)  # let queues drain before the next rate
     sustained = [r["rate"] for r in rows if r["sustained"]]
     return {"rates": rows, "sustainable_rps": max(sustained) if sustained else 0.0}
@@ -171,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank-deadline", type=float, default=0.2)
     parser.add_argument("--replicas", type=int, default=2, help="ingress replicas behind HAProxy (default 2)")
     parser.add_argument("--baseline-requests", type=int, default=200, help="requests for the compute-only figure")
+    parser.add_argument("--features", default="snapshot,live",
+                        help="the app's feature sources to run, comma-separated: snapshot (the dataset's online "
+                             "tables) and live (the store, with its consumer and sink)")
     parser.add_argument("--work", default="runs/bench_serving")
     parser.add_argument("--out", default="", help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -185,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.deploy.ports import free_port, free_port_block
     from recsys.serving_config import ServingConfig
     from serving.launch import SPARE_PORTS, direct_ingress_env, run_app, wait_healthy
+    from serving.live_processes import start_live
 
     work = Path(args.work).resolve()
     repo = work / "triton_models"
@@ -208,11 +256,21 @@ def main(argv: list[str] | None = None) -> int:
     config = replace(config, triton_url=triton.grpc_url)
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
-        running = run_app(config, "127.0.0.1", proxy_port=free_port(), run_dir=work / "run")
-        try:
-            results["app"] = sweep("app", running.url, users, rates, args.duration, args.k, args.slo_ms)
-        finally:
-            running.stop()
+        for features in args.features.split(","):
+            live, app_config = None, config
+            if features == "live":  # the store started, bootstrapped, consumed and sunk as `recsys serve` does
+                shutil.rmtree(work / "store", ignore_errors=True)
+                app_config = replace(config, run_dir=str(work / "run-live"), store=replace(
+                    config.store, enabled=True, run_dir=str(work / "store")))
+                live = start_live(app_config, args.dataset, progress=False)
+            running = run_app(app_config, "127.0.0.1", proxy_port=free_port(), run_dir=work / f"run-{features}")
+            try:
+                results[f"app-{features}"] = sweep(f"app ({features})", running.url, users, rates, args.duration,
+                                                   args.k, args.slo_ms)
+            finally:
+                running.stop()
+                if live is not None:
+                    live.stop()
     finally:
         ray.shutdown()
         server.stop(work / "triton")
@@ -231,11 +289,17 @@ def main(argv: list[str] | None = None) -> int:
         process.wait(timeout=30)
     results["naive_compute_only"] = compute_only(naive, users, args.baseline_requests, args.k)
 
-    app_rps, naive_rps = results["app"]["sustainable_rps"], results["naive"]["sustainable_rps"]
-    base = results["naive_compute_only"]
-    print(f"\nsustainable throughput (0 errors, >= 95% of offered, p99 <= {args.slo_ms:.0f} ms): app {app_rps:.0f}"
-          f" req/s, naive server {naive_rps:.0f} req/s"
-          + (f" -> {app_rps / naive_rps:.2f}x" if naive_rps else ""))
+    naive_rps, base = results["naive"]["sustainable_rps"], results["naive_compute_only"]
+    print(f"\nsustainable throughput (0 errors, >= 95% of offered, p99 <= {args.slo_ms:.0f} ms): naive server "
+          f"{naive_rps:.0f} req/s")
+    for features in args.features.split(","):
+        app = results[f"app-{features}"]
+        print(f"  app ({features}): {app['sustainable_rps']:.0f} req/s"
+              + (f" -> {app['sustainable_rps'] / naive_rps:.2f}x the naive server's" if naive_rps else ""))
+        for row, naive_row in zip(app["rates"], results["naive"]["rates"], strict=True):
+            mine, theirs = row["cpu_ms_per_request"]["total"], naive_row["cpu_ms_per_request"]["total"]
+            print(f"    at {row['rate']:.0f}/s: CPU {mine:.1f} ms per answered request vs the naive server's "
+                  f"{theirs:.1f} ms -> {mine / theirs:.2f}x; p99 {row['p99']:.1f} ms vs {naive_row['p99']:.1f} ms")
     print(f"naive compute alone (torch eager in this process, no HTTP, one at a time): mean {base['mean_ms']:.1f} ms,"
           f" p99 {base['p99']:.1f} ms -> at most {1000 / base['mean_ms']:.0f} req/s on one core")
     if args.out:

@@ -1,4 +1,4 @@
-"""The Ray Serve application: an HTTP ingress (FastAPI) over a retriever deployment, ranking on Triton.
+"""The Ray Serve application: an HTTP ingress (FastAPI) that retrieves itself and ranks on Triton.
 
     POST /recommend  user -> online features -> retrieve N (query tower + ANN) -> filter -> rank (Triton) -> top k
     POST /feedback   impressions / clicks / purchases of served lists -> the event log (fsynced before the 2xx)
@@ -33,7 +33,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsys.eventlog.feedback import FEEDBACK_GLOB
@@ -67,7 +66,7 @@ from serving.live_source import LiveSource
 from serving.metrics import Metrics
 from serving.ranker import Ranking, TritonRanker
 from serving.request_body import RequestBody
-from serving.retriever import Retriever
+from serving.retriever import Retrieval
 from serving.shop_events import EVENTS_PROBLEMS, EventsRequest, EventsResponse, event_rows
 from serving.writes import AUTH_HEADER, EventWrites
 
@@ -115,7 +114,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=128)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, config: ServingConfig, retriever: DeploymentHandle):
+    def __init__(self, config: ServingConfig):
         from recsys.data.dataset import Dataset
         from recsys.online.features import OnlineFeatures, model_inputs
         from recsys.schema import load_schema
@@ -125,14 +124,17 @@ class Ingress:
         # this class reaches the replica pickled by value (with copies of the module's globals); the middleware
         # reads the module's own REPLICA, so set that one
         replica = importlib.import_module("serving.app").REPLICA
-        self.config, self.retriever = config, retriever
+        self.config = config
+        schema = load_schema()
+        # the query tower and the item index live in the replica too (`serving.retriever`): a Ray hop to a
+        # retriever deployment cost more CPU per request than the search itself (scripts/bench_serving.py)
+        self.retriever = Retrieval(config, schema.hash)
         # Triton's gRPC client lives in the replica: Triton batches across requests itself, and a Ray hop to a
         # separate client deployment cost more CPU than the call (scripts/bench_serving.py)
         self.ranker = TritonRanker(config.triton_url, config.ranker_model, config.ranker_version,
                                    config.rank_deadline_s) if config.ranker_model else None
         self.canary = Canary(config.rollout_file, config.ranker_model, config.ranker_version)
         self._rollout_checked = time.monotonic()
-        schema = load_schema()
         dataset = Dataset.open(config.dataset or newest_dataset(), schema)
         self.features = OnlineFeatures(dataset, schema, config.popular_items)
         self.ranking_features = FeaturesByDataset(self.features)  # each variant's model ranks with its dataset's
@@ -167,11 +169,6 @@ class Ingress:
             return self.ids[column].encode(value)
         except IdError as exc:
             raise HTTPException(422, [f"{where}: {exc}"]) from None
-
-    async def _retrieval_version(self) -> str:
-        if "retrieval" not in self.versions:
-            self.versions["retrieval"] = (await self.retriever.describe.remote())["version"]
-        return self.versions["retrieval"]
 
     @api.post("/recommend", response_model=RecommendResponse, responses=PROBLEMS)
     async def recommend(self, body: RecommendRequest) -> RecommendResponse:
@@ -210,9 +207,9 @@ class Ingress:
             try:
                 query = (self.live.query_inputs(live_user, self.query_specs) if live_user is not None
                          else self.features.query_inputs(user, self.query_specs))
-                found = await asyncio.wait_for(self.retriever.retrieve.remote(query), cfg.retrieve_deadline_s)
+                found = await asyncio.wait_for(self.retriever.retrieve(query), cfg.retrieve_deadline_s)
                 candidates = list(found)  # (without a ranker: id -> the retrieval score)
-                versions["retrieval"] = await self._retrieval_version()
+                versions["retrieval"] = self.retriever.version
             except Exception as exc:  # any failure of retrieval degrades to popularity
                 candidates, degraded = self.features.popular_items(), True
                 reason = f"retrieval failed ({type(exc).__name__}): popular items"
@@ -387,7 +384,8 @@ class Ingress:
         versions = self.canary.state.versions
         checks = {"features": self.features.users.height > 0 and self.features.items.height > 0,
                   "datasets": self._datasets_load()}
-        calls = {"index": lambda: self.retriever.ready.remote()}
+        checks["index"] = self.retriever.ready()
+        calls = {}
         if self.ranker is not None:
             calls["triton"] = lambda: self.ranker.ready(timeout, versions)
         for name, call in calls.items():
@@ -418,12 +416,9 @@ class Ingress:
 
 
 def build_app(config: ServingConfig) -> serve.Application:
-    """The application graph: the ingress (which calls Triton) over the retriever."""
-    from recsys.schema import load_schema
-
+    """The application: the ingress replicas (each retrieves, and calls Triton to rank)."""
     logging = {"enable_access_log": config.access_log}  # a log line per request per replica costs CPU
-    retriever = Retriever.options(logging_config=logging).bind(config, load_schema().hash)
-    return Ingress.options(logging_config=logging, num_replicas=config.ingress_replicas).bind(config, retriever)
+    return Ingress.options(logging_config=logging, num_replicas=config.ingress_replicas).bind(config)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

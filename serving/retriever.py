@@ -1,8 +1,11 @@
-"""The retriever deployment: `recsys.online.retrieval.QueryRetriever` (query tower and item ANN index) in Ray Serve.
+"""Retrieval in the ingress replica: `recsys.online.retrieval.QueryRetriever` (the query tower on ONNX Runtime and
+the item ANN index on FAISS), requests batched with `@serve.batch` on the replica's own event loop: the query tower
+runs once on every user of a batch and FAISS searches all their embeddings in one call.
 
-Requests are batched with `@serve.batch`: the query tower runs once on every user of a batch and FAISS
-searches all their embeddings in one call. Without a ranker (``ranker_model: ""``) each answer carries the
-index's scores too (item id -> score, best first); with one, the ids alone.
+It was a deployment of its own, one Ray hop from the ingress; on the 2-core machine that hop (serialising the
+inputs and the answer, a gRPC call, the other actor's event loop) cost more CPU than the search
+(scripts/bench_serving.py), as the Triton client's had. Without a ranker (``ranker_model: ""``) each answer
+carries the index's scores too (item id -> score, best first); with one, the ids alone.
 """
 
 from __future__ import annotations
@@ -14,18 +17,14 @@ from recsys.online.retrieval import QueryRetriever
 from recsys.serving_config import ServingConfig
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
-class Retriever:
+class Retrieval:
     def __init__(self, config: ServingConfig, schema_hash: str):
         self.retriever = QueryRetriever(config.retrieval_export, schema_hash)
+        self.version = self.retriever.version
         self.candidates = config.candidates
         self.scored = not config.ranker_model  # the scores are the answer's only when nothing ranks after
         self.retrieve.set_max_batch_size(config.batching.max_batch_size)
         self.retrieve.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
-
-    def describe(self) -> dict:
-        return {"version": self.retriever.version, "inputs": self.retriever.signature.to_dict()["inputs"],
-                "items": len(self.retriever.item_ids), "index": self.retriever.info.kind}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def retrieve(self, inputs: list[dict[str, np.ndarray]]) -> list[list[int]] | list[dict[int, float]]:

@@ -11,7 +11,7 @@ from recsys.online.session import open_exported
 
 
 class QueryRetriever:
-    """Query tower + ANN index, without Ray (`serving.retriever.Retriever` wraps it in Ray Serve)."""
+    """Query tower + ANN index, without Ray (`serving.retriever.Retrieval` batches it in the app's ingress)."""
 
     def __init__(self, export: str | Path, schema_hash: str, threads: int = 1):
         from recsys.export.ann import load_index

@@ -204,7 +204,7 @@ def test_serve_config_and_rayservice_manifest_are_valid_serve_configs():
     for raw in (local, yaml.safe_load(service["spec"]["serveConfigV2"])):
         app = ServeDeploySchema.model_validate(raw).applications[0]
         assert app.import_path == "serving.app:app_builder"
-        assert {d.name for d in app.deployments} == {"Ingress", "Retriever"}
+        assert {d.name for d in app.deployments} == {"Ingress"}  # (it retrieves itself)
     args, http = serve_args(str(PROJECT_ROOT / "serving" / "config.yaml"), ["max_k=7"])
     assert from_args(args).max_k == 7 and http["host"] == "127.0.0.1"
 
