@@ -90,15 +90,18 @@ async def drive(url: str, users: list[int], rate: float, duration: float, k: int
             "stage_p50_ms": {s: float(np.median(v)) for s, v in stages.items()}}
 
 
-GROUPS = (("ingress", b"ServeReplica:recsys:Ingress"), ("triton", b"tritonserver"), ("balancer", b"haproxy"),
+GROUPS = (("ingress", b"ServeReplica:recsys:Ingress"), ("triton", b"tritonserver"),
+          ("triton", b"triton_python_backend_stub"), ("balancer", b"haproxy"),
           ("store", b"valkey-server"), ("store", b"redis-server"), ("consumer+sink", b"store\x00consume"),
-          ("consumer+sink", b"store\x00sink"), ("naive", b"naive_server.py"))
+          ("consumer+sink", b"store\x00sink"), ("naive", b"naive_server.py"),
+          ("ray: raylet", b"raylet"), ("ray: gcs", b"gcs_server"), ("ray: serve controller", b"ServeController"),
+          ("ray: proxy", b"ProxyActor"), ("ray: agents", b"agent"))
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds() -> dict[str, float]:
     """CPU seconds (user + system) so far of every process under this one (not this one: the load generator), by
-    what it is; Ray's own processes (raylet, GCS, controller, proxy, workers) are ``ray``."""
+    what it is (Ray's other processes: ``ray: other``)."""
     parent, cpu, names = {}, {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -117,7 +120,7 @@ def cpu_seconds() -> dict[str, float]:
             ancestor = parent.get(ancestor)
         if ancestor != me:
             continue
-        group = next((g for g, title in GROUPS if title in names[pid]), "ray")
+        group = next((g for g, title in GROUPS if title in names[pid]), "ray: other")
         totals[group] = totals.get(group, 0.0) + seconds
     return totals
 

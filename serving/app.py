@@ -183,7 +183,7 @@ class Ingress:
         versions = {"dataset": self.versions["dataset"]}
         scores: np.ndarray | None = None
         query: dict[str, np.ndarray] | None = None
-        ranked: tuple[str, dict[str, np.ndarray]] | None = None  # (dataset id, the shown items' ranking inputs)
+        ranked: tuple[str, dict[str, np.ndarray], np.ndarray] | None = None  # what the ranker was given (logged)
         reason, degraded, variant = None, False, "production"
 
         def lap(stage: str, since: float) -> float:
@@ -229,7 +229,7 @@ class Ingress:
                     versions["ranking"], versions["dataset"] = ranking.model, ranking.dataset
                     order = np.argsort(-ranking.scores, kind="stable")[: body.k]
                     items, scores = [kept[i] for i in order], ranking.scores[order]
-                    ranked = ranking.dataset, {name: a[order] for name, a in ranking.inputs.items()}
+                    ranked = ranking.dataset, ranking.inputs, order
                     reason = ranking.note
                 else:  # Triton down, slow or failing: the retrieval order
                     degraded, reason = True, f"{ranking.note}: retrieval order"

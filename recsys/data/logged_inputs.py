@@ -60,7 +60,7 @@ def read_logged(roots: list[str]) -> pl.DataFrame | None:
                 try:
                     row = json.loads(line)
                     ranked, items = row["ranked"], row["items"]
-                    inputs = ranked["inputs"]
+                    inputs = ranked["inputs"] | {n: [v] * len(items) for n, v in ranked.get("shared", {}).items()}
                 except (json.JSONDecodeError, KeyError, TypeError) as exc:
                     if not line.endswith("\n"):  # the line a replica was writing when the build read
                         continue

@@ -1,8 +1,9 @@
 """The request log: what the app served, for monitoring. One JSON line per answer, with the user's model inputs as
 the model saw them (``inputs``: encoded, so drift is measured against the training dataset's profile; absent for a
 cold start), the variant, and the served items with their scores. A ranked answer also logs what the ranker was
-given for each shown item, in the shown order (``ranked``: the dataset whose encoders encoded them and every input
-column), so that the next dataset can train on exactly what was served (`recsys.data.logged_inputs`).
+given for each shown item, in the shown order (``ranked``: the dataset whose encoders encoded them, every input
+column, and once the inputs all of them share, the user's), so that the next dataset can train on exactly what
+was served (`recsys.data.logged_inputs`).
 
 Lines are buffered and written at most every ``flush_s`` seconds or ``max_rows`` rows (not fsynced per request:
 this is telemetry, unlike the feedback log), one file per replica: ``<event_log>/requests/requests-<start>-<id>.jsonl``.
@@ -44,8 +45,10 @@ class RequestLog:
 
     def add(self, request_id: int, user_id: int, variant: str, inputs: dict[str, np.ndarray] | None,
             items: list[int], scores: np.ndarray | None, cold_start: bool, degraded: bool, total_ms: float,
-            ranked: tuple[str, dict[str, np.ndarray]] | None = None) -> None:
-        """One answer; ``ranked``: (dataset id, the ranking inputs of the shown items, row n for ``items[n]``)."""
+            ranked: tuple[str, dict[str, np.ndarray], np.ndarray] | None = None) -> None:
+        """One answer; ``ranked``: (dataset id, the ranker's inputs, one row per candidate, and the candidate rows
+        of ``items`` in order). An input every candidate shares (the user's, broadcast) is logged once, in
+        ``shared``."""
         row = {"timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"), "request_id": request_id,
                "user_id": user_id, "variant": variant, "cold_start": cold_start, "degraded": degraded,
                "total_ms": total_ms,
@@ -53,7 +56,10 @@ class RequestLog:
         if inputs is not None:  # nested: the encoded `user_id` input is not the shop's user id
             row["inputs"] = {name: a[0].tolist() if a[0].size > 1 else a[0].item() for name, a in inputs.items()}
         if ranked is not None:
-            row["ranked"] = {"dataset": ranked[0], "inputs": {name: a.tolist() for name, a in ranked[1].items()}}
+            dataset, arrays, shown = ranked
+            row["ranked"] = {"dataset": dataset,
+                             "inputs": {name: a[shown].tolist() for name, a in arrays.items() if a.strides[0]},
+                             "shared": {name: a[0].tolist() for name, a in arrays.items() if not a.strides[0]}}
         self._lines.append(json.dumps(row, separators=(",", ":")) + "\n")
         if len(self._lines) >= self.max_rows or time.monotonic() - self._flushed >= self.flush_s:
             self.flush()

@@ -146,7 +146,7 @@ class LiveFeatures:
         return out
 
     def query_inputs(self, user: UserState, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
-        return self.inputs(self.query_frame(user), specs)
+        return self.inputs(self.user_frame(user), specs)  # (its columns: selecting them first costs a query)
 
     def _history(self, f: Feature, items: list[int]) -> pl.Series:
         """A history feature's embedding indices (newest first, 0-padded), as the builder's state holds them: of

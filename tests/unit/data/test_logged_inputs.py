@@ -24,8 +24,9 @@ def _encoders(schema, category_vocab, price_bounds) -> Encoders:
     })
 
 
-def _line(request_id, items, inputs, dataset="ds-old") -> str:
-    return json.dumps({"request_id": request_id, "items": items, "ranked": {"dataset": dataset, "inputs": inputs}})
+def _line(request_id, items, inputs, shared, dataset="ds-old") -> str:
+    return json.dumps({"request_id": request_id, "items": items,
+                       "ranked": {"dataset": dataset, "inputs": inputs, "shared": shared}})
 
 
 @pytest.fixture
@@ -36,9 +37,8 @@ def logs(tmp_path):
     folder = tmp_path / "events" / "requests"
     folder.mkdir(parents=True)
     lines = [json.dumps({"request_id": 6, "items": [1], "inputs": {}}),  # a cold start: nothing ranked
-             _line(7, [1, 2], {"user_views": [[2.0], [2.0]], "item_category": [[1], [2]],
-                               "item_price_bucket": [[2], [3]], "user_history": [[1, 2, 0], [1, 2, 0]],
-                               "position": [[1], [1]]})]
+             _line(7, [1, 2], {"item_category": [[1], [2]], "item_price_bucket": [[2], [3]], "position": [[1], [1]]},
+                   {"user_views": [2.0], "user_history": [1, 2, 0]})]  # (the user's inputs: once for the list)
     (folder / "requests-a.jsonl").write_text("\n".join(lines) + "\n" + '{"request_id": 9, "ranked"')  # torn tail
     return schema, tmp_path
 
