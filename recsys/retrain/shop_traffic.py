@@ -90,11 +90,12 @@ class Answered:
 class ShopTraffic:
     def __init__(self, world: ShopWorld, client: httpx.Client, start_s: int, sessions_per_day: float, *,
                  settle: Callable[[int], object] = lambda now_us: None, headers: dict[str, str] | None = None,
-                 k: int = 10, seed: int = 0, known_users: set[int] | None = None):
+                 k: int = 10, seed: int = 0, known_users: set[int] | None = None, shop_events: bool = True):
         """``client`` talks to the app; ``headers`` go with every write (the shop's API key); ``settle(now_us)``
         returns once the store has applied every event sent and reads features as of ``now_us`` (microseconds since
-        the epoch), e.g. `live_store_settle`."""
-        self.world, self.client, self.k, self.settle = world, client, k, settle
+        the epoch), e.g. `live_store_settle`. Without ``shop_events`` the views, add-to-carts and purchases still
+        happen but are not sent (an app on snapshot features takes no ``/events``)."""
+        self.world, self.client, self.k, self.settle, self.shop_events = world, client, k, settle, shop_events
         self.headers = headers or {}
         self.rng = np.random.default_rng(seed)
         weights = np.diff(np.concatenate([[0.0], world.activity_cdf]))
@@ -186,7 +187,7 @@ class ShopTraffic:
                 "request_id": request_id, "user_id": self._user_id(events[0].user),
                 "events": [{"item_id": e.item + 1, "event_type": e.kind, "position": e.position,
                             "timestamp": from_us(e.at_us).isoformat()} for e in events]})
-        for start in range(0, len(shop), EVENTS_PER_CALL):
+        for start in range(0, len(shop) if self.shop_events else 0, EVENTS_PER_CALL):
             self._post("/events", {"events": [
                 {"user_id": self._user_id(e.user), "item_id": e.item + 1, "event_type": e.kind,
                  "timestamp": from_us(e.at_us).isoformat()} for e in shop[start:start + EVENTS_PER_CALL]]})
