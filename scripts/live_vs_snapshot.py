@@ -1,12 +1,13 @@
 """Under a taste shift, before any retraining: the same model served from the dataset's snapshot features and from
-the live store, the same simulated shoppers (users as the unit).
+the live store, the same simulated shoppers (users as the unit), beside the same shoppers had their taste not moved.
 
 A shop with a preference shift (``configs/data/drift.yaml`` by default, ``--set`` to resize it) is generated up to
 the shift day; both models are trained on it and served (Triton and the Ray Serve app). Then the shop is played
 forward from the shift in its own time (`recsys.retrain.shop_traffic.ShopTraffic`: the generator's sessions, with
 every user's taste already shifted), twice with the same seed: once against the app on the snapshot (the histories
 it serves stop at the shift), once against the app on the live store (each view, click and purchase enters the
-features the next list is ranked with). Fresh histories should recover part of the CTR the shift costs. Writes
+features the next list is ranked with); and a third time on the snapshot with the tastes left as they were (the
+CTR the shift costs). Fresh histories should recover part of it. Writes
 ``<out>/report.md`` and ``<out>/live_vs_snapshot.json``.
 
     python scripts/live_vs_snapshot.py --out runs/live-vs-snapshot [--requests 1500] \\
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -69,31 +71,33 @@ def main(argv: list[str] | None = None) -> int:
     (out / "data.yaml").write_text(yaml.safe_dump(raw))
     cfg = load_config(DataConfig, out / "data.yaml")
     shift_day = cfg.generator.drift.start_day
+    ports = ServingConfig.ingress_replicas + SPARE_PORTS
+    os.environ.update(direct_ingress_env(free_port_block(ports), ports))  # before the cluster starts
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # (training runs on it too)
     print(f"== the shop up to its shift (day {shift_day}); both models trained on it")
     stage = prepare(out, out / "data.yaml", lambda task, ds: run(task, load_config(TrainConfig, args.train_config, [
         f"dataset={ds.path}", f"output={out / 'train'}", f"name=before-{task}"])),
         before_events=cfg.generator.target_events * shift_day // cfg.generator.days, progress=True)
     world = ShopWorld(cfg.generator)
+    unshifted = ShopWorld(replace(cfg.generator, drift=replace(cfg.generator.drift, start_day=None)))  # same world
     rate = sessions_per_day(out / "export-before")
     known = set(OnlineFeatures(stage.dataset, load_schema()).users[META_USER].to_list())
-    ports = ServingConfig.ingress_replicas + SPARE_PORTS
-    os.environ.update(direct_ingress_env(free_port_block(ports), ports))
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     results = {}
     try:
-        for arm in ("snapshot", "live"):
-            store_dir = out / "store"
+        for arm, shop, source in (("no shift", unshifted, "snapshot"), ("snapshot", world, "snapshot"),
+                                  ("live", world, "live")):
+            store_dir, name = out / "store", arm.replace(" ", "-")
             shutil.rmtree(store_dir, ignore_errors=True)
             config = ServingConfig(dataset=str(stage.dataset.path), retrieval_export=str(out / "two-tower"),
-                                   triton_url=stage.triton.grpc_url, event_log=str(out / f"events-{arm}"),
-                                   port=free_port(), rollout_file=str(stage.rollout_file), run_dir=str(out / arm),
-                                   store=StoreConfig(enabled=arm == "live", run_dir=str(store_dir)))
-            live = start_live(config, str(stage.dataset.path), progress=False) if arm == "live" else None
-            running = run_app(config, "127.0.0.1", proxy_port=free_port(), run_dir=out / arm)
+                                   triton_url=stage.triton.grpc_url, event_log=str(out / "events" / name),
+                                   port=free_port(), rollout_file=str(stage.rollout_file), run_dir=str(out / name),
+                                   store=StoreConfig(enabled=source == "live", run_dir=str(store_dir)))
+            live = start_live(config, str(stage.dataset.path), progress=False) if source == "live" else None
+            running = run_app(config, "127.0.0.1", proxy_port=free_port(), run_dir=out / name)
             try:
                 with httpx.Client(base_url=running.url, trust_env=False, timeout=60.0) as client:
                     settle = live_store_settle(store_server.connect(store_dir)) if live else (lambda now_us: None)
-                    traffic = ShopTraffic(world, client, world.drift_s, rate, settle=settle, known_users=known,
+                    traffic = ShopTraffic(shop, client, world.drift_s, rate, settle=settle, known_users=known,
                                           shop_events=live is not None)
                     answered = traffic.run(args.requests)
             finally:
@@ -129,6 +133,8 @@ def write_report(out: Path, results: dict, ctr_test) -> None:
         summary[f"live_vs_snapshot_{key}"] = {"z": z, "p_value": p}
     (out / "live_vs_snapshot.json").write_text(json.dumps(summary, indent=1))
     lift = summary["live"]["expected_ctr"] / summary["snapshot"]["expected_ctr"] - 1
+    cost = summary["snapshot"]["expected_ctr"] - summary["no shift"]["expected_ctr"]
+    recovered = (summary["live"]["expected_ctr"] - summary["snapshot"]["expected_ctr"]) / -cost if cost < 0 else None
     (out / "report.md").write_text("\n".join([
         "# Under a taste shift, before retraining: live features against the snapshot", "",
         "| features | users | impressions | CTR | expected CTR (the generator's true click model) |",
@@ -137,7 +143,7 @@ def write_report(out: Path, results: dict, ctr_test) -> None:
         f"{summary['live_vs_snapshot_clicks']['p_value']:.2g}) on the clicks, z = "
         f"{summary['live_vs_snapshot_expected_clicks']['z']:.2f} (p = "
         f"{summary['live_vs_snapshot_expected_clicks']['p_value']:.2g}) on the expected clicks; expected CTR "
-        f"{lift:+.1%}.", ""]))
+        f"{lift:+.1%}" + (f", {recovered:.0%} of what the shift cost" if recovered is not None else "") + ".", ""]))
     print((out / "report.md").read_text())
 
 
