@@ -81,7 +81,8 @@ def read_logged(roots: list[str]) -> pl.DataFrame | None:
 
 
 def _translate(value: pl.Expr, old: FittedEncoding, new: FittedEncoding, history: bool) -> pl.Expr | None:
-    """``value`` (encoded by ``old``) encoded by ``new``; None when that cannot be done."""
+    """``value`` (encoded by ``old``) encoded by ``new``: itself when the encodings are the same (a dense input's
+    transform, a hash, the same vocabulary); None when that cannot be done."""
     if old.to_dict() == new.to_dict():
         return value
     if old.type != "vocab" or new.type != "vocab":
@@ -112,12 +113,8 @@ def prepare(logged: pl.DataFrame, schema: FeatureSchema, encoders: Encoders, dat
             value = pl.col(LOGGED + name)
             if f.kind != Kind.HISTORY and isinstance(logged.schema[LOGGED + name], pl.List):
                 value = value.list.first()  # (a scalar input is logged as a row of one: the model's shape)
-            as_logged = value
-            if f.kind == Kind.DENSE or f.kind == Kind.LABEL:
-                translated = value if old.fitted[key].to_dict() == encoders.fitted[key].to_dict() else None
-            else:
-                translated = _translate(value, old.fitted[key], encoders.fitted[key], f.kind == Kind.HISTORY)
-            how.setdefault(name, set()).add("as logged" if translated is as_logged else
+            translated = _translate(value, old.fitted[key], encoders.fitted[key], f.kind == Kind.HISTORY)
+            how.setdefault(name, set()).add("as logged" if translated is value else
                                             "re-encoded" if translated is not None else "computed")
             exprs.append((translated if translated is not None else pl.lit(None)).alias(LOGGED + name))
         parts.append(part.select(META_REQUEST, META_ITEM, *exprs))

@@ -55,8 +55,9 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_path: str | Path, batch_
     """
     import polars as pl
 
-    from recsys.data.dataset import Dataset, builder_with, encoded_at_test_start, encoded_split
+    from recsys.data.dataset import Dataset
     from recsys.data.features import META_EVENT_ID
+    from recsys.data.reencoding import builder_with, encoded_at_test_start, encoded_split
     from recsys.evaluation.ranking import ranking_report
     from recsys.evaluation.retrieval import model_metrics, retrieval_task
     from recsys.online.features import serving_context

@@ -30,6 +30,7 @@ import redis
 
 from recsys.data.generate import SESSION_SECONDS, ShopWorld
 from recsys.errors import RecsysError
+from recsys.retrain.simulate import visit_weights
 from recsys.store import consumer
 from recsys.store.clock import StoreClock
 from recsys.store.state import DEFAULT_NAMESPACE, from_us
@@ -98,10 +99,7 @@ class ShopTraffic:
         self.world, self.client, self.k, self.settle, self.shop_events = world, client, k, settle, shop_events
         self.headers = headers or {}
         self.rng = np.random.default_rng(seed)
-        weights = np.diff(np.concatenate([[0.0], world.activity_cdf]))
-        if known_users is not None:  # only users the app has features for (as `Shoppers`)
-            weights = weights * np.isin(world.user_id(np.arange(len(weights))), list(known_users))
-        self.weights = weights / weights.sum()
+        self.weights = visit_weights(world, known_users)
         self.mean_gap_us = 86400 * US / sessions_per_day
         self.now_us = int(start_s) * US
         self._seq = itertools.count()
@@ -140,9 +138,10 @@ class ShopTraffic:
         return self.world.affinity(np.full(len(items), user), items, np.full(len(items), self.now_us // US))
 
     def _ask(self, due: _Due) -> Answered:
-        """The app's list for the user now; its impressions and clicks scheduled as the generator times them."""
+        """The app's list for the user now: its impressions happen as it renders, its clicks are scheduled as the
+        generator times them."""
         self.settle(self.now_us)
-        user_id = int(self.world.user_id(np.array([due.user]))[0])
+        user_id = self._user_id(due.user)
         r = self.client.post("/recommend", json={"user_id": user_id, "k": self.k})
         if r.status_code != 200:
             raise RecsysError(f"/recommend answered {r.status_code}: {r.text[:300]}")

@@ -16,16 +16,22 @@ from recsys.data.generate import ShopWorld
 from recsys.errors import RecsysError
 
 
+def visit_weights(world: ShopWorld, known_users: set[int] | None = None) -> np.ndarray:
+    """Each user's share of the visits: the generator's activity, only over ``known_users`` when given (the users the
+    app has features for: new signups would be cold starts)."""
+    weights = np.diff(np.concatenate([[0.0], world.activity_cdf]))
+    if known_users is not None:
+        weights = weights * np.isin(world.user_id(np.arange(len(weights))), list(known_users))
+    return weights / weights.sum()
+
+
 class Shoppers:
     def __init__(self, world: ShopWorld, client: httpx.Client, k: int = 10, seed: int = 0,
                  known_users: set[int] | None = None):
         self.world, self.client, self.k = world, client, k
         self.rng = np.random.default_rng(seed)
         self.taste = world.user_vec
-        weights = np.diff(np.concatenate([[0.0], world.activity_cdf]))
-        if known_users is not None:  # only users the app has features for (new signups would be cold starts)
-            weights = weights * np.isin(world.user_id(np.arange(len(weights))), list(known_users))
-        self.weights = weights / weights.sum()
+        self.weights = visit_weights(world, known_users)
         self.requests_sent = 0  # /recommend calls made so far
 
     def shift(self) -> None:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import polars as pl
 import redis
 
-from recsys.data.dataset import Dataset, validated_source
+from recsys.data.dataset import Dataset
 from recsys.data.features import EVENT_ID, TS, with_implied_views
+from recsys.data.reencoding import validated_source
 from recsys.data.state_spec import StateSpec
 from recsys.errors import RecsysError
 from recsys.ids import text_code

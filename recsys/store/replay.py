@@ -22,7 +22,8 @@ def replay_source(path: str | Path) -> Path:
     if (path / "events.parquet").is_file():
         return path / "events.parquet"
     if (path / "manifest.json").is_file():
-        from recsys.data.dataset import Dataset, validated_source
+        from recsys.data.dataset import Dataset
+        from recsys.data.reencoding import validated_source
 
         return validated_source(Dataset.open(path)) / "events.parquet"
     raise RecsysError(f"{path}: not a validated export (no events.parquet), a dataset or a Parquet file; a shop's "

@@ -28,9 +28,6 @@ class LiveApp:
     def __init__(self, url, config, store_dir, dataset, features):
         self.url, self.config, self.store_dir, self.dataset, self.features = url, config, store_dir, dataset, features
 
-    def group(self, name: str) -> dict:
-        return EventStream(store_server.connect(self.store_dir)).group(name)
-
     def drained(self, name: str, limit_s: float = 60.0) -> None:
         """Until the group has acknowledged every entry on the stream (a safety limit only)."""
         deadline = time.monotonic() + limit_s

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 import redis
 
-from recsys.data.dataset import builder_with
 from recsys.data.features import EVENT_ID, ITEM, POSITION, TS, TYPE, USER, F, implies_views
+from recsys.data.reencoding import builder_with
 from recsys.data.state_spec import StateSpec
 from recsys.online.features import OnlineFeatures
 from recsys.online.live import LiveFeatures
