@@ -9,15 +9,9 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from recsys.data.dataset import (
-    Dataset,
-    DatasetError,
-    builder_with,
-    encoded_at_test_start,
-    encoded_split,
-    validated_source,
-)
+from recsys.data.dataset import Dataset, DatasetError
 from recsys.data.features import META_EVENT_ID, META_ITEM, META_USER
+from recsys.data.reencoding import builder_with, encoded_at_test_start, encoded_split, validated_source
 from recsys.evaluation.retrieval import retrieval_task
 from tests.unit.registry.conftest import GROWN_ITEMS
 
