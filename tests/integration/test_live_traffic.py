@@ -38,7 +38,7 @@ REQUESTS = 360  # lists answered: about 3 days of the tiny shop, as many as its 
 
 @pytest.fixture(scope="module")
 def steady(local_ray, served_models, tiny_dataset, tiny_cfg, tiny_raw, schema, tmp_path_factory):
-    with live_app(served_models, tiny_dataset, schema, tmp_path_factory.mktemp("live_drift"),
+    with live_app(served_models, tiny_dataset, schema, tmp_path_factory.mktemp("live_traffic"),
                   ingress_replicas=1) as app:
         began = datetime.now(UTC)
         world = ShopWorld(tiny_cfg.generator)
