@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from pathlib import Path
@@ -26,14 +27,28 @@ def _ephemeral_range() -> tuple[int, int]:
 SERVER_PORTS = (20000, 32000)
 
 
+# the ports this process's environment keeps for Ray Serve's direct-ingress replicas (`serving.launch`): a server
+# started on one of them later (a store, Triton, HAProxy) leaves a replica Ray starts again without a port
+DIRECT_INGRESS_RANGE = ("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT")
+
+
+def _kept_for_replicas() -> range:
+    low, high = (os.environ.get(name) for name in DIRECT_INGRESS_RANGE)
+    return range(int(low), int(high)) if low and high else range(0)
+
+
 def free_port_block(n: int = 1, attempts: int = 200) -> int:
-    """The first of ``n`` consecutive ports on 127.0.0.1 that are free now, outside the ephemeral range."""
+    """The first of ``n`` consecutive ports on 127.0.0.1 that are free now, outside the ephemeral range and the
+    range kept for the app's ingress replicas."""
+    kept = _kept_for_replicas()
     low, high = SERVER_PORTS
     ephemeral = _ephemeral_range()
     if not (high <= ephemeral[0] or low > ephemeral[1]):  # an unusual kernel setting: anywhere will do
         low, high = 1024, 65535 - n
     for _ in range(attempts):
         first = random.randint(low, high - n)
+        if first < kept.stop and kept.start < first + n:
+            continue
         sockets = []
         try:
             for port in range(first, first + n):
