@@ -63,7 +63,7 @@ from serving.api import (
 from serving.canary import Canary
 from serving.datasets import DatasetUnavailable
 from serving.live_source import LiveSource
-from serving.metrics import Metrics
+from serving.metrics import CountAnswers, Metrics
 from serving.ranker import Ranking, TritonRanker
 from serving.request_body import RequestBody
 from serving.retriever import Retrieval
@@ -86,16 +86,7 @@ def replica_settings() -> dict[str, Any]:
 # the spec and its page are routes of the replica: the spec carries the limits of the replica's config
 api = FastAPI(title=TITLE, description=DESCRIPTION, version=VERSION, openapi_url=None, docs_url=None, redoc_url=None)
 api.add_middleware(RequestBody, settings=replica_settings, json_routes=("/recommend", "/feedback", "/events"))
-
-
-@api.middleware("http")
-async def _count(request: Request, call_next):
-    """Every answer by route and status, 413s from RequestBody included (this middleware is outside it)."""
-    response = await call_next(request)
-    if (metrics := REPLICA.get("metrics")) is not None:
-        route = request.url.path if request.url.path in ROUTES else "other"
-        metrics.requests.labels(route=route, status=str(response.status_code)).inc()
-    return response
+api.add_middleware(CountAnswers, settings=replica_settings, routes=ROUTES)  # (outside RequestBody: its 413s too)
 
 
 @api.exception_handler(RequestValidationError)

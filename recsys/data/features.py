@@ -236,7 +236,8 @@ def per_row_table(f: Feature) -> str | None:
 def encoded_value(f: Feature, encoders: Encoders) -> pl.Expr:
     """The model input of ``f`` on a frame holding its state (`recsys.data.state_spec`'s columns, ``timestamp``,
     the user and item ids, and each per-row feature already encoded as ``f:<name>``, null for a user or item outside
-    its table). The offline builder and the live store both encode with this."""
+    its table). The offline builder encodes with this; the live store with its numpy twin
+    (`recsys.online.live.raw_array`, `recsys.data.encoders.Encoders.array`)."""
     if per_row_table(f) is not None:
         return pl.col(F + f.name).fill_null(0)  # not in the table: unknown
     if f.op == "user_history":

@@ -2,8 +2,9 @@
 
 Both feature paths keep exactly this state: the offline point-in-time builder (`recsys.data.features`, as running
 totals per (entity, time)) and the live store (`recsys.store.state`, as hashes and sorted sets advanced by each
-event). Both turn it into model inputs with the same expressions (`recsys.data.features.encoded_value`), over the
-same column names, so the two cannot compute a feature differently.
+event). Both read it by the same column names: the builder computes its model inputs with Polars expressions
+(`recsys.data.features.encoded_value`), the live store a request's with their numpy twins (`recsys.online.live`,
+where a Polars query per request cost milliseconds), held to the builder's at many instants by the parity test.
 
 Columns (``<types>`` is a sorted, ``+``-joined event type set):
 

@@ -23,14 +23,19 @@ class QueryRetriever:
 
     def search(self, inputs: list[dict[str, np.ndarray]], n: int) -> list[list[int]]:
         """Top-``n`` item ids for each user's query-tower inputs (one row each), best first."""
-        return [list(found) for found in self.search_scored(inputs, n)]
+        _, rows = self._search(inputs, n)
+        return [self.item_ids[row[row >= 0]].tolist() for row in rows]
 
     def search_scored(self, inputs: list[dict[str, np.ndarray]], n: int) -> list[dict[int, float]]:
         """Top-``n`` items for each user's query-tower inputs, best first: item id -> the index's score (the
         inner product of the query and item embeddings, or its approximation by the index)."""
+        scores, rows = self._search(inputs, n)
+        return [dict(zip(self.item_ids[row[row >= 0]].tolist(), scored[row >= 0].tolist(), strict=True))
+                for row, scored in zip(rows, scores, strict=True)]
+
+    def _search(self, inputs: list[dict[str, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The index's (scores, rows) of each user's top ``n``, shape (users, n); a row is -1 past the end."""
         names = [s.name for s in self.signature.inputs]
         batch = {name: np.concatenate([x[name] for x in inputs]) for name in names}
         queries = np.ascontiguousarray(self.session.run(None, batch)[0], dtype=np.float32)  # (B, D)
-        scores, rows = self.index.search(queries, min(n, len(self.item_ids)))  # (B, n) each
-        return [{int(self.item_ids[r]): float(s) for r, s in zip(row, scored, strict=True) if r >= 0}
-                for row, scored in zip(rows, scores, strict=True)]
+        return self.index.search(queries, min(n, len(self.item_ids)))

@@ -269,6 +269,15 @@ class StateReader:
     def __init__(self, client: redis.Redis, layout: StateLayout, clock: str = "events"):
         self.client, self.layout, self.clock = client, layout, clock  # clock: `recsys.store.clock`
         self._read_items = client.register_script(READ_ITEMS_LUA)
+        self._fields = [count_column(t) for t in sorted(layout.spec.item_counters)]
+        self._windows = [(days, types) for days, sets in layout.spec.windows.items() for types in sorted(sets)]
+        self._keys: dict[int, list[str]] = {}  # item -> the keys `READ_ITEMS_LUA` reads (named once per item)
+
+    def _item_keys(self, item: int) -> list[str]:
+        if (keys := self._keys.get(item)) is None:
+            parts = (["n"] if self._fields else []) + [f"w{d}:{_types_key(t)}" for d, t in self._windows]
+            keys = self._keys[item] = [self.layout.item_key(item, part) for part in parts]
+        return keys
 
     def user(self, user_id: int, at_us: int | None = None) -> UserState:
         """The user's state as of ``at_us`` (None: the clock's now)."""
@@ -299,14 +308,8 @@ class StateReader:
         """The candidates' columns as of ``user.at_us`` (one int64 per item): ``__i_n:…``, ``__w<d>_n:…`` (and
         ``__then__w<d>_n:…`` = 0: the window is counted directly), and from the user's state ``__c<feature>_n:…``
         for each candidate's category (``categories``). One script call (`READ_ITEMS_LUA`) reads them all."""
-        lay, spec, at_us = self.layout, self.layout.spec, user.at_us
-        fields = [count_column(t) for t in sorted(spec.item_counters)]
-        windows = [(days, types) for days, sets in spec.windows.items() for types in sorted(sets)]
-        keys = []
-        for item in item_ids:
-            if fields:
-                keys.append(lay.item_key(item, "n"))
-            keys.extend(lay.item_key(item, f"w{days}:{_types_key(types)}") for days, types in windows)
+        spec, at_us, fields, windows = self.layout.spec, user.at_us, self._fields, self._windows
+        keys = [key for item in item_ids for key in self._item_keys(item)]
         args = [len(fields), len(windows), at_us, *fields, *(at_us - days * DAY_US for days, _ in windows)]
         flat = np.asarray(self._read_items(keys=keys, args=args) if keys else [], dtype=np.int64)
         per_item = flat.reshape(len(item_ids), len(fields) + len(windows))

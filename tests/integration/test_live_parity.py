@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
+import numpy as np
 import polars as pl
 import pytest
 import redis
@@ -13,6 +14,7 @@ import redis
 from recsys.data.features import EVENT_ID, ITEM, POSITION, TS, TYPE, USER, F, implies_views
 from recsys.data.reencoding import builder_with
 from recsys.data.state_spec import StateSpec
+from recsys.export.signature import tensor_specs
 from recsys.online.features import OnlineFeatures
 from recsys.online.live import LiveFeatures
 from recsys.schema import Kind
@@ -37,15 +39,18 @@ def _offline(builder, features, user, items, at):
     return builder.add(rows.lazy(), features).select([F + f.name for f in features]).collect()
 
 
-def _assert_same(live: pl.DataFrame, offline: pl.DataFrame, features, where: str) -> int:
+def _assert_same(live: dict[str, np.ndarray], offline: pl.DataFrame, features, where: str) -> int:
+    """The arrays served (``live``) against the offline builder's encoded columns, feature by feature."""
+    specs = {s.name: s for s in tensor_specs(features)}
     for f in features:
-        a, b = live[F + f.name], offline[F + f.name]
+        spec, a, b = specs[f.name], live[f.name], offline[F + f.name].to_numpy()
+        assert a.dtype == spec.numpy_dtype and a.shape == (offline.height, *spec.shape), (where, f.name, a.shape)
         if f.kind == Kind.DENSE:
-            assert a.is_null().to_list() == b.is_null().to_list(), (where, f.name)
-            diff = (a.cast(pl.Float64) - b.cast(pl.Float64)).abs().max()
-            assert diff is None or diff <= 1e-6, (where, f.name, a.to_list(), b.to_list())
+            assert np.isnan(a.reshape(-1)).tolist() == np.isnan(b.astype(np.float64)).tolist(), (where, f.name)
+            np.testing.assert_allclose(a.reshape(-1), b, rtol=0, atol=1e-6, err_msg=f"{where}: {f.name}")
         else:
-            assert a.to_list() == b.to_list(), (where, f.name, a.to_list(), b.to_list())
+            assert a.reshape(offline.height, -1).tolist() == np.stack(b).reshape(offline.height, -1).tolist(), \
+                (where, f.name, a.tolist(), b.tolist())
     return len(features)
 
 
@@ -70,12 +75,13 @@ def test_replayed_log_gives_the_offline_inputs_at_every_instant(store, tiny_data
         replayed += batch.height
         candidates = [row[ITEM], *rng.sample(items, CANDIDATES - 1)]
         user = live.user(row[USER], at)
-        frame = live.ranking_frame(user, candidates)
-        seen.append(frame)
-        compared += _assert_same(frame, _offline(builder, live.features["dlrm"], row[USER], candidates, at),
+        served = live.ranking_inputs(user, candidates, tensor_specs(live.features["dlrm"]))
+        seen.append(pl.DataFrame({f.name: served[f.name].reshape(len(candidates), -1)[:, 0]
+                                  for f in live.features["dlrm"]}))
+        compared += _assert_same(served, _offline(builder, live.features["dlrm"], row[USER], candidates, at),
                                  live.features["dlrm"], f"ranking at {at}")
-        query = live.query_frame(user)
         user_f = live.features["two_tower.user"]
+        query = live.query_inputs(user, tensor_specs(user_f))
         compared += _assert_same(query, _offline(builder, user_f, row[USER], [row[ITEM]], at), user_f,
                                  f"query at {at}")
     assert replayed > events.height // 2 and applied > replayed  # most of the log, most events on both sides
@@ -86,4 +92,4 @@ def test_replayed_log_gives_the_offline_inputs_at_every_instant(store, tiny_data
     assert len({f.op for f in stateful}) == 7
     values = pl.concat(seen)
     for f in stateful:  # the state compared was not all zeros: every stateful input took many values
-        assert values[F + f.name].n_unique() >= 3, f.name
+        assert values[f.name].n_unique() >= 3, f.name

@@ -24,6 +24,7 @@ from recsys.export.signature import serving_inputs
 from recsys.online.features import OnlineFeatures, encoded_default, model_inputs
 from recsys.serving_config import ServingConfig, from_args
 from serving.datasets import DatasetUnavailable, FeaturesByDataset
+from serving.metrics import CountAnswers, Metrics
 from serving.request_body import RequestBody
 
 
@@ -189,6 +190,25 @@ def test_request_bodies_are_limited_and_json_routes_read_json_whatever_the_conte
         yield b'"}'
 
     assert client.post("/echo", content=chunks(), headers={"content-type": "application/json"}).status_code == 413
+
+
+def test_every_answer_is_counted_by_route_and_status_413s_of_the_body_limit_included():
+    metrics = Metrics()
+    api = FastAPI()
+    api.add_middleware(RequestBody, settings=lambda: {"max_body_bytes": 100}, json_routes=("/echo",))
+    api.add_middleware(CountAnswers, settings=lambda: {"metrics": metrics}, routes=("/echo",))
+
+    @api.post("/echo")
+    async def echo(body: dict) -> dict:
+        return body
+
+    client = TestClient(api)
+    statuses = [client.post("/echo", json=body).status_code for body in ({"a": 1}, {"a": 2}, {"a": "x" * 200})]
+    statuses.append(client.get("/nowhere").status_code)
+    assert statuses == [200, 200, 413, 404]
+    counted = {(s.labels["route"], s.labels["status"]): s.value for s in metrics.requests.collect()[0].samples
+               if s.name.endswith("_total")}
+    assert counted == {("/echo", "200"): 2, ("/echo", "413"): 1, ("other", "404"): 1}
 
 
 def test_serve_config_and_rayservice_manifest_are_valid_serve_configs():
