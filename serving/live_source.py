@@ -15,29 +15,30 @@ from pathlib import Path
 
 import numpy as np
 import redis
+from redis.exceptions import RedisClusterException
 
 from recsys.data.state_spec import StateSpec
 from recsys.export.signature import TensorSpec
 from recsys.online.features import OnlineFeatures
 from recsys.online.live import LiveFeatures
 from recsys.serving_config import StoreConfig
-from recsys.store.server import URL_ENV, store_url
+from recsys.store.server import URL_ENV, client_for, store_url
 from recsys.store.state import StateLayout, StateReader, UserState
 from recsys.store.stream import EventStream
 
 log = logging.getLogger(__name__)
-FAILURES = (redis.RedisError, OSError)
+FAILURES = (redis.RedisError, RedisClusterException, OSError)
 WRITE_TIMEOUT_S = 2.0
 
 
 class LiveSource:
     def __init__(self, cfg: StoreConfig, base: OnlineFeatures):
         url = cfg.url or os.environ.get(URL_ENV) or store_url(cfg.run_dir)
-        client = redis.from_url(url, socket_timeout=cfg.timeout_s, socket_connect_timeout=cfg.timeout_s)
+        client = client_for(url, socket_timeout=cfg.timeout_s, socket_connect_timeout=cfg.timeout_s)
         self.cfg = cfg
         # writes (/feedback, /events) wait longer than reads: with appendfsync always each one waits for a fsync
-        self.events = EventStream(redis.from_url(url, socket_timeout=WRITE_TIMEOUT_S,
-                                                 socket_connect_timeout=cfg.timeout_s), cfg.namespace)
+        self.events = EventStream(client_for(url, socket_timeout=WRITE_TIMEOUT_S,
+                                             socket_connect_timeout=cfg.timeout_s), cfg.namespace)
         self.reader = StateReader(client, StateLayout(StateSpec.of(base.schema), cfg.namespace), cfg.clock)
         self._by_dataset: dict[str, LiveFeatures] = {}
         self.base = self.features(base)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from recsys.deploy.ports import HOST, free_port
+from recsys.deploy.ports import HOST, free_port_block
 from recsys.errors import RecsysError
 from recsys.io import atomic_write_text
 from recsys.processes import CHILDREN, cmdline, is_alive, wait_child
@@ -69,14 +69,14 @@ def server_binary() -> Path:
         return Path(found)
 
 
-def password(run_dir: str | Path) -> str:
-    """The run folder's store password, made (0600) the first time."""
+def password(run_dir: str | Path, initial: str | None = None) -> str:
+    """The run folder's store password, made (0600) the first time: ``initial``, else a random one."""
     path = Path(run_dir) / PASSWORD_FILE
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(24))
+            out.write(initial or secrets.token_urlsafe(24))
     return path.read_text().strip()
 
 
@@ -86,12 +86,28 @@ def store_url(run_dir: str | Path = DEFAULT_RUN_DIR) -> str:
     return f"redis://:{quote(password(run_dir), safe='')}@{info.host}:{info.port}/0"
 
 
-def connect(run_dir: str | Path = DEFAULT_RUN_DIR, url: str | None = None):
+def connect(run_dir: str | Path = DEFAULT_RUN_DIR, url: str | None = None, **options):
     """A client of the store at ``url`` (or ``$RECSYS_STORE_URL``: a Valkey / Redis elsewhere, a managed one),
-    else of the one started from ``run_dir``."""
-    import redis
+    else of the one started from ``run_dir``; ``options`` go to the client (timeouts)."""
+    return client_for(url or os.environ.get(URL_ENV) or store_url(run_dir), **{"health_check_interval": 30,
+                                                                               **options})
 
-    return redis.from_url(url or os.environ.get(URL_ENV) or store_url(run_dir), health_check_interval=30)
+
+def client_for(url: str, **options):
+    """A client of the server at ``url``: a ``redis.cluster.RedisCluster`` when that server is a node of a Valkey /
+    Redis Cluster (it says so in ``INFO cluster``; the URL names any node), else a ``redis.Redis``."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    client = redis.from_url(url, **options)
+    try:
+        clustered = bool(int(client.info("cluster").get("cluster_enabled", 0)))
+    except (redis.RedisError, OSError):
+        return client  # down for now: the caller's first call says so (and a single server is the default)
+    if not clustered:
+        return client
+    client.close()
+    return RedisCluster.from_url(url, **{k: v for k, v in options.items() if k != "health_check_interval"})
 
 
 def read_state(run_dir: str | Path) -> StoreInfo | None:
@@ -110,11 +126,15 @@ def _is_ours(info: StoreInfo) -> bool:
     return is_alive(info.pid) and (b"valkey-server" in line or b"redis-server" in line)
 
 
-def _config(run_dir: Path, data_dir: Path, bind: str, port: int, appendfsync: str) -> Path:
-    lines = [f"bind {bind}", f"port {port}", f'requirepass "{password(run_dir)}"', f'dir "{data_dir}"',
+def _config(run_dir: Path, data_dir: Path, bind: str, port: int, appendfsync: str, cluster: bool) -> Path:
+    secret = password(run_dir)
+    lines = [f"bind {bind}", f"port {port}", f'requirepass "{secret}"', f'dir "{data_dir}"',
              "appendonly yes", f"appendfsync {appendfsync}", 'appendfilename "appendonly.aof"',
              "save \"\"", "protected-mode yes", f'logfile "{run_dir / LOG_FILE}"', "daemonize no",
              "databases 1"]
+    if cluster:  # a node of a cluster (`recsys.store.cluster`): its view of the cluster in data/nodes.conf
+        lines += ["cluster-enabled yes", f"cluster-port {port + 1}", 'cluster-config-file "nodes.conf"',
+                  "cluster-node-timeout 5000", f'masterauth "{secret}"']
     path = run_dir / CONFIG_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
@@ -133,8 +153,9 @@ def ping(info: StoreInfo, secret: str, timeout_s: float = 1.0) -> bool:
 
 
 def start(run_dir: str | Path = DEFAULT_RUN_DIR, port: int = 0, bind: str = HOST, appendfsync: str = "everysec",
-          ready_timeout_s: float = 30.0) -> StoreInfo:
-    """Start ``valkey-server`` in the background on ``bind:port`` (0: a free port) and wait until it answers."""
+          ready_timeout_s: float = 30.0, cluster: bool = False) -> StoreInfo:
+    """Start ``valkey-server`` in the background on ``bind:port`` (0: a free port) and wait until it answers
+    (``cluster``: as a node of a cluster, which `recsys.store.cluster` forms; its bus on the next port)."""
     if appendfsync not in FSYNC_POLICIES:
         raise RecsysError(f"appendfsync {appendfsync!r}: expected one of {', '.join(FSYNC_POLICIES)}")
     run_dir = Path(run_dir).resolve()
@@ -147,8 +168,8 @@ def start(run_dir: str | Path = DEFAULT_RUN_DIR, port: int = 0, bind: str = HOST
     data_dir.mkdir(exist_ok=True)
     binary, secret = server_binary(), password(run_dir)
     for attempt in range(3):  # a free port can be taken between choosing and binding: retry with another
-        chosen = port or free_port()
-        config = _config(run_dir, data_dir, bind, chosen, appendfsync)
+        chosen = port or free_port_block(2 if cluster else 1)
+        config = _config(run_dir, data_dir, bind, chosen, appendfsync, cluster)
         proc = subprocess.Popen([str(binary), str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 stdin=subprocess.DEVNULL, cwd=run_dir, start_new_session=True)
         CHILDREN[proc.pid] = proc

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 import redis
+from redis.cluster import RedisCluster
 
 from recsys.data.state_spec import (
     ITEM_COUNTS,
@@ -206,17 +207,25 @@ class StateWriter:
         self._counted = layout.spec.event_types | {"purchase"}
 
     def apply(self, events: Iterable[StoreEvent]) -> int:
-        """Apply ``events`` (each at most once, whatever was applied before); returns how many sides changed."""
-        pipe = self.client.pipeline(transaction=False)
-        calls = 0
+        """Apply ``events`` (each at most once, whatever was applied before); returns how many sides changed.
+        On a cluster, one pipeline per node: each side's keys share a hash tag, so its script runs where they are."""
+        pipes: dict[str, redis.client.Pipeline] = {}
         for e in events:
             if e.event_type not in self._counted:
                 continue
             for keys, args in (self.layout.user_ops(e, self.categories.get(e.item_id)), self.layout.item_ops(e)):
                 if len(args) > 3:  # some op on this side
-                    self._apply(keys=keys, args=args, client=pipe)
-                    calls += 1
-        return sum(pipe.execute()) if calls else 0
+                    self._apply(keys=keys, args=args, client=self._pipeline(pipes, keys[0]))
+        return sum(sum(pipe.execute()) for pipe in pipes.values())
+
+    def _pipeline(self, pipes: dict[str, redis.client.Pipeline], key: str) -> redis.client.Pipeline:
+        """The pipeline to the server that holds ``key`` (a cluster's pipelines refuse scripts: the node's own)."""
+        if not isinstance(self.client, RedisCluster):
+            return pipes.get("") or pipes.setdefault("", self.client.pipeline(transaction=False))
+        node = self.client.get_node_from_key(key)
+        if node.name not in pipes:
+            pipes[node.name] = node.redis_connection.pipeline(transaction=False)
+        return pipes[node.name]
 
 
 @dataclass(frozen=True)
@@ -238,8 +247,8 @@ class UserState:
 
 # Every candidate's item state in one call: KEYS per item: its counters hash (if any counters), then one zset per
 # window; ARGV: #counter fields, #windows, the instant (µs), the fields, each window's lower bound. Returns, per item,
-# the counters then the window counts, as integers. (Its keys span many slots: on a Cluster the reader would call
-# it once per slot's candidates.)
+# the counters then the window counts, as integers. (Its keys span many slots: on a cluster the reader sends the same
+# commands pipelined to the nodes instead, `StateReader._read_items_by_node`.)
 READ_ITEMS_LUA = """
 local nf, nw, at = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local fields = {}
@@ -309,9 +318,13 @@ class StateReader:
         ``__then__w<d>_n:…`` = 0: the window is counted directly), and from the user's state ``__c<feature>_n:…``
         for each candidate's category (``categories``). One script call (`READ_ITEMS_LUA`) reads them all."""
         spec, at_us, fields, windows = self.layout.spec, user.at_us, self._fields, self._windows
-        keys = [key for item in item_ids for key in self._item_keys(item)]
-        args = [len(fields), len(windows), at_us, *fields, *(at_us - days * DAY_US for days, _ in windows)]
-        flat = np.asarray(self._read_items(keys=keys, args=args) if keys else [], dtype=np.int64)
+        bounds = [at_us - days * DAY_US for days, _ in windows]
+        if isinstance(self.client, RedisCluster):
+            flat = self._read_items_by_node(item_ids, bounds, at_us)
+        else:
+            keys = [key for item in item_ids for key in self._item_keys(item)]
+            args = [len(fields), len(windows), at_us, *fields, *bounds]
+            flat = np.asarray(self._read_items(keys=keys, args=args) if keys else [], dtype=np.int64)
         per_item = flat.reshape(len(item_ids), len(fields) + len(windows))
         items: dict[str, np.ndarray] = {ITEM_COUNTS + f: per_item[:, n] for n, f in enumerate(fields)}
         for n, (days, types) in enumerate(windows):
@@ -322,6 +335,22 @@ class StateReader:
             items[category_prefix(f) + field_of] = np.array(
                 [user.by_category.get(f"{field_of}|{c}", 0) if c is not None else 0 for c in categories], np.int64)
         return items
+
+
+    def _read_items_by_node(self, item_ids: list[int], bounds: list[int], at_us: int) -> np.ndarray:
+        """`READ_ITEMS_LUA`'s answer read from a cluster: its keys span the slots of every candidate, and a script
+        may touch one slot only, so the same commands go pipelined to the nodes that hold them."""
+        pipe = self.client.pipeline()
+        for item in item_ids:
+            keys = iter(self._item_keys(item))
+            if self._fields:
+                pipe.hmget(next(keys), self._fields)
+            for key, low in zip(keys, bounds, strict=True):
+                pipe.zcount(key, low, f"({at_us}")
+        flat = []
+        for reply in pipe.execute():
+            flat.extend(int(v or 0) for v in reply) if isinstance(reply, list) else flat.append(int(reply))
+        return np.asarray(flat, dtype=np.int64)
 
 
 def clock_key(namespace: str) -> str:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from redis.cluster import RedisCluster
 
 from recsys.data.features import EVENT_ID, ITEM, TS, TYPE, USER
 from recsys.data.state_spec import StateSpec, count_column
-from recsys.store import server
+from recsys.store import cluster, server
 from recsys.store.consumer import GROUP, FeatureConsumer, LiveContext
 from recsys.store.replay import replay
 from recsys.store.stream import EventStream
@@ -132,3 +133,30 @@ def test_valkey_killed_mid_stream_loses_nothing_and_counts_nothing_twice(tmp_pat
         _assert_counted_once(client, events, context)
     finally:
         server.stop(tmp_path)
+
+
+def test_a_valkey_cluster_counts_every_event_once_across_its_nodes(tmp_path, tiny_dataset, log_and_context):
+    """The same stream and consumer on a real 3-node Valkey Cluster, named by the URL of one node: each event's
+    user and item sides applied on the nodes of their hash tags, a consumer killed mid-stream, every count exact."""
+    events, context = log_and_context
+    cluster.start_cluster(tmp_path, nodes=3)
+    try:
+        url = cluster.cluster_url(tmp_path)
+        client = server.client_for(url)
+        assert isinstance(client, RedisCluster)
+        stream = EventStream(client)
+        assert replay(stream, tiny_dataset.path, limit=EVENTS) == events.height
+        command = [str(Path(sys.executable).with_name("recsys")), "store", "consume", "--url", url,
+                   "--dataset", str(tiny_dataset.path), "--batch", "100", "--dedupe-window", str(DAY_S)]
+        first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _until(lambda: (_group(client).get("entries-read") or 0) >= events.height // 4, "a quarter consumed")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        assert _group(client)["entries-read"] < events.height  # killed mid-stream
+        second = subprocess.run([*command, "--idle-exit", "2"], capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stderr[-2000:]
+        assert _group(client)["pending"] == 0 and _group(client)["lag"] == 0
+        _assert_counted_once(client, events, context)
+        assert all(node.redis_connection.dbsize() > 100 for node in client.get_primaries())
+    finally:
+        cluster.stop_cluster(tmp_path, nodes=3)

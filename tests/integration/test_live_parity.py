@@ -9,7 +9,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 import pytest
-import redis
+from redis.cluster import RedisCluster
 
 from recsys.data.features import EVENT_ID, ITEM, POSITION, TS, TYPE, USER, F, implies_views
 from recsys.data.reencoding import builder_with
@@ -18,7 +18,7 @@ from recsys.export.signature import tensor_specs
 from recsys.online.features import OnlineFeatures
 from recsys.online.live import LiveFeatures
 from recsys.schema import Kind
-from recsys.store import server
+from recsys.store import cluster, server
 from recsys.store.state import StateLayout, StateReader, StateWriter, StoreEvent
 
 pytestmark = pytest.mark.integration
@@ -26,11 +26,22 @@ pytestmark = pytest.mark.integration
 INSTANTS, CANDIDATES = 40, 12
 
 
-@pytest.fixture
-def store(tmp_path):
-    server.start(tmp_path)
-    yield redis.from_url(server.store_url(tmp_path))
-    server.stop(tmp_path)
+@pytest.fixture(params=["server", "cluster"])
+def store(request, tmp_path):
+    """One Valkey, or a real 3-node Valkey Cluster (every event's script on the node of its hash tag, a request's
+    reads across the nodes of its candidates)."""
+    if request.param == "server":
+        server.start(tmp_path)
+        yield server.connect(tmp_path)
+        server.stop(tmp_path)
+        return
+    cluster.start_cluster(tmp_path, nodes=3)
+    try:
+        client = server.client_for(cluster.cluster_url(tmp_path))
+        assert isinstance(client, RedisCluster) and len(client.get_primaries()) == 3
+        yield client
+    finally:
+        cluster.stop_cluster(tmp_path, nodes=3)
 
 
 def _offline(builder, features, user, items, at):
@@ -90,6 +101,8 @@ def test_replayed_log_gives_the_offline_inputs_at_every_instant(store, tiny_data
         "user_history", "user_category_share", "item_event_count", "item_rate", "user_recency_hours",
         "user_event_count", "user_tenure_days")]
     assert len({f.op for f in stateful}) == 7
+    if isinstance(store, RedisCluster):  # the state spread over the nodes, each event's sides where they belong
+        assert all(node.redis_connection.dbsize() > 100 for node in store.get_primaries())
     values = pl.concat(seen)
     for f in stateful:  # the state compared was not all zeros: every stateful input took many values
         assert values[f.name].n_unique() >= 3, f.name
