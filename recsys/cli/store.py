@@ -21,11 +21,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                                        "append-only file; print its address and the URL file to connect with.")
     start.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     start.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    start.add_argument("--nodes", type=int, default=1,
+                       help="start a local Valkey Cluster of this many primaries instead (in <run-dir>/node-<n>, "
+                            "one password; connect with --url / store.url naming any node; default: 1 server)")
     start.add_argument("--appendfsync", choices=FSYNC_POLICIES, default="everysec",
                        help="when the append-only file is fsynced: every second (at most a second of writes lost "
                             "on a power cut) or after every write (default: everysec)")
     stop = sub.add_parser("stop", help="stop the store (SIGTERM: it flushes its AOF; SIGKILL after --timeout)")
     stop.add_argument("--timeout", type=float, default=15.0, help="seconds to wait after SIGTERM (default: 15)")
+    stop.add_argument("--nodes", type=int, default=1, help="stop the local cluster of this many nodes "
+                                                           "`start --nodes` started")
     state = sub.add_parser("status", help="is the store running, its keys and memory; exit code 1 if not running")
     state.add_argument("--json", action="store_true", help="print the status as JSON")
     boot = sub.add_parser("bootstrap", help="load a dataset's event history into the live feature state",
@@ -83,6 +88,8 @@ def _live_context(args: argparse.Namespace):
 def cmd_store(args: argparse.Namespace) -> int:
     from recsys.store import server
 
+    if args.action in ("start", "stop") and args.nodes > 1:
+        return _cluster_action(args)
     if args.action == "start":
         info = server.start(args.run_dir, port=args.port, bind=args.bind, appendfsync=args.appendfsync)
         print(f"valkey-server ready (pid {info.pid}) on {info.address}, appendfsync {info.appendfsync}")
@@ -111,6 +118,22 @@ def cmd_store(args: argparse.Namespace) -> int:
                   f"  aof       {current['appendfsync']}, last write {current['aof_last_write_status']}")
         print(f"  data      {current['data_dir']}\n  log       {current['log']}")
     return 0 if current is not None and current["alive"] else 1
+
+
+def _cluster_action(args: argparse.Namespace) -> int:
+    from recsys.store import cluster
+
+    if args.action == "stop":
+        cluster.stop_cluster(args.run_dir, args.nodes)
+        print(f"the {args.nodes} nodes under {args.run_dir} stopped")
+        return 0
+    nodes = cluster.start_cluster(args.run_dir, args.nodes, appendfsync=args.appendfsync)
+    print(f"a Valkey Cluster of {len(nodes)} primaries is ready (cluster_state:ok), appendfsync {args.appendfsync}:")
+    for n, info in enumerate(nodes):
+        print(f"  node {n}    pid {info.pid} on {info.address}, data {info.data_dir}")
+    print(f"  password  {args.run_dir}/password\n  url       redis://:<password>@{nodes[0].address}/0 (any node; "
+          "as --url, store.url or RECSYS_STORE_URL)")
+    return 0
 
 
 def _state_action(args: argparse.Namespace) -> int:
