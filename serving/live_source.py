@@ -47,6 +47,8 @@ class LiveSource:
 
     def features(self, online: OnlineFeatures) -> LiveFeatures:
         """The live features encoded for ``online``'s dataset (one per dataset the rollout names)."""
+        if getattr(self, "base", None) is not None and online is self.base.online:
+            return self.base  # (most requests: no path to resolve)
         key = str(Path(online.dataset.path).resolve())
         if key not in self._by_dataset or self._by_dataset[key].online is not online:
             self._by_dataset[key] = LiveFeatures(online, self.reader)

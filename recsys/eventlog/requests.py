@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import threading
@@ -25,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 log = logging.getLogger(__name__)
 REQUEST_GLOB = "requests/*.jsonl"
@@ -54,13 +54,14 @@ class RequestLog:
                "total_ms": total_ms,
                "items": items, "scores": None if scores is None else [round(float(s), 6) for s in scores]}
         if inputs is not None:  # nested: the encoded `user_id` input is not the shop's user id
-            row["inputs"] = {name: a[0].tolist() if a[0].size > 1 else a[0].item() for name, a in inputs.items()}
+            row["inputs"] = {name: a[0] if a[0].size > 1 else a[0].item() for name, a in inputs.items()}
         if ranked is not None:
             dataset, arrays, shown = ranked
             row["ranked"] = {"dataset": dataset,
-                             "inputs": {name: a[shown].tolist() for name, a in arrays.items() if a.strides[0]},
-                             "shared": {name: a[0].tolist() for name, a in arrays.items() if not a.strides[0]}}
-        self._lines.append(json.dumps(row, separators=(",", ":")) + "\n")
+                             "inputs": {name: a[shown] for name, a in arrays.items() if a.strides[0]},
+                             "shared": {name: a[0] for name, a in arrays.items() if not a.strides[0]}}
+        # arrays as JSON lists (a float32 as its shortest text: read back as float32 it is the same value)
+        self._lines.append(orjson.dumps(row, default=_listed, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
         if len(self._lines) >= self.max_rows or time.monotonic() - self._flushed >= self.flush_s:
             self.flush()
         elif len(self._lines) == 1:  # the first line since a flush: make sure it is written soon even if no
@@ -81,3 +82,10 @@ class RequestLog:
                 if self._on_drop is not None:
                     self._on_drop(len(lines))
                 log.error("request log %s: %d line(s) dropped (%s)", self.path, len(lines), exc)
+
+
+def _listed(value: object) -> object:
+    """What orjson leaves to us: a numpy array that is not C-contiguous (a slice of a broadcast), as a list."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"request log: cannot write a {type(value).__name__}")

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 
 import numpy as np
 import polars as pl
@@ -322,7 +323,7 @@ class StateReader:
         if isinstance(self.client, RedisCluster):
             flat = self._read_items_by_node(item_ids, bounds, at_us)
         else:
-            keys = [key for item in item_ids for key in self._item_keys(item)]
+            keys = list(chain.from_iterable(map(self._item_keys, item_ids)))
             args = [len(fields), len(windows), at_us, *fields, *bounds]
             flat = np.asarray(self._read_items(keys=keys, args=args) if keys else [], dtype=np.int64)
         per_item = flat.reshape(len(item_ids), len(fields) + len(windows))
