@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -196,6 +197,69 @@ class Naive:
         return [kept[i] for i in np.argsort(-scores, kind="stable")[:k]]
 
 
+class Served:
+    """Both runs exported into a Triton repository, Triton and a local Ray cluster started; `app` then serves the
+    Ray Serve app on the dataset's snapshot features or on the live store (started, bootstrapped, consumed and sunk
+    as `recsys serve` does), one at a time."""
+
+    def __init__(self, dlrm_run: str, two_tower_run: str, dataset: str, work: Path, replicas: int = 2,
+                 rank_deadline_s: float = 0.2):
+        self.dlrm_run, self.two_tower_run, self.dataset, self.work = dlrm_run, two_tower_run, dataset, work
+        self.replicas, self.rank_deadline_s = replicas, rank_deadline_s
+
+    def __enter__(self) -> Served:
+        import ray
+
+        from recsys.cli import main as recsys_main
+        from recsys.deploy import server
+        from recsys.deploy.ports import free_port, free_port_block
+        from recsys.serving_config import ServingConfig
+        from serving.launch import SPARE_PORTS, direct_ingress_env
+
+        repo = self.work / "triton_models"
+        for task, run in (("dlrm", self.dlrm_run), ("two-tower", self.two_tower_run)):
+            if recsys_main(["export", run, "--out", str(self.work / task), "--repository", str(repo)]) != 0:
+                raise SystemExit(f"could not export {run}")
+        config = replace(ServingConfig(), dataset=self.dataset, retrieval_export=str(self.work / "two-tower"),
+                         event_log=str(self.work / "events"), port=free_port(), rank_deadline_s=self.rank_deadline_s,
+                         ingress_replicas=self.replicas)
+        ports = config.ingress_replicas + SPARE_PORTS
+        os.environ.update(direct_ingress_env(free_port_block(ports), ports))  # as `recsys serve` starts its cluster
+        triton = server.start(repo, ["dlrm"], run_dir=self.work / "triton")
+        self.config = replace(config, triton_url=triton.grpc_url)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import ray
+
+        from recsys.deploy import server
+
+        ray.shutdown()
+        server.stop(self.work / "triton")
+
+    @contextlib.contextmanager
+    def app(self, features: str, event_log: str | None = None):
+        """The app's URL while it serves on ``features`` (snapshot | live), its answers logged to ``event_log``."""
+        from recsys.deploy.ports import free_port
+        from serving.launch import run_app
+        from serving.live_processes import start_live
+
+        live, config = None, replace(self.config, event_log=event_log or self.config.event_log)
+        if features == "live":
+            shutil.rmtree(self.work / "store", ignore_errors=True)
+            config = replace(config, run_dir=str(self.work / "run-live"), store=replace(
+                config.store, enabled=True, run_dir=str(self.work / "store")))
+            live = start_live(config, self.dataset, progress=False)
+        running = run_app(config, "127.0.0.1", proxy_port=free_port(), run_dir=self.work / f"run-{features}")
+        try:
+            yield running.url
+        finally:
+            running.stop()
+            if live is not None:
+                live.stop()
+
+
 def compute_only(naive: Naive, users: list[int], n: int, k: int) -> dict:
     rng = random.Random(0)
     latencies = []
@@ -229,54 +293,22 @@ def main(argv: list[str] | None = None) -> int:
 
     args.dataset = args.dataset or str(newest_dataset())
 
-    from recsys.cli import main as recsys_main
     from recsys.cli.export import final_checkpoint
-    from recsys.deploy import server
-    from recsys.deploy.ports import free_port, free_port_block
-    from recsys.serving_config import ServingConfig
-    from serving.launch import SPARE_PORTS, direct_ingress_env, run_app, wait_healthy
-    from serving.live_processes import start_live
+    from recsys.deploy.ports import free_port
+    from serving.launch import wait_healthy
 
     work = Path(args.work).resolve()
-    repo = work / "triton_models"
-    for task, run in (("dlrm", args.dlrm_run), ("two-tower", args.two_tower_run)):
-        if recsys_main(["export", run, "--out", str(work / task), "--repository", str(repo)]) != 0:
-            return 1
     rates = [float(r) for r in args.rates.split(",")]
-    naive = Naive(args.dataset, final_checkpoint(args.dlrm_run), final_checkpoint(args.two_tower_run),
-                  work / "two-tower" / "items")
-    users = naive.features.users["_user"].to_list()
     results: dict = {"slo_ms": args.slo_ms}
-
-    import ray
-
-    config = replace(ServingConfig(), dataset=args.dataset, retrieval_export=str(work / "two-tower"),
-                     event_log=str(work / "events"), port=free_port(), rank_deadline_s=args.rank_deadline,
-                     ingress_replicas=args.replicas)
-    ports = config.ingress_replicas + SPARE_PORTS
-    os.environ.update(direct_ingress_env(free_port_block(ports), ports))  # as `recsys serve` starts its local cluster
-    triton = server.start(repo, ["dlrm"], run_dir=work / "triton")
-    config = replace(config, triton_url=triton.grpc_url)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    try:
+    with Served(args.dlrm_run, args.two_tower_run, args.dataset, work, replicas=args.replicas,
+                rank_deadline_s=args.rank_deadline) as served:
+        naive = Naive(args.dataset, final_checkpoint(args.dlrm_run), final_checkpoint(args.two_tower_run),
+                      work / "two-tower" / "items")
+        users = naive.features.users["_user"].to_list()
         for features in args.features.split(","):
-            live, app_config = None, config
-            if features == "live":  # the store started, bootstrapped, consumed and sunk as `recsys serve` does
-                shutil.rmtree(work / "store", ignore_errors=True)
-                app_config = replace(config, run_dir=str(work / "run-live"), store=replace(
-                    config.store, enabled=True, run_dir=str(work / "store")))
-                live = start_live(app_config, args.dataset, progress=False)
-            running = run_app(app_config, "127.0.0.1", proxy_port=free_port(), run_dir=work / f"run-{features}")
-            try:
-                results[f"app-{features}"] = sweep(f"app ({features})", running.url, users, rates, args.duration,
-                                                   args.k, args.slo_ms)
-            finally:
-                running.stop()
-                if live is not None:
-                    live.stop()
-    finally:
-        ray.shutdown()
-        server.stop(work / "triton")
+            with served.app(features) as url:
+                results[f"app-{features}"] = sweep(f"app ({features})", url, users, rates, args.duration, args.k,
+                                                   args.slo_ms)
 
     port = free_port()
     command = [sys.executable, str(ROOT / "scripts" / "naive_server.py"), "--dlrm-run", args.dlrm_run,
