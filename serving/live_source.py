@@ -40,14 +40,14 @@ class LiveSource:
         self.events = EventStream(client_for(url, socket_timeout=WRITE_TIMEOUT_S,
                                              socket_connect_timeout=cfg.timeout_s), cfg.namespace)
         self.reader = StateReader(client, StateLayout(StateSpec.of(base.schema), cfg.namespace), cfg.clock)
+        self.base = LiveFeatures(base, self.reader)
         self._by_dataset: dict[str, LiveFeatures] = {}
-        self.base = self.features(base)
         self._down_until = 0.0
         self.last_error: str | None = None
 
     def features(self, online: OnlineFeatures) -> LiveFeatures:
         """The live features encoded for ``online``'s dataset (one per dataset the rollout names)."""
-        if getattr(self, "base", None) is not None and online is self.base.online:
+        if online is self.base.online:
             return self.base  # (most requests: no path to resolve)
         key = str(Path(online.dataset.path).resolve())
         if key not in self._by_dataset or self._by_dataset[key].online is not online:

@@ -148,6 +148,7 @@ class LiveFeatures:
             indices = self._item_static[table.name][rows].astype(np.int64)
         return np.pad(indices, (0, f.length - len(items)))[None, :]
 
+
 def _encoded_columns(table: pl.DataFrame, features: list[Feature]) -> dict[str, np.ndarray]:
     """Each per-row feature's encoded values in ``table``'s row order, null as unknown (0), with one row more at
     the end: unknown, for a user or item outside the table (row -1)."""

@@ -86,11 +86,10 @@ def store_url(run_dir: str | Path = DEFAULT_RUN_DIR) -> str:
     return f"redis://:{quote(password(run_dir), safe='')}@{info.host}:{info.port}/0"
 
 
-def connect(run_dir: str | Path = DEFAULT_RUN_DIR, url: str | None = None, **options):
+def connect(run_dir: str | Path = DEFAULT_RUN_DIR, url: str | None = None):
     """A client of the store at ``url`` (or ``$RECSYS_STORE_URL``: a Valkey / Redis elsewhere, a managed one),
-    else of the one started from ``run_dir``; ``options`` go to the client (timeouts)."""
-    return client_for(url or os.environ.get(URL_ENV) or store_url(run_dir), **{"health_check_interval": 30,
-                                                                               **options})
+    else of the one started from ``run_dir``."""
+    return client_for(url or os.environ.get(URL_ENV) or store_url(run_dir), health_check_interval=30)
 
 
 def client_for(url: str, **options):

@@ -221,12 +221,11 @@ class StateWriter:
 
     def _pipeline(self, pipes: dict[str, redis.client.Pipeline], key: str) -> redis.client.Pipeline:
         """The pipeline to the server that holds ``key`` (a cluster's pipelines refuse scripts: the node's own)."""
-        if not isinstance(self.client, RedisCluster):
-            return pipes.get("") or pipes.setdefault("", self.client.pipeline(transaction=False))
-        node = self.client.get_node_from_key(key)
-        if node.name not in pipes:
-            pipes[node.name] = node.redis_connection.pipeline(transaction=False)
-        return pipes[node.name]
+        node = self.client.get_node_from_key(key) if isinstance(self.client, RedisCluster) else None
+        name = "" if node is None else node.name
+        if name not in pipes:
+            pipes[name] = (self.client if node is None else node.redis_connection).pipeline(transaction=False)
+        return pipes[name]
 
 
 @dataclass(frozen=True)
@@ -336,7 +335,6 @@ class StateReader:
             items[category_prefix(f) + field_of] = np.array(
                 [user.by_category.get(f"{field_of}|{c}", 0) if c is not None else 0 for c in categories], np.int64)
         return items
-
 
     def _read_items_by_node(self, item_ids: list[int], bounds: list[int], at_us: int) -> np.ndarray:
         """`READ_ITEMS_LUA`'s answer read from a cluster: its keys span the slots of every candidate, and a script
